@@ -1,0 +1,52 @@
+# Two commands do everything on a fresh machine with Python >= 3.10 and make:
+#   make book   build the website into _build/html (warnings are errors)
+#   make test   run the whole test suite
+# Both create/update the virtual environment in .venv themselves and are idempotent.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9]*))
+PYTEST_WORKERS ?= 2
+
+.PHONY: book test venv browser exercises clean help
+
+help:
+	@echo "make book       build the website into _build/html"
+	@echo "make test       run the whole test suite (sets everything up itself)"
+	@echo "make exercises  regenerate exercises/ from solutions/ with nbgrader"
+	@echo "make clean      remove build output (keeps .venv)"
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/jupyter labextension enable nbgrader >/dev/null 2>&1 || true
+	touch $@
+
+# Headless Chromium for the browser test of the built site (Debian packages).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
+	@echo "website: _build/html/index.html"
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -rs --timeout 1500
+
+exercises: $(STAMP)
+	rm -rf exercises && mkdir -p exercises
+	for a in $(ASSIGNMENTS); do \
+	  $(BIN)/nbgrader generate_assignment "$$a" --force --no-db --log-level=WARN || exit 1; \
+	done
+
+clean:
+	rm -rf _build autograded feedback submitted gradebook.db

@@ -1,0 +1,83 @@
+"""Argument checks shared by the public functions, so every error message reads the same.
+
+Each check names the argument, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def check_tensor(x: object, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    return x
+
+
+def check_floating(x: torch.Tensor, name: str) -> None:
+    check_tensor(x, name)
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor; got {x.dtype}")
+
+
+def check_ndim(x: torch.Tensor, name: str, ndim: int | Sequence[int], shape_hint: str) -> None:
+    """shape_hint describes the expected layout, e.g. '(B, T, d_model)'."""
+    check_tensor(x, name)
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if x.dim() not in allowed:
+        raise ValueError(f"{name} must have shape {shape_hint} ({' or '.join(map(str, allowed))}-D); "
+                         f"got shape {tuple(x.shape)}")
+
+
+def check_size(x: torch.Tensor, name: str, dim: int, size: int, what: str) -> None:
+    """Dimension `dim` of x must equal `size`; `what` names that size, e.g. 'd_model'."""
+    if x.size(dim) != size:
+        raise ValueError(f"{name}.shape[{dim}] must equal {what} = {size}; got shape {tuple(x.shape)}")
+
+
+def check_same_device(*named: tuple[str, torch.Tensor | None]) -> None:
+    tensors = [(n, t) for n, t in named if t is not None]
+    if not tensors:
+        return
+    first_name, first = tensors[0]
+    for n, t in tensors[1:]:
+        if t.device != first.device:
+            raise ValueError(f"{n} is on {t.device} but {first_name} is on {first.device}; "
+                             f"move them to one device (e.g. {n}.to({first_name}.device))")
+
+
+def check_positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+    return value
+
+
+def check_divisible(d_model: int, num_heads: int) -> None:
+    if d_model % num_heads != 0:
+        raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}); "
+                         f"d_k = d_model / num_heads would not be an integer")
+
+
+def check_mask(mask: torch.Tensor | None, name: str, target_shape: Sequence[int],
+               target_desc: str = "(..., T_q, T_k)", device: torch.device | None = None) -> None:
+    """A mask must be bool (True = may attend) and broadcast to target_shape."""
+    if mask is None:
+        return
+    check_tensor(mask, name)
+    if mask.dtype != torch.bool:
+        hint = ""
+        if mask.is_floating_point():
+            hint = (" (an additive float mask? pass a bool mask instead, e.g. mask = additive == 0)")
+        elif mask.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+            hint = " (a 0/1 integer mask? convert with mask.bool())"
+        raise TypeError(f"{name} must be a bool tensor (True = may attend); got {mask.dtype}{hint}")
+    try:
+        torch.broadcast_shapes(tuple(mask.shape), tuple(target_shape))
+    except RuntimeError:
+        raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to "
+                         f"{target_desc} = {tuple(target_shape)}") from None
+    if device is not None and mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but the inputs are on {device}; "
+                         f"move it with {name}.to({str(device)!r})")
