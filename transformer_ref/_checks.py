@@ -74,10 +74,48 @@ def check_mask(mask: torch.Tensor | None, name: str, target_shape: Sequence[int]
             hint = " (a 0/1 integer mask? convert with mask.bool())"
         raise TypeError(f"{name} must be a bool tensor (True = may attend); got {mask.dtype}{hint}")
     try:
-        torch.broadcast_shapes(tuple(mask.shape), tuple(target_shape))
+        broadcast = torch.broadcast_shapes(tuple(mask.shape), tuple(target_shape))
     except RuntimeError:
+        broadcast = None
+    if broadcast != torch.Size(target_shape):
         raise ValueError(f"{name} of shape {tuple(mask.shape)} does not broadcast to "
-                         f"{target_desc} = {tuple(target_shape)}") from None
+                         f"{target_desc} = {tuple(target_shape)}")
     if device is not None and mask.device != device:
         raise ValueError(f"{name} is on {mask.device} but the inputs are on {device}; "
                          f"move it with {name}.to({str(device)!r})")
+
+
+def check_same_dtype(*named: tuple[str, torch.Tensor]) -> None:
+    first_name, first = named[0]
+    for n, t in named[1:]:
+        if t.dtype != first.dtype:
+            raise TypeError(f"{n} has dtype {t.dtype} but {first_name} has dtype {first.dtype}; "
+                            f"convert one of them (e.g. {n}.to({first_name}.dtype))")
+
+
+def check_integer(x: torch.Tensor, name: str, what: str = "token ids") -> None:
+    """x must hold integers (e.g. token ids for an embedding), not floats or bools."""
+    check_tensor(x, name)
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor of {what} (torch.long); got {x.dtype}")
+
+
+def check_min_ndim(x: torch.Tensor, name: str, ndim: int, shape_hint: str) -> None:
+    """x must have at least `ndim` dimensions; shape_hint e.g. '(..., T_q, d_k)'."""
+    check_tensor(x, name)
+    if x.dim() < ndim:
+        raise ValueError(f"{name} must have shape {shape_hint} (at least {ndim}-D); "
+                         f"got shape {tuple(x.shape)}")
+
+
+def check_module_device(x: torch.Tensor, name: str, module: torch.nn.Module) -> None:
+    """x must be on the device of the module's parameters."""
+    param = next(module.parameters(), None)
+    if param is not None and x.device != param.device:
+        raise ValueError(f"{name} is on {x.device} but the parameters of {type(module).__name__} are on "
+                         f"{param.device}; move one of them (e.g. {name}.to({str(param.device)!r}))")
+
+
+def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
