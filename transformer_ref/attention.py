@@ -99,6 +99,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     check_mask(mask, "mask", scores_shape, device=q.device)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    mask = torch.atleast_2d(mask)  # the kernel wants the (T_q, T_k) axes present, if only as size 1
     has_key = mask.any(dim=-1, keepdim=True)  # (..., T_q, 1)
     # Let empty rows attend everywhere (some backends return NaN for them), then zero them.
     output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, dropout_p=dropout_p)
