@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from transformer_ref.positional import (LearnedPositionalEmbedding, SinusoidalPositionalEncoding,
-                                        apply_rotary, relative_attention, relative_logits_naive,
+from transformer_ref.positional import (LearnedPositionalEmbedding, RelativeMultiHeadAttention,
+                                        SinusoidalPositionalEncoding, apply_rotary, relative_attention, relative_logits_naive,
                                         relative_logits_skewed, relative_position_index,
                                         sinusoidal_positional_encoding, skew)
 
@@ -151,11 +151,11 @@ def test_relative_attention_without_positions_is_plain_attention(device):
 
 def test_relative_attention_gradcheck():
     g = torch.Generator().manual_seed(3)
-    shapes = [(2, 4, 3), (2, 5, 3), (2, 5, 2), (4, 5, 3), (4, 5, 2)]
+    shapes = [(2, 3, 2), (2, 4, 2), (2, 4, 2), (3, 4, 2), (3, 4, 2)]
     q, k, v, rel_k, rel_v = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
                              for s in shapes)
-    mask = torch.ones(4, 5, dtype=torch.bool).tril(1)
-    mask[2] = False
+    mask = torch.ones(3, 4, dtype=torch.bool).tril(1)
+    mask[1] = False
     assert torch.autograd.gradcheck(lambda *a: relative_attention(*a, mask=mask), (q, k, v, rel_k, rel_v))
 
 
@@ -168,6 +168,75 @@ def test_relative_attention_rejects_bad_input():
         relative_attention(q, k, v, rel, rel, mask=torch.ones(3, 3))
     with pytest.raises(ValueError, match="max_distance must be a non-negative int; got -1"):
         relative_position_index(3, 3, -1)
+
+
+def test_relative_multihead_matches_loop(device):
+    torch.manual_seed(7)
+    B, T_q, T_k, d_model, H, max_distance = 2, 5, 6, 12, 3, 2
+    module = RelativeMultiHeadAttention(d_model, H, max_distance).double()
+    for table in (module.rel_k, module.rel_v):
+        torch.nn.init.normal_(table.weight)  # large enough to matter
+    query = torch.randn(B, T_q, d_model, dtype=torch.float64)
+    key_value = torch.randn(B, T_k, d_model, dtype=torch.float64)
+    mask = torch.rand(B, 1, T_k) > 0.3  # key padding-like, shared by the queries
+    mask[1] = False  # an all-padding sequence: zeros
+    # reference: project, split into heads by hand, loop, concatenate, project
+    heads = lambda x: x.view(B, -1, H, d_model // H).transpose(1, 2)  # noqa: E731
+    index = relative_position_index(T_q, T_k, max_distance)
+    out, w = loop_relative_attention(heads(module.W_q(query)), heads(module.W_k(key_value)),
+                                     heads(module.W_v(key_value)), module.rel_k.weight[index],
+                                     module.rel_v.weight[index], mask.unsqueeze(1))
+    expected = module.W_o(out.transpose(1, 2).reshape(B, T_q, d_model))
+    module.to(device)
+    got, got_w = module(query.to(device), key_value.to(device), key_value.to(device), mask.to(device))
+    assert_close(got.cpu(), expected)
+    assert_close(got_w.cpu(), w)
+    assert got_w.shape == (B, H, T_q, T_k)
+    assert module(query.to(device), key_value.to(device), key_value.to(device), need_weights=False)[1] is None
+
+
+def test_relative_multihead_without_positions_is_nn_multihead(device):
+    """With both relative tables zero it is plain multi-head attention: compare with nn.MultiheadAttention."""
+    torch.manual_seed(8)
+    d_model, H = 16, 4
+    module = RelativeMultiHeadAttention(d_model, H, max_distance=3).to(device)
+    torch.nn.init.zeros_(module.rel_k.weight)
+    torch.nn.init.zeros_(module.rel_v.weight)
+    ref = torch.nn.MultiheadAttention(d_model, H, batch_first=True).to(device)
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([module.W_q.weight, module.W_k.weight, module.W_v.weight]))
+        ref.in_proj_bias.copy_(torch.cat([module.W_q.bias, module.W_k.bias, module.W_v.bias]))
+        ref.out_proj.weight.copy_(module.W_o.weight)
+        ref.out_proj.bias.copy_(module.W_o.bias)
+    x = torch.randn(3, 7, d_model, device=device)
+    key_padding_mask = torch.zeros(3, 7, dtype=torch.bool, device=device)  # True = ignore
+    key_padding_mask[0, 5:] = True
+    expected, expected_w = ref(x, x, x, key_padding_mask=key_padding_mask, average_attn_weights=False)
+    got, got_w = module(x, x, x, mask=~key_padding_mask[:, None, :])
+    assert_close(got, expected)
+    assert_close(got_w, expected_w)
+
+
+def test_relative_multihead_gradcheck():
+    torch.manual_seed(9)
+    module = RelativeMultiHeadAttention(4, 2, max_distance=1).double()
+    x = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    mask = torch.ones(3, 3, dtype=torch.bool).tril()
+    assert torch.autograd.gradcheck(lambda x, *params: module(x, x, x, mask)[0],
+                                    (x, module.rel_k.weight, module.rel_v.weight, module.W_q.weight))
+
+
+def test_relative_multihead_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"d_model \(10\) must be divisible by num_heads \(3\)"):
+        RelativeMultiHeadAttention(10, 3, max_distance=2)
+    with pytest.raises(ValueError, match="max_distance must be a non-negative int; got -2"):
+        RelativeMultiHeadAttention(8, 2, max_distance=-2)
+    module = RelativeMultiHeadAttention(8, 2, max_distance=2)
+    x = torch.randn(2, 4, 8)
+    with pytest.raises(TypeError, match="mask must be a bool tensor"):
+        module(x, x, x, mask=torch.ones(2, 4, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="d_model = 8"):
+        module(x[..., :6], x, x)
 
 
 # ---------------------------------------------------------------- Huang et al. 2018 skewing
@@ -209,8 +278,8 @@ def test_skewed_matches_shaw_gather():
 
 def test_skew_gradcheck():
     g = torch.Generator().manual_seed(5)
-    for width in (4, 7):
-        x = torch.randn(2, 4, width, generator=g, dtype=torch.float64, requires_grad=True)
+    for width in (3, 5):
+        x = torch.randn(3, width, generator=g, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(skew, (x,))
 
 

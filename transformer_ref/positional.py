@@ -18,6 +18,8 @@ from torch import nn
 
 from transformer_ref._checks import (check_floating, check_mask, check_ndim, check_positive_int,
                                      check_same_device, check_size)
+from transformer_ref.attention import _masked_softmax
+from transformer_ref.multihead import MultiHeadAttention, merge_heads, split_heads
 
 
 def sinusoidal_positional_encoding(max_len: int, d_model: int, device: torch.device | str | None = None,
@@ -112,18 +114,8 @@ def relative_position_index(q_len: int, k_len: int, max_distance: int,
     return (j - i).clamp(-max_distance, max_distance) + max_distance  # (q_len, k_len)
 
 
-def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """softmax over the last axis, restricted to mask == True; rows with no True give zeros, not NaN."""
-    if mask is None:
-        return torch.softmax(scores, dim=-1)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    any_allowed = mask.any(dim=-1, keepdim=True)
-    weights = torch.softmax(scores.masked_fill(~any_allowed, 0.0), dim=-1)
-    return weights.masked_fill(~mask, 0.0)
-
-
 def relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: torch.Tensor,
-                       rel_v: torch.Tensor, mask: torch.Tensor | None = None
+                       rel_v: torch.Tensor, mask: torch.Tensor | None = None, dropout_p: float = 0.0
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Self-attention with relative position representations (Shaw et al. 2018, eq. 3-4).
 
@@ -134,7 +126,9 @@ def relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k:
     rel_k: (T_q, T_k, d_k) = a^K, rel_v: (T_q, T_k, d_v) = a^V, the gathered embeddings
     (e.g. table[relative_position_index(T_q, T_k, max_distance)]), shared by all batch entries and heads.
     mask: bool, broadcastable to (..., T_q, T_k); True = may attend.
-    Returns (output (..., T_q, d_v), weights (..., T_q, T_k)); a fully masked row gives zeros.
+    dropout_p: dropout on the weights, applied whenever > 0 (pass 0.0 in evaluation).
+    Returns (output (..., T_q, d_v), weights (..., T_q, T_k)), the weights being those used (after
+    dropout); a fully masked row gives zero weights and zero output, not NaN.
     """
     for name, t in (("q", q), ("k", k), ("v", v), ("rel_k", rel_k), ("rel_v", rel_v)):
         check_floating(t, name)
@@ -156,8 +150,47 @@ def relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k:
     scores = q @ k.transpose(-2, -1)                              # (..., T_q, T_k)
     scores = scores + torch.einsum("...qd,qkd->...qk", q, rel_k)  # (..., T_q, T_k)
     weights = _masked_softmax(scores / math.sqrt(d_k), mask)      # (..., T_q, T_k)
+    if dropout_p > 0.0:
+        weights = nn.functional.dropout(weights, p=dropout_p)
     output = weights @ v + torch.einsum("...qk,qkd->...qd", weights, rel_v)  # (..., T_q, d_v)
     return output, weights
+
+
+class RelativeMultiHeadAttention(MultiHeadAttention):
+    """Multi-head attention with Shaw et al. 2018 relative position representations.
+
+    Like MultiHeadAttention (members W_q, W_k, W_v, W_o, same masks and return values), plus two
+    tables of 2 * max_distance + 1 learned embeddings of size d_k, one per clipped distance
+    clip(j - i, -max_distance, max_distance): rel_k (the key term a^K) and rel_v (the value term a^V),
+    shared by all heads as in the paper, initialised N(0, 0.02^2).
+    forward(query (B, T_q, d_model), key, value (B, T_k, d_model), mask=None, need_weights=True)
+    -> (output (B, T_q, d_model), weights (B, H, T_q, T_k) or None).
+    mask: bool, True = may attend; broadcastable to (B, T_q, T_k) or 4-D (B, H, T_q, T_k).
+    Query i and key j are both counted from position 0.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, max_distance: int, bias: bool = True,
+                 dropout: float = 0.0) -> None:
+        super().__init__(d_model, num_heads, bias=bias, dropout=dropout)
+        relative_position_index(1, 1, max_distance)  # validates max_distance
+        self.max_distance = max_distance
+        self.rel_k = nn.Embedding(2 * max_distance + 1, self.d_k)
+        self.rel_v = nn.Embedding(2 * max_distance + 1, self.d_k)
+        nn.init.normal_(self.rel_k.weight, std=0.02)
+        nn.init.normal_(self.rel_v.weight, std=0.02)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor | None = None,
+                need_weights: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mask = self._check_inputs(query, key, value, mask)
+        index = relative_position_index(query.size(1), key.size(1), self.max_distance,
+                                        device=query.device)  # (T_q, T_k)
+        q = split_heads(self.W_q(query), self.num_heads)  # (B, H, T_q, d_k)
+        k = split_heads(self.W_k(key), self.num_heads)    # (B, H, T_k, d_k)
+        v = split_heads(self.W_v(value), self.num_heads)  # (B, H, T_k, d_k)
+        heads, weights = relative_attention(q, k, v, self.rel_k(index), self.rel_v(index), mask,
+                                            self.dropout if self.training else 0.0)  # (B, H, T_q, d_k)
+        return self.W_o(merge_heads(heads)), (weights if need_weights else None)
 
 
 def skew(rel_logits: torch.Tensor) -> torch.Tensor:
