@@ -1,0 +1,728 @@
+"""Checking helpers for the course's exercises, the way ``numpy.testing`` serves numpy.
+
+A test cell in an exercise notebook is one line::
+
+    from transformer_ref.testing import check_scaled_dot_product_attention
+    check_scaled_dot_product_attention(scaled_dot_product_attention)
+
+which raises ``AssertionError`` with a message written for the student: what was expected, what
+came back, and -- when the output matches one of the catalogued mistakes in
+:mod:`transformer_ref.mistakes` -- the likely mistake in plain words.
+
+A check is three separate steps, so that a grader can run the student's code in an isolated
+process and compare outside it (everything passed between the steps is picklable):
+
+1. :func:`make_cases` ``(exercise, seed)`` -> a list of :class:`Case` (awkward shapes: batch 1, odd
+   sizes, T_q != T_k, fully masked rows, float64; CUDA copies when asked for and available).
+2. :func:`run_student` ``(exercise, impl, cases)`` -> a list of :class:`Outcome`: the student's
+   outputs or exceptions, inputs checked for in-place modification, and any call of a forbidden
+   shortcut (the package's own answer or PyTorch's fused version, caught by a tripwire while the
+   student's code runs and by an inspection of the names its code refers to).
+3. :func:`compare` ``(exercise, cases, outcomes)`` -> a :class:`Report` (passed, message): shape,
+   dtype, device, NaN where the reference has none, then values with dtype-fit tolerances against
+   the ``transformer_ref`` reference; when wrong, the catalogue of known mistakes is run on the same
+   inputs and a match is named.
+
+:func:`check` does all three; ``check_<name>(impl)`` is :func:`check` for one graded item.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import dis
+import importlib
+import inspect
+import math
+import sys
+import traceback
+import types
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["Case", "Outcome", "Report", "Exercise", "EXERCISES", "ASSIGNMENTS", "make_cases",
+           "run_student", "compare", "check", "find_shortcut", "assert_report"]
+
+# --------------------------------------------------------------------------------------------
+# Data passed between the three steps
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """One set of inputs for a graded item.
+
+    Functions are called as ``impl(*args, **kwargs)``. Classes are built as ``impl(**init)``, given
+    the parameters in ``state`` (by name, e.g. ``"W_q.weight"``), put in training mode when
+    ``train`` is True (evaluation mode otherwise) and called as ``module(*args, **kwargs)``.
+    """
+
+    label: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    init: dict | None = None
+    state: dict | None = None
+    train: bool = False
+
+
+@dataclass
+class Outcome:
+    """What the student's code did on one case: a value, or an error message."""
+
+    value: Any = None
+    error: str | None = None        # the student's exception, formatted for the student
+    mutated: list[str] = field(default_factory=list)   # inputs changed in place
+    shortcut: str | None = None     # message when a forbidden shortcut was called
+
+
+@dataclass
+class Report:
+    """The verdict on one graded item; ``mistake`` is the catalogue key of a recognised mistake."""
+
+    passed: bool
+    message: str
+    mistake: str | None = None
+    shortcut: bool = False
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+
+@dataclass(frozen=True)
+class Mistake:
+    """A plausible wrong implementation (same form as a submission) and what to tell the student."""
+
+    key: str
+    says: str           # completes "Likely mistake: ..."
+    impl: Any
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """A graded item: how to build inputs, the reference, what it may not call, how to compare.
+
+    ``cases(g, seed)`` builds CPU cases from the generator ``g``; ``reference()`` returns the
+    reference implementation in the same form as a submission (a function or an nn.Module class),
+    imported lazily from transformer_ref. ``forbidden`` lists dotted names of callables the
+    submission may not use. ``tol`` overrides the float tolerances {dtype: (rtol, atol)}.
+    ``compare_fn``, when set, replaces the reference comparison (randomised exercises).
+    """
+
+    name: str
+    assignment: str
+    kind: str                                   # "function" or "class"
+    cases: Callable[[torch.Generator, int], list[Case]]
+    reference: Callable[[], Any]
+    forbidden: tuple[str, ...]
+    outputs: tuple[str, ...] = ("output",)      # names of the returned values, for messages
+    tol: dict = field(default_factory=dict)
+    members: str = ""                           # for classes: the parameters the checker sets
+    compare_fn: Callable | None = None
+
+
+# --------------------------------------------------------------------------------------------
+# Tolerances and small utilities
+# --------------------------------------------------------------------------------------------
+
+TOLERANCES = {  # (rtol, atol): loose enough for any correct order of operations, tight enough
+    torch.float16: (1e-2, 1e-3),   # for every catalogued mistake
+    torch.bfloat16: (2e-2, 1e-2),
+    torch.float32: (1e-4, 1e-5),
+    torch.float64: (1e-7, 1e-10),
+}
+
+
+def _tree_map(fn: Callable, obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_tree_map(fn, o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _tree_map(fn, v) for k, v in obj.items()}
+    return obj
+
+
+def _clone(obj: Any) -> Any:
+    return _tree_map(lambda t: t.detach().clone(), obj)
+
+
+def _to(obj: Any, device: torch.device | str) -> Any:
+    return _tree_map(lambda t: t.to(device), obj)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Exactly equal, NaN equal to NaN."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.equal(a, b) or torch.equal(a.isnan(), b.isnan()) and
+                    torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))
+    return bool(torch.equal(a, b))
+
+
+def _describe(value: Any) -> str:
+    """A short description of what a submission returned."""
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype} on {value.device}"
+    if isinstance(value, (tuple, list)):
+        return f"a {type(value).__name__} of {len(value)}: (" + ", ".join(_describe(v) for v in value) + ")"
+    if value is None:
+        return "None (did you forget `return`?)"
+    return f"{type(value).__name__} {value!r}"[:200]
+
+
+def _fmt(t: torch.Tensor, limit: int = 48) -> str:
+    """A tensor printed small enough for a message."""
+    if t.numel() > limit:
+        return f"tensor of shape {tuple(t.shape)}"
+    with _printoptions():
+        return str(t.detach().cpu()).replace("tensor(", "").rstrip(")").replace("\n       ", "\n  ")
+
+
+@contextlib.contextmanager
+def _printoptions() -> Iterator[None]:
+    saved = torch._tensor_str.PRINT_OPTS.precision, torch._tensor_str.PRINT_OPTS.sci_mode
+    torch.set_printoptions(precision=4, sci_mode=False)
+    try:
+        yield
+    finally:
+        torch.set_printoptions(precision=saved[0], sci_mode=saved[1])
+
+
+def _scalar(x: Any) -> float | None:
+    """A Python number or 0-d tensor as float; None for anything else."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, (int, float)):
+        return float(x)
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and (x.is_floating_point() or not x.dtype.is_complex):
+        return float(x.item())
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: cases
+# --------------------------------------------------------------------------------------------
+
+
+def make_cases(exercise: str, seed: int = 0, cuda: bool = False) -> list[Case]:
+    """Inputs for one graded item, drawn from a local ``torch.Generator`` seeded with ``seed``.
+
+    With ``cuda=True`` and a GPU present, CUDA copies of the cases are appended.
+    """
+    ex = _exercise(exercise)
+    g = torch.Generator().manual_seed(seed)
+    cases = ex.cases(g, seed)
+    if cuda and torch.cuda.is_available():
+        cases += [Case(c.label + ", on cuda", _to(c.args, "cuda"), _to(c.kwargs, "cuda"), c.init,
+                       _to(c.state, "cuda"), c.train) for c in cases[:3]]
+    return cases
+
+
+def _exercise(name: str) -> Exercise:
+    if isinstance(name, Exercise):
+        return name
+    if name not in EXERCISES:
+        raise KeyError(f"unknown exercise {name!r}; known: {', '.join(sorted(EXERCISES))}")
+    return EXERCISES[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: running a submission
+# --------------------------------------------------------------------------------------------
+
+
+class ShortcutError(RuntimeError):
+    """Raised inside the student's code when it calls a forbidden shortcut."""
+
+
+class _SetupError(Exception):
+    """The submission could not be set up for a case (a class without the expected members...)."""
+
+
+def _resolve(dotted: str) -> tuple[Any, str, Any] | None:
+    """'torch.nn.functional.softmax' -> (owner object, attribute name, current value), or None.
+
+    Modules of the transformers library are only looked at when already imported (it is slow to import).
+    """
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        modname = ".".join(parts[:cut])
+        if modname.split(".")[0] == "transformers" and modname not in sys.modules:
+            return None
+        try:
+            owner = importlib.import_module(modname)
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:-1]:
+                owner = getattr(owner, attr)
+            return owner, parts[-1], getattr(owner, parts[-1])
+        except AttributeError:
+            return None
+    return None
+
+
+def _shortcut_message(ex: Exercise, dotted: str) -> str:
+    what = "the course's reference answer" if dotted.startswith("transformer_ref") else \
+        "a ready-made version of what this exercise asks you to write"
+    return (f"{ex.name} uses {dotted}, {what}. Write it yourself from basic tensor operations "
+            f"(matmul, softmax, sum, ...); this item scores 0 while that call is there.")
+
+
+@contextlib.contextmanager
+def _tripwires(ex: Exercise, hits: list[str]) -> Iterator[None]:
+    """Temporarily replace every forbidden callable with a wrapper that records the call and raises."""
+    patched = []
+    for dotted in ex.forbidden:
+        found = _resolve(dotted)
+        if found is None:
+            continue
+        owner, attr, original = found
+
+        def wire(*args: Any, __dotted: str = dotted, **kwargs: Any) -> Any:
+            hits.append(__dotted)
+            raise ShortcutError(_shortcut_message(ex, __dotted))
+
+        try:
+            setattr(owner, attr, wire)
+        except (AttributeError, TypeError):  # some C types refuse new attributes
+            continue
+        patched.append((owner, attr, original))
+    try:
+        yield
+    finally:
+        for owner, attr, original in reversed(patched):
+            setattr(owner, attr, original)
+
+
+def _forbidden_objects(ex: Exercise) -> dict[int, str]:
+    objects = {}
+    for dotted in ex.forbidden:
+        found = _resolve(dotted)
+        if found is not None:
+            objects[id(found[2])] = dotted
+            # A forbidden method (nn.LayerNorm.forward) also forbids its class (nn.LayerNorm).
+            if isinstance(found[0], type) and found[1] in ("forward", "__init__", "__call__"):
+                objects.setdefault(id(found[0]), dotted.rsplit(".", 1)[0])
+    return objects
+
+
+_LOAD_BASE = {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF"}
+_LOAD_ATTR = {"LOAD_ATTR", "LOAD_METHOD"}
+
+
+def find_shortcut(exercise: str | Exercise, impl: Any) -> str | None:
+    """Inspect the names a submission's code refers to (through globals, closures, imports inside the
+    function, its helpers and base classes); return the dotted name of a forbidden one, or None."""
+    ex = _exercise(exercise)
+    forbidden = _forbidden_objects(ex)
+    seen: set[int] = set()
+
+    def look_obj(obj: Any, home: str | None) -> str | None:
+        if id(obj) in forbidden:
+            return forbidden[id(obj)]
+        if id(obj) in seen:
+            return None
+        if isinstance(obj, (types.FunctionType, types.MethodType)):
+            seen.add(id(obj))
+            fn = obj.__func__ if isinstance(obj, types.MethodType) else obj
+            if home is not None and fn.__module__ != home:
+                return None  # library code: the tripwire watches it at run time
+            cells = {name: cell for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ())}
+            return look_code(fn.__code__, fn.__globals__, cells, fn.__module__)
+        if isinstance(obj, (staticmethod, classmethod)):
+            return look_obj(obj.__func__, home)
+        if isinstance(obj, property):
+            return next((r for f in (obj.fget, obj.fset) if f and (r := look_obj(f, home))), None)
+        if isinstance(obj, type):
+            seen.add(id(obj))
+            if home is not None and obj.__module__ != home:
+                return None
+            for base in obj.__mro__[1:]:
+                if id(base) in forbidden:
+                    return forbidden[id(base)]
+            for value in vars(obj).values():
+                if (r := look_obj(value, obj.__module__)):
+                    return r
+        return None
+
+    def look_code(code: types.CodeType, globs: dict, cells: dict, home: str) -> str | None:
+        chain: Any = None
+        for ins in dis.get_instructions(code):
+            name = ins.argval if isinstance(ins.argval, str) else None
+            if ins.opname in _LOAD_BASE and name is not None:
+                if ins.opname == "LOAD_DEREF" and name in cells:
+                    try:
+                        chain = cells[name].cell_contents
+                    except ValueError:
+                        chain = None
+                else:
+                    chain = globs.get(name, getattr(builtins, name, None))
+            elif ins.opname in _LOAD_ATTR and name is not None and chain is not None:
+                chain = getattr(chain, name, None)
+            elif ins.opname == "IMPORT_NAME" and name is not None:
+                chain = sys.modules.get(name)
+                if chain is not None and name.count("."):
+                    chain = sys.modules.get(name.split(".")[0])  # `import a.b` binds a
+                continue
+            elif ins.opname == "IMPORT_FROM" and name is not None and chain is not None:
+                if (r := look_obj(getattr(chain, name, None), home)):
+                    return r
+                continue
+            else:
+                chain = None
+                continue
+            if chain is not None and (r := look_obj(chain, home)):
+                return r
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType) and (r := look_code(const, globs, cells, home)):
+                return r
+        return None
+
+    return look_obj(impl, None)
+
+
+def _format_exception(ex: Exercise, err: BaseException) -> str:
+    if isinstance(err, NotImplementedError):
+        return (f"{ex.name} is not implemented yet: it raised NotImplementedError. Replace "
+                f"`raise NotImplementedError()` with your code.")
+    if isinstance(err, _SetupError):
+        return str(err)
+    frames = traceback.extract_tb(err.__traceback__)
+    # The student's own frames: not this module, not torch.
+    own = [f for f in frames if f.filename != __file__ and "site-packages" not in f.filename
+           and "/torch/" not in f.filename]
+    where = ""
+    if own:
+        f = own[-1]
+        line = f" `{f.line.strip()}`" if f.line else ""
+        where = f" at line {f.lineno}{line}"
+    return f"{ex.name} raised {type(err).__name__}{where}: {err}"
+
+
+def _call(ex: Exercise, impl: Any, case: Case) -> Any:
+    if ex.kind == "function":
+        return impl(*case.args, **case.kwargs)
+    try:
+        module = impl(**(case.init or {}))
+    except NotImplementedError:
+        raise
+    except Exception as err:
+        raise _SetupError(f"{ex.name}({', '.join(f'{k}={v!r}' for k, v in (case.init or {}).items())}) "
+                          f"failed: {type(err).__name__}: {err}") from err
+    if not isinstance(module, torch.nn.Module):
+        raise _SetupError(f"{ex.name} must be an nn.Module subclass; {ex.name}(...) gave {_describe(module)}")
+    if case.state:
+        _load_state(ex, module, case.state)
+    module.train(case.train)
+    return module(*case.args, **case.kwargs)
+
+
+def _load_state(ex: Exercise, module: torch.nn.Module, state: dict) -> None:
+    params = dict(module.named_parameters())
+    missing = [k for k in state if k not in params]
+    if missing:
+        raise _SetupError(f"{ex.name} has no parameter {missing[0]!r} (the checker sets {ex.members}); "
+                          f"its parameters are: {', '.join(params) or 'none'}")
+    extra = [k for k in params if k not in state]
+    if extra:
+        raise _SetupError(f"{ex.name} has a parameter {extra[0]!r} that the exercise does not ask for "
+                          f"(expected exactly {ex.members})")
+    first = next(iter(state.values()))
+    module.to(device=first.device, dtype=first.dtype)
+    with torch.no_grad():
+        for k, v in state.items():
+            if params[k].shape != v.shape:
+                raise _SetupError(f"{ex.name}'s parameter {k!r} has shape {tuple(params[k].shape)}; "
+                                  f"expected {tuple(v.shape)}")
+            params[k].copy_(v)
+
+
+def run_student(exercise: str | Exercise, impl: Any, cases: Sequence[Case], *,
+                watch: bool = True) -> list[Outcome]:
+    """Run a submission on every case; never raises for anything the submission does.
+
+    Inputs are cloned first and compared afterwards (in-place modification). With ``watch`` (the
+    default) forbidden shortcuts are caught by a tripwire and by :func:`find_shortcut`.
+    """
+    ex = _exercise(exercise)
+    static = find_shortcut(ex, impl) if watch else None
+    outcomes = []
+    for case in cases:
+        given = Case(case.label, *_clone((case.args, case.kwargs)), case.init, case.state, case.train)
+        hits: list[str] = []
+        out = Outcome()
+        try:
+            with (_tripwires(ex, hits) if watch else contextlib.nullcontext()):
+                value = _call(ex, impl, given)
+            out.value = _tree_map(lambda t: t.detach(), value)
+        except Exception as err:  # the student's exception becomes a message
+            out.error = _format_exception(ex, err)
+        out.mutated = [name for name, a, b in _named_tensors(ex, impl, (case.args, case.kwargs),
+                                                             (given.args, given.kwargs)) if not _same(a, b)]
+        dotted = hits[0] if hits else static
+        if dotted:
+            out.shortcut = _shortcut_message(ex, dotted)
+        outcomes.append(out)
+    return outcomes
+
+
+def _named_tensors(ex: Exercise, impl: Any, before: tuple, after: tuple) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, before, after) for every tensor argument; names from the submission's signature."""
+    try:
+        params = list(inspect.signature(impl.forward if ex.kind == "class" else impl).parameters)
+    except (TypeError, ValueError, AttributeError):
+        params = []
+    if ex.kind == "class" and params[:1] == ["self"]:
+        params = params[1:]
+    (args_b, kwargs_b), (args_a, kwargs_a) = before, after
+    for i, (a, b) in enumerate(zip(args_b, args_a)):
+        if isinstance(a, torch.Tensor):
+            yield (params[i] if i < len(params) else f"argument {i + 1}"), a, b
+    for k, a in kwargs_b.items():
+        if isinstance(a, torch.Tensor):
+            yield k, a, kwargs_a[k]
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3: comparing
+# --------------------------------------------------------------------------------------------
+
+
+def _reference_outcomes(ex: Exercise, cases: Sequence[Case]) -> list[Outcome]:
+    return run_student(ex, ex.reference(), cases, watch=False)
+
+
+def _mismatch(ex: Exercise, expected: Any, got: Any, where: str) -> str | None:
+    """None when got matches expected; otherwise a message for the student."""
+    names = ex.outputs
+    if isinstance(expected, tuple):
+        if not isinstance(got, (tuple, list)) or len(got) != len(expected):
+            return (f"{ex.name} should return a tuple ({', '.join(names)}); it returned {_describe(got)}")
+        for name, e, o in zip(names, expected, got):
+            if (msg := _mismatch_leaf(ex, e, o, f"{where}: {name}")):
+                return msg
+        return None
+    return _mismatch_leaf(ex, expected, got, f"{where}: {names[0]}")
+
+
+def _mismatch_leaf(ex: Exercise, expected: Any, got: Any, where: str) -> str | None:
+    if not isinstance(expected, torch.Tensor):
+        e, o = _scalar(expected), _scalar(got)
+        if o is None:
+            return f"{where}: expected a number like {expected!r}; got {_describe(got)}"
+        if not math.isclose(o, e, rel_tol=1e-6, abs_tol=1e-12):
+            return f"{where}: expected {e:.8g}, got {o:.8g}"
+        return None
+    if not isinstance(got, torch.Tensor):
+        return f"{where}: expected a torch.Tensor of shape {tuple(expected.shape)}; got {_describe(got)}"
+    if got.shape != expected.shape:
+        return f"{where}: expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
+    if got.dtype != expected.dtype:
+        hint = " (keep the dtype of the inputs; create new tensors with dtype=x.dtype)" \
+            if expected.is_floating_point() else ""
+        return f"{where}: expected dtype {expected.dtype}, got {got.dtype}{hint}"
+    if got.device != expected.device:
+        return (f"{where}: expected the result on {expected.device}, got it on {got.device} "
+                f"(create new tensors with device=x.device)")
+    if not expected.is_floating_point():
+        if not torch.equal(got, expected):
+            bad = (got != expected).nonzero()[0].tolist()
+            return (f"{where}: wrong at index {tuple(bad)}: expected {expected[tuple(bad)].item()}, "
+                    f"got {got[tuple(bad)].item()}\nexpected:\n{_fmt(expected)}\ngot:\n{_fmt(got)}")
+        return None
+    new_nan = got.isnan() & ~expected.isnan()
+    if new_nan.any():
+        bad = new_nan.nonzero()[0].tolist()
+        return (f"{where}: NaN at index {tuple(bad)} where the reference has {expected[tuple(bad)].item():.4g}"
+                f" ({int(new_nan.sum())} NaN in all). A softmax over a row of only -inf gives NaN: "
+                f"a query with nothing to attend to must get zero weights and zero output.")
+    rtol, atol = ex.tol.get(expected.dtype, TOLERANCES.get(expected.dtype, (1e-4, 1e-5)))
+    close = torch.isclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
+    if not close.all():
+        diff = (got - expected).abs().nan_to_num(float("inf")).masked_fill(close, 0)
+        bad = tuple(torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
+        bad = tuple(int(i) for i in bad)
+        n_bad = int((~close).sum())
+        msg = (f"{where}: {n_bad} of {close.numel()} values differ; the largest difference is at index "
+               f"{bad}: expected {expected[bad].item():.6g}, got {got[bad].item():.6g}")
+        if expected.numel() <= 48:
+            msg += f"\nexpected:\n{_fmt(expected)}\ngot:\n{_fmt(got)}"
+        return msg
+    return None
+
+
+def _matches(ex: Exercise, a: list[Outcome], b: list[Outcome]) -> bool:
+    """Both produced values on the same cases and the values agree (within tolerance)."""
+    usable = [(x, y) for x, y in zip(a, b) if x.error is None]
+    if not usable or any(y.error is not None for _, y in usable):
+        return False
+    return all(_mismatch(ex, x.value, y.value, "") is None for x, y in usable)
+
+
+def diagnose(exercise: str | Exercise, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Any:
+    """The catalogued mistake whose outputs equal the submission's on every case, or None."""
+    from transformer_ref.mistakes import CATALOGUE
+    ex = _exercise(exercise)
+    for mistake in CATALOGUE.get(ex.name, ()):
+        produced = run_student(ex, mistake.impl, cases, watch=False)
+        if _matches(ex, list(outcomes), produced):
+            return mistake
+    return None
+
+
+def compare(exercise: str | Exercise, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Report:
+    """Compare a submission's outcomes with the reference on the same cases; name a known mistake."""
+    ex = _exercise(exercise)
+    if len(outcomes) != len(cases):
+        return Report(False, f"{ex.name}: got {len(outcomes)} outcomes for {len(cases)} cases")
+    for out in outcomes:
+        if out.shortcut:
+            return Report(False, out.shortcut, shortcut=True)
+    if ex.compare_fn is not None:
+        return ex.compare_fn(ex, cases, outcomes)
+    expected = _reference_outcomes(ex, cases)
+    for i, (case, out, ref) in enumerate(zip(cases, outcomes, expected)):
+        if ref.error is not None:  # a bug in this module or the reference, not the student's
+            raise RuntimeError(f"reference failed on case {case.label!r}: {ref.error}")
+        where = f"case {i + 1} of {len(cases)} ({case.label})"
+        if out.error is not None:
+            return Report(False, f"{ex.name} does not run yet.\n{where}: {out.error}")
+        if out.mutated:
+            return Report(False, f"{ex.name} changed its input {', '.join(out.mutated)} in place ({where}); "
+                          f"leave the inputs as they are (use out-of-place operations: x = x + 1, not x += 1)")
+        problem = _mismatch(ex, ref.value, out.value, where)
+        if problem is not None:
+            mistake = diagnose(ex, cases, outcomes)
+            if mistake is not None:
+                problem += f"\nLikely mistake: {mistake.says}"
+            return Report(False, f"{ex.name} is not right yet.\n{problem}",
+                          mistake=mistake.key if mistake else None)
+    return Report(True, f"{ex.name}: all {len(cases)} cases pass.")
+
+
+# --------------------------------------------------------------------------------------------
+# All three steps
+# --------------------------------------------------------------------------------------------
+
+
+def check(exercise: str, impl: Any, seeds: Sequence[int] = (0,), cuda: bool = False) -> Report:
+    """make_cases + run_student + compare for each seed; the first failing seed's report."""
+    report = Report(True, "")
+    for seed in seeds:
+        cases = make_cases(exercise, seed, cuda=cuda)
+        report = compare(exercise, cases, run_student(exercise, impl, cases))
+        if not report.passed:
+            return report
+    return report
+
+
+def assert_report(report: Report) -> None:
+    """Raise AssertionError with the report's message when it did not pass."""
+    if not report.passed:
+        raise AssertionError("\n" + report.message)
+
+
+def _entry_point(name: str) -> Callable:
+    def check_item(impl: Any, seeds: Sequence[int] = (0,), cuda: bool = False) -> None:
+        assert_report(check(name, impl, seeds, cuda))
+    check_item.__name__ = check_item.__qualname__ = f"check_{name}"
+    check_item.__doc__ = (f"Check a submission of {name!r} against transformer_ref on random inputs "
+                          f"(seeds, and CUDA copies when cuda=True and a GPU is present);\nraise "
+                          f"AssertionError with what was expected, what came back and the likely mistake.")
+    return check_item
+
+
+# --------------------------------------------------------------------------------------------
+# The graded items: inputs, reference, forbidden shortcuts
+# --------------------------------------------------------------------------------------------
+
+
+def _randn(g: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=g, dtype=dtype) * scale
+
+
+def _mask(g: torch.Generator, *shape: int, empty_row: bool = True) -> torch.Tensor:
+    """A random bool mask (True = may attend) with, when asked, one query row that may attend to nothing."""
+    mask = torch.rand(*shape, generator=g) < 0.6
+    mask[..., 0] |= ~mask.any(-1)        # every row keeps a key ...
+    if empty_row:
+        mask[(0,) * (mask.dim() - 2) + (-1,)] = False   # ... except one, fully masked
+    return mask
+
+
+def _ref(module: str, name: str) -> Callable[[], Any]:
+    return lambda: getattr(importlib.import_module(f"transformer_ref.{module}"), name)
+
+
+_F = "torch.nn.functional."
+_SDPA = (_F + "scaled_dot_product_attention", _F + "multi_head_attention_forward",
+         "torch.nn.MultiheadAttention.forward", "torch.nn.MultiheadAttention.__init__")
+_REF_ATTENTION = tuple(f"transformer_ref.attention.{n}" for n in (
+    "dot_product_attention", "scaled_dot_product_attention", "fused_attention", "self_attention",
+    "SelfAttention.forward", "additive_attention", "AdditiveAttention.forward"))
+_REF_MULTIHEAD = tuple(f"transformer_ref.multihead.{n}" for n in (
+    "split_heads", "merge_heads", "MultiHeadAttention.forward", "MultiHeadAttention.__init__"))
+
+
+def _attention_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def qkv(batch: tuple, T_q: int, T_k: int, d_k: int, d_v: int, dtype: torch.dtype = torch.float32):
+        return (_randn(g, *batch, T_q, d_k, dtype=dtype, scale=1.5), _randn(g, *batch, T_k, d_k, dtype=dtype, scale=1.5),
+                _randn(g, *batch, T_k, d_v, dtype=dtype))
+    return [
+        Case("q (2, 3, 4), k (2, 5, 4), v (2, 5, 6), no mask", qkv((2,), 3, 5, 4, 6)),
+        Case("batch 1, one query, one key: q (1, 1, 7)", qkv((1,), 1, 1, 7, 3)),
+        Case("q (5, 3) without a batch axis, k (6, 3), v (6, 2)", qkv((), 5, 6, 3, 2)),
+        Case("q (2, 3, 4, 8) with a head axis, mask (2, 1, 4, 6) with a fully masked row",
+             qkv((2, 3), 4, 6, 8, 5), {"mask": _mask(g, 2, 1, 4, 6)}),
+        Case("float64, q (3, 5, 5), causal mask (5, 5)", qkv((3,), 5, 5, 5, 4, torch.float64),
+             {"mask": torch.ones(5, 5, dtype=torch.bool).tril()}),
+        Case("float64, q (2, 4, 3), k (2, 7, 3), mask (2, 4, 7) with a fully masked row",
+             qkv((2,), 4, 7, 3, 3, torch.float64), {"mask": _mask(g, 2, 4, 7)}),
+    ]
+
+
+def _dot_product_cases(g: torch.Generator, seed: int) -> list[Case]:
+    return [
+        Case("x (2, 5, 4)", (_randn(g, 2, 5, 4, scale=0.7),)),
+        Case("batch 1, x (1, 1, 3)", (_randn(g, 1, 1, 3),)),
+        Case("x (6, 3) without a batch axis", (_randn(g, 6, 3, scale=0.7),)),
+        Case("float64, x (3, 7, 5)", (_randn(g, 3, 7, 5, dtype=torch.float64, scale=0.6),)),
+    ]
+
+
+def _self_attention_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def args(B: int, T: int, d_model: int, d_k: int, d_v: int, dtype: torch.dtype = torch.float32):
+        return (_randn(g, B, T, d_model, dtype=dtype), _randn(g, d_model, d_k, dtype=dtype, scale=0.8),
+                _randn(g, d_model, d_k, dtype=dtype, scale=0.8), _randn(g, d_model, d_v, dtype=dtype))
+    return [
+        Case("x (2, 5, 6), W_q (6, 4), W_v (6, 3)", args(2, 5, 6, 4, 3)),
+        Case("batch 1, T = 1: x (1, 1, 4), W_q (4, 2)", args(1, 1, 4, 2, 2)),
+        Case("x (3, 4, 8), causal mask (4, 4)", args(3, 4, 8, 5, 7), {"mask": torch.ones(4, 4, dtype=torch.bool).tril()}),
+        Case("float64, x (2, 6, 5), mask (2, 6, 6) with a fully masked row", args(2, 6, 5, 3, 4, torch.float64),
+             {"mask": _mask(g, 2, 6, 6)}),
+    ]
+
+
+_EXERCISE_LIST = [
+    Exercise("dot_product_attention", "03_attention", "function", _dot_product_cases,
+             _ref("attention", "dot_product_attention"), _SDPA + _REF_ATTENTION, ("output", "weights")),
+    Exercise("scaled_dot_product_attention", "03_attention", "function", _attention_cases,
+             _ref("attention", "scaled_dot_product_attention"), _SDPA + _REF_ATTENTION, ("output", "weights")),
+    Exercise("self_attention", "03_attention", "function", _self_attention_cases,
+             _ref("attention", "self_attention"), _SDPA + _REF_ATTENTION, ("output", "weights")),
+]
+
+EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in _EXERCISE_LIST}
+ASSIGNMENTS: dict[str, list[str]] = {}
+for _ex in _EXERCISE_LIST:
+    ASSIGNMENTS.setdefault(_ex.assignment, []).append(_ex.name)
+
+for _name in EXERCISES:
+    globals()[f"check_{_name}"] = _entry_point(_name)
+    __all__.append(f"check_{_name}")
