@@ -8,17 +8,22 @@ from transformer_ref.masks import causal_mask, from_key_padding_mask
 from transformer_ref.multihead import MultiHeadAttention, merge_heads, split_heads
 
 
-def copy_to_torch_mha(ours: MultiHeadAttention) -> torch.nn.MultiheadAttention:
-    """An nn.MultiheadAttention (batch_first) with our weights: in_proj packs W_q, W_k, W_v in that order."""
-    bias = ours.W_q.bias is not None
-    ref = torch.nn.MultiheadAttention(ours.d_model, ours.num_heads, bias=bias, batch_first=True)
-    ref = ref.to(device=ours.W_q.weight.device, dtype=ours.W_q.weight.dtype)
+def copy_into_torch_mha(ours: MultiHeadAttention, ref: torch.nn.MultiheadAttention) -> None:
+    """Copy our weights into an nn.MultiheadAttention: in_proj packs W_q, W_k, W_v in that order."""
     with torch.no_grad():
         ref.in_proj_weight.copy_(torch.cat([ours.W_q.weight, ours.W_k.weight, ours.W_v.weight]))
         ref.out_proj.weight.copy_(ours.W_o.weight)
-        if bias:
+        if ours.W_q.bias is not None:
             ref.in_proj_bias.copy_(torch.cat([ours.W_q.bias, ours.W_k.bias, ours.W_v.bias]))
             ref.out_proj.bias.copy_(ours.W_o.bias)
+
+
+def copy_to_torch_mha(ours: MultiHeadAttention) -> torch.nn.MultiheadAttention:
+    """A new nn.MultiheadAttention (batch_first, eval mode) holding our weights."""
+    ref = torch.nn.MultiheadAttention(ours.d_model, ours.num_heads, bias=ours.W_q.bias is not None,
+                                      batch_first=True)
+    ref = ref.to(device=ours.W_q.weight.device, dtype=ours.W_q.weight.dtype)
+    copy_into_torch_mha(ours, ref)
     return ref.eval()
 
 

@@ -34,6 +34,22 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(B, T, H * d_k)  # (B, T, d_model)
 
 
+def attention_mask_for_heads(mask: torch.Tensor | None, name: str, B: int, H: int, T_q: int, T_k: int,
+                             device: torch.device) -> torch.Tensor | None:
+    """Check a mask (bool, True = may attend) and give it a head axis.
+
+    Accepts masks broadcastable to (B, T_q, T_k), or 4-D ones broadcastable to (B, H, T_q, T_k);
+    returns a mask broadcastable to (B, H, T_q, T_k) (or None). ``name`` is used in error messages.
+    """
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4:
+        check_mask(mask, name, (B, H, T_q, T_k), "(B, H, T_q, T_k)", device=device)
+        return mask
+    check_mask(mask, name, (B, T_q, T_k), "(B, T_q, T_k)", device=device)
+    if mask is not None and mask.dim() == 3:
+        return mask.unsqueeze(1)  # (B, 1, T_q, T_k): the same mask for every head
+    return mask  # 0-, 1- or 2-D masks already broadcast over (B, H)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention for self-attention (query = key = value) and cross-attention.
 
@@ -68,14 +84,8 @@ class MultiHeadAttention(nn.Module):
             check_size(x, name, 0, query.size(0), "B = query.shape[0]")
             check_module_device(x, name, self)
         check_size(value, "value", 1, key.size(1), "T_k = key.shape[1]")
-        B, T_q, T_k = query.size(0), query.size(1), key.size(1)
-        if mask is not None and mask.dim() == 4:
-            check_mask(mask, "mask", (B, self.num_heads, T_q, T_k), "(B, H, T_q, T_k)", device=query.device)
-            return mask
-        check_mask(mask, "mask", (B, T_q, T_k), "(B, T_q, T_k)", device=query.device)
-        if mask is not None and mask.dim() == 3:
-            return mask.unsqueeze(1)  # (B, 1, T_q, T_k): the same mask for every head
-        return mask  # 1-D or 2-D masks already broadcast over (B, H)
+        return attention_mask_for_heads(mask, "mask", query.size(0), self.num_heads, query.size(1), key.size(1),
+                                        query.device)
 
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 mask: torch.Tensor | None = None,
