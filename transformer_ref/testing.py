@@ -32,6 +32,7 @@ import builtins
 import contextlib
 import copy
 import dis
+import functools
 import importlib
 import inspect
 import math
@@ -220,6 +221,8 @@ def make_cases(exercise: str, seed: int = 0, cuda: bool = False) -> list[Case]:
     if cuda and torch.cuda.is_available():
         cases += [Case(c.label + ", on cuda", _to(c.args, "cuda"), _to(c.kwargs, "cuda"), c.init,
                        _to(c.state, "cuda"), c.train) for c in cases[:3]]
+        cases += [Case(c.label.replace("'cpu'", "'cuda'"), c.args, {**c.kwargs, "device": torch.device("cuda")})
+                  for c in cases if isinstance(c.kwargs.get("device"), torch.device)]
     return cases
 
 
@@ -244,27 +247,38 @@ class _SetupError(Exception):
     """The submission could not be set up for a case (a class without the expected members...)."""
 
 
+@functools.lru_cache(maxsize=None)
+def _module_cut(dotted: str) -> int:
+    """How many leading parts of `dotted` name an importable module (0: none)."""
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            importlib.import_module(".".join(parts[:cut]))
+            return cut
+        except ImportError:
+            continue
+    return 0
+
+
 def _resolve(dotted: str) -> tuple[Any, str, Any] | None:
     """'torch.nn.functional.softmax' -> (owner object, attribute name, current value), or None.
 
-    Modules of the transformers library are only looked at when already imported (it is slow to import).
+    Names in the transformers library are only looked at when a submission imported it (it is slow to import).
     """
     parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        modname = ".".join(parts[:cut])
-        if modname.split(".")[0] == "transformers" and modname not in sys.modules:
-            return None
-        try:
-            owner = importlib.import_module(modname)
-        except ImportError:
-            continue
-        try:
-            for attr in parts[cut:-1]:
-                owner = getattr(owner, attr)
-            return owner, parts[-1], getattr(owner, parts[-1])
-        except AttributeError:
-            return None
-    return None
+    if parts[0] == "transformers":
+        cut = next((c for c in range(len(parts) - 1, 0, -1) if ".".join(parts[:c]) in sys.modules), 0)
+    else:
+        cut = _module_cut(dotted)
+    if cut == 0:
+        return None
+    owner: Any = sys.modules[".".join(parts[:cut])]
+    try:
+        for attr in parts[cut:-1]:
+            owner = getattr(owner, attr)
+        return owner, parts[-1], getattr(owner, parts[-1])
+    except AttributeError:
+        return None
 
 
 def _shortcut_message(ex: Exercise, dotted: str) -> str:
@@ -709,13 +723,195 @@ def _self_attention_cases(g: torch.Generator, seed: int) -> list[Case]:
     ]
 
 
+# ------------------------------------------------------------------ 02_positional_encoding
+
+_REF_POSITIONAL = tuple(f"transformer_ref.positional.{n}" for n in (
+    "sinusoidal_positional_encoding", "SinusoidalPositionalEncoding.forward", "relative_position_index",
+    "relative_attention", "relative_logits_naive", "relative_logits_skewed", "RelativeMultiHeadAttention.forward"))
+
+
+def _sinusoidal_cases(g: torch.Generator, seed: int) -> list[Case]:
+    extra = int(torch.randint(2, 40, (1,), generator=g))
+    return [Case("max_len 10, d_model 8", (10, 8)), Case("max_len 1, d_model 2", (1, 2)),
+            Case("max_len 50, d_model 16", (50, 16)), Case("max_len 6, d_model 64", (6, 64)),
+            Case(f"max_len {extra}, d_model 12", (extra, 12))]
+
+
+def _relative_index_cases(g: torch.Generator, seed: int) -> list[Case]:
+    q_len, k_len = (int(n) for n in torch.randint(1, 12, (2,), generator=g))
+    return [Case("q_len 5, k_len 5, max_distance 2", (5, 5, 2)), Case("q_len 1, k_len 1, max_distance 3", (1, 1, 3)),
+            Case("q_len 3, k_len 7, max_distance 2", (3, 7, 2)), Case("q_len 6, k_len 4, max_distance 1", (6, 4, 1)),
+            Case("q_len 4, k_len 4, max_distance 0", (4, 4, 0)), Case("q_len 4, k_len 6, max_distance 10", (4, 6, 10)),
+            Case(f"q_len {q_len}, k_len {k_len}, max_distance 3", (q_len, k_len, 3))]
+
+
+def _relative_attention_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def args(batch: tuple, T_q: int, T_k: int, d_k: int, d_v: int, dtype: torch.dtype = torch.float32) -> tuple:
+        return (_randn(g, *batch, T_q, d_k, dtype=dtype, scale=1.5), _randn(g, *batch, T_k, d_k, dtype=dtype, scale=1.5),
+                _randn(g, *batch, T_k, d_v, dtype=dtype), _randn(g, T_q, T_k, d_k, dtype=dtype, scale=1.5),
+                _randn(g, T_q, T_k, d_v, dtype=dtype))
+    return [Case("q (2, 4, 4), k (2, 4, 4), v (2, 4, 3)", args((2,), 4, 4, 4, 3)),
+            Case("q (3, 5), k (7, 5): T_q != T_k", args((), 3, 7, 5, 2)),
+            Case("q (2, 2, 5, 4) with heads, mask (5, 5) causal", args((2, 2), 5, 5, 4, 4),
+                 {"mask": torch.ones(5, 5, dtype=torch.bool).tril()}),
+            Case("float64, q (1, 6, 3), mask (1, 6, 6) with a fully masked row", args((1,), 6, 6, 3, 5, torch.float64),
+                 {"mask": _mask(g, 1, 6, 6)})]
+
+
+# ------------------------------------------------------------------ 04_multi_head
+
+def _split_cases(g: torch.Generator, seed: int) -> list[Case]:
+    return [Case("x (2, 5, 12), 3 heads", (_randn(g, 2, 5, 12), 3)), Case("x (1, 1, 4), 1 head", (_randn(g, 1, 1, 4), 1)),
+            Case("x (3, 4, 6), 6 heads (d_k = 1)", (_randn(g, 3, 4, 6), 6)),
+            Case("float64, x (2, 7, 10), 2 heads", (_randn(g, 2, 7, 10, dtype=torch.float64), 2))]
+
+
+def _merge_cases(g: torch.Generator, seed: int) -> list[Case]:
+    return [Case("x (2, 3, 5, 4)", (_randn(g, 2, 3, 5, 4),)), Case("x (1, 1, 1, 4)", (_randn(g, 1, 1, 1, 4),)),
+            Case("x (3, 6, 4, 1)", (_randn(g, 3, 6, 4, 1),)),
+            Case("float64, x (2, 2, 7, 5)", (_randn(g, 2, 2, 7, 5, dtype=torch.float64),))]
+
+
+def _linear_state(g: torch.Generator, names: Sequence[str], d_in: int, d_out: int, dtype: torch.dtype,
+                  bias: bool = True) -> dict:
+    state = {}
+    for n in names:
+        state[f"{n}.weight"] = _randn(g, d_out, d_in, dtype=dtype, scale=d_in ** -0.5)
+        if bias:
+            state[f"{n}.bias"] = _randn(g, d_out, dtype=dtype, scale=0.1)
+    return state
+
+
+def _mha_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, B: int, T_q: int, T_k: int, d_model: int, H: int, mask: torch.Tensor | None = None,
+             dtype: torch.dtype = torch.float32, self_attention: bool = False) -> Case:
+        state = _linear_state(g, ("W_q", "W_k", "W_v", "W_o"), d_model, d_model, dtype)
+        query = _randn(g, B, T_q, d_model, dtype=dtype)
+        key = query if self_attention else _randn(g, B, T_k, d_model, dtype=dtype)
+        value = query if self_attention else _randn(g, B, T_k, d_model, dtype=dtype)
+        return Case(label, (query, key, value), {} if mask is None else {"mask": mask},
+                    {"d_model": d_model, "num_heads": H}, state)
+    return [case("self-attention, x (2, 5, 8), 2 heads", 2, 5, 5, 8, 2, self_attention=True),
+            case("cross-attention, query (3, 2, 12), key/value (3, 6, 12), 3 heads", 3, 2, 6, 12, 3),
+            case("batch 1, one query, one key, d_model 4, 4 heads", 1, 1, 1, 4, 4),
+            case("query (2, 4, 6), key (2, 5, 6), 2 heads, mask (2, 4, 5) with a fully masked row", 2, 4, 5, 6, 2,
+                 _mask(g, 2, 4, 5)),
+            case("float64, self-attention (2, 5, 6), 3 heads, causal mask (5, 5)", 2, 5, 5, 6, 3,
+                 torch.ones(5, 5, dtype=torch.bool).tril(), torch.float64, self_attention=True)]
+
+
+# ------------------------------------------------------------------ 05_masking
+
+def _causal_cases(g: torch.Generator, seed: int) -> list[Case]:
+    T = int(torch.randint(2, 12, (1,), generator=g))
+    return [Case("T = 4", (4,)), Case("T = 1", (1,)), Case(f"T = {T}", (T,)),
+            Case("T_q = 3, T_k = 5 (queries are the last 3 of 5 positions)", (3, 5)),
+            Case("T_q = 1, T_k = 6", (1, 6)), Case("T = 3, device='cpu'", (3,), {"device": torch.device("cpu")})]
+
+
+def _tokens(g: torch.Generator, B: int, T: int, pad_id: int, vocab: int = 9) -> torch.Tensor:
+    """Token ids with padding at the end of each row (row 0 unpadded, the last row all padding when B > 2)."""
+    tokens = torch.randint(0, vocab, (B, T), generator=g)
+    tokens = torch.where(tokens == pad_id, (pad_id + 1) % vocab, tokens)
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+    lengths[0] = T
+    if B > 2:
+        lengths[-1] = 0
+    return tokens.masked_fill(torch.arange(T) >= lengths[:, None], pad_id)
+
+
+def _padding_cases(g: torch.Generator, seed: int) -> list[Case]:
+    return [Case("tokens (3, 5), pad_id 0", (_tokens(g, 3, 5, 0), 0)), Case("tokens (1, 1), pad_id 0", (_tokens(g, 1, 1, 0), 0)),
+            Case("tokens (4, 6), pad_id 3", (_tokens(g, 4, 6, 3), 3)),
+            Case("tokens (2, 7) of dtype int32, pad_id 1", (_tokens(g, 2, 7, 1).int(), 1))]
+
+
+# ------------------------------------------------------------------ 06_add_norm
+
+def _layer_norm_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def ln(*shape: int, dtype: torch.dtype = torch.float32, spread: float = 2.0, shift: float = 3.0) -> tuple:
+        d = shape[-1]
+        return (_randn(g, *shape, dtype=dtype, scale=spread) + shift, 1 + _randn(g, d, dtype=dtype, scale=0.3),
+                _randn(g, d, dtype=dtype, scale=0.3))
+    return [Case("x (2, 5, 6) with mean about 3", ln(2, 5, 6)), Case("batch 1, x (1, 1, 7)", ln(1, 1, 7)),
+            Case("x (4, 3) without a sequence axis", ln(4, 3)),
+            Case("x (2, 3, 8) with a tiny spread (0.001) around 0: eps matters", ln(2, 3, 8, spread=1e-3, shift=0.0)),
+            Case("x (3, 5), eps = 0.1", ln(3, 5), {"eps": 0.1}),
+            Case("float64, x (2, 4, 5)", ln(2, 4, 5, dtype=torch.float64))]
+
+
+def _norm_state(g: torch.Generator, d_model: int, dtype: torch.dtype) -> dict:
+    return {"norm.weight": 1 + _randn(g, d_model, dtype=dtype, scale=0.3), "norm.bias": _randn(g, d_model, dtype=dtype, scale=0.3)}
+
+
+def _add_norm_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, B: int, T: int, d: int, dtype: torch.dtype = torch.float32, dropout: float = 0.0,
+             train: bool = False) -> Case:
+        return Case(label, (_randn(g, B, T, d, dtype=dtype) + 1, _randn(g, B, T, d, dtype=dtype, scale=2.0)), {},
+                    {"d_model": d, "dropout": dropout}, _norm_state(g, d, dtype), train)
+    return [case("x, sublayer_out (2, 5, 6)", 2, 5, 6), case("batch 1, (1, 1, 5)", 1, 1, 5),
+            case("float64, (3, 4, 7)", 3, 4, 7, torch.float64),
+            case("dropout 0.3 in evaluation mode: no dropout", 2, 3, 6, dropout=0.3),
+            case("dropout 1.0 in training mode: the sublayer output is dropped entirely", 2, 3, 6, dropout=1.0, train=True)]
+
+
+def _ffn_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, shape: tuple, d_ff: int, dtype: torch.dtype = torch.float32) -> Case:
+        d = shape[-1]
+        state = {**{k.replace("l1", "linear1"): v for k, v in _linear_state(g, ("l1",), d, d_ff, dtype).items()},
+                 **{k.replace("l2", "linear2"): v for k, v in _linear_state(g, ("l2",), d_ff, d, dtype).items()}}
+        return Case(label, (_randn(g, *shape, dtype=dtype),), {}, {"d_model": d, "d_ff": d_ff}, state)
+    return [case("x (2, 5, 6), d_ff 10", (2, 5, 6), 10), case("batch 1, x (1, 1, 3), d_ff 1", (1, 1, 3), 1),
+            case("x (4, 5) without a sequence axis, d_ff 7", (4, 5), 7),
+            case("float64, x (3, 2, 4), d_ff 16", (3, 2, 4), 16)]
+
+
+_LN = (_F + "layer_norm", "torch.layer_norm", "torch.native_layer_norm", "torch.nn.LayerNorm.forward",
+       _F + "group_norm", _F + "batch_norm", _F + "instance_norm", "torch.nn.functional.rms_norm",
+       "transformer_ref.layers.layer_norm", "transformer_ref.layers.LayerNorm.forward")
+_REF_LAYERS = tuple(f"transformer_ref.layers.{n}" for n in (
+    "AddNorm.forward", "PreNormResidual.forward", "PositionwiseFeedForward.forward", "EncoderLayer.forward",
+    "DecoderLayer.forward"))
+_TORCH_LAYERS = ("torch.nn.TransformerEncoderLayer.forward", "torch.nn.TransformerDecoderLayer.forward",
+                 "torch.nn.TransformerEncoder.forward", "torch.nn.TransformerDecoder.forward",
+                 "torch.nn.Transformer.forward")
+
 _EXERCISE_LIST = [
+    Exercise("sinusoidal_positional_encoding", "02_positional_encoding", "function", _sinusoidal_cases,
+             _ref("positional", "sinusoidal_positional_encoding"), _REF_POSITIONAL, ("PE",),
+             tol={torch.float32: (1e-4, 1e-4)}),
+    Exercise("relative_position_index", "02_positional_encoding", "function", _relative_index_cases,
+             _ref("positional", "relative_position_index"), _REF_POSITIONAL, ("index",)),
+    Exercise("relative_attention", "02_positional_encoding", "function", _relative_attention_cases,
+             _ref("positional", "relative_attention"), _SDPA + _REF_ATTENTION + _REF_POSITIONAL, ("output", "weights")),
     Exercise("dot_product_attention", "03_attention", "function", _dot_product_cases,
              _ref("attention", "dot_product_attention"), _SDPA + _REF_ATTENTION, ("output", "weights")),
     Exercise("scaled_dot_product_attention", "03_attention", "function", _attention_cases,
              _ref("attention", "scaled_dot_product_attention"), _SDPA + _REF_ATTENTION, ("output", "weights")),
     Exercise("self_attention", "03_attention", "function", _self_attention_cases,
              _ref("attention", "self_attention"), _SDPA + _REF_ATTENTION, ("output", "weights")),
+    Exercise("split_heads", "04_multi_head", "function", _split_cases, _ref("multihead", "split_heads"),
+             _REF_MULTIHEAD, ("heads",)),
+    Exercise("merge_heads", "04_multi_head", "function", _merge_cases, _ref("multihead", "merge_heads"),
+             _REF_MULTIHEAD, ("merged",)),
+    Exercise("MultiHeadAttention", "04_multi_head", "class", _mha_cases, _ref("multihead", "MultiHeadAttention"),
+             _SDPA + _REF_ATTENTION + _REF_MULTIHEAD, ("output", "weights"),
+             members="W_q, W_k, W_v, W_o: nn.Linear(d_model, d_model) with bias"),
+    Exercise("causal_mask", "05_masking", "function", _causal_cases, _ref("masks", "causal_mask"),
+             ("transformer_ref.masks.causal_mask", "transformer_ref.masks.decoder_self_attention_mask",
+              "torch.nn.Transformer.generate_square_subsequent_mask"), ("mask",)),
+    Exercise("padding_mask", "05_masking", "function", _padding_cases, _ref("masks", "padding_mask"),
+             ("transformer_ref.masks.padding_mask", "transformer_ref.masks.decoder_self_attention_mask"), ("mask",)),
+    Exercise("decoder_self_attention_mask", "05_masking", "function", _padding_cases,
+             _ref("masks", "decoder_self_attention_mask"),
+             ("transformer_ref.masks.decoder_self_attention_mask", "transformer_ref.masks.combine_masks"), ("mask",)),
+    Exercise("layer_norm", "06_add_norm", "function", _layer_norm_cases, _ref("layers", "layer_norm"), _LN, ("output",)),
+    Exercise("AddNorm", "06_add_norm", "class", _add_norm_cases, _ref("layers", "AddNorm"),
+             _REF_LAYERS + _TORCH_LAYERS, ("output",),
+             members="norm (a LayerNorm with parameters weight and bias of shape (d_model,), eps 1e-5)"),
+    Exercise("PositionwiseFeedForward", "06_add_norm", "class", _ffn_cases, _ref("layers", "PositionwiseFeedForward"),
+             _REF_LAYERS + _TORCH_LAYERS, ("output",),
+             members="linear1 = nn.Linear(d_model, d_ff) and linear2 = nn.Linear(d_ff, d_model)"),
 ]
 
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in _EXERCISE_LIST}
