@@ -62,13 +62,13 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 6.0,
     return fig, axes
 
 
+def _check_labels(labels: Sequence[str] | None, n: int, name: str, what: str) -> None:
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{name} must have one label per {what} ({n}); got {len(labels)}")
+
+
 def _tick_labels(ax: Axes, labels: Sequence[str] | None, n: int, axis: str) -> None:
-    if labels is None:
-        return
-    if len(labels) != n:
-        raise ValueError(f"{axis}_labels must have one label per {'column' if axis == 'x' else 'row'} "
-                         f"({n}); got {len(labels)}")
-    if n > _LABEL_LIMIT:
+    if labels is None or n > _LABEL_LIMIT:
         return
     if axis == "x":
         ax.set_xticks(range(n), [str(s) for s in labels], rotation=90 if n > 8 else 0)
@@ -88,6 +88,8 @@ def matrix_heatmap(matrix: ArrayLike, ax: Axes | None = None, *, title: str | No
     Returns the axes drawn on.
     """
     m = _to_matrix(matrix, "matrix")
+    _check_labels(x_labels, m.shape[1], "x_labels", "column")
+    _check_labels(y_labels, m.shape[0], "y_labels", "row")
     if ax is None:
         _, axes = new_figure(width=5.0, height=4.0)
         ax = axes[0, 0]
@@ -122,6 +124,8 @@ def attention_heatmap(weights: ArrayLike, ax: Axes | None = None, *,
     Returns the axes drawn on.
     """
     w = _to_matrix(weights, "weights")
+    _check_labels(key_labels, w.shape[1], "key_labels", "key (column)")
+    _check_labels(query_labels, w.shape[0], "query_labels", "query (row)")
     return matrix_heatmap(w, ax, title=title, xlabel=xlabel, ylabel=ylabel, cmap="Blues",
                           vmin=0.0, vmax=1.0, x_labels=key_labels, y_labels=query_labels,
                           colorbar=colorbar, colorbar_label="attention weight" if colorbar else None)
@@ -140,6 +144,8 @@ def attention_grid(weights: ArrayLike, *, query_labels: Sequence[str] | None = N
     if w.ndim != 3:
         raise ValueError(f"weights must have shape (H, T_q, T_k) (3-D); got shape {w.shape}")
     heads = w.shape[0]
+    _check_labels(key_labels, w.shape[2], "key_labels", "key")
+    _check_labels(query_labels, w.shape[1], "query_labels", "query")
     if titles is not None and len(titles) != heads:
         raise ValueError(f"titles must have one entry per map ({heads}); got {len(titles)}")
     ncols = max(1, min(ncols, heads))

@@ -1,0 +1,302 @@
+"""The book: it builds with warnings as errors, each chapter has the required parts, every
+chapter links an existing exercise notebook, and every cited key is in references.bib.
+
+The build goes into _build/html of the repository (the same place and command as `make book`),
+so `make book` afterwards reuses the execution cache and vice versa. It runs once per test
+process (`build_book()` caches its result); tests/test_browser.py reuses it. All book tests
+share one xdist group so they run on one worker: `pytest -n 2 --dist loadgroup`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HTML = ROOT / "_build" / "html"
+CACHE = ROOT / "_build" / ".jupyter_cache"
+BIB = ROOT / "book" / "references.bib"
+
+BOOK_COMMAND = ["build", ".", "--warningiserror", "--keep-going", "--builder", "html"]
+"""The arguments of `make book` after the jupyter-book executable."""
+
+EXERCISE_OF_CHAPTER = {
+    "book/01_history": "01_history",
+    "book/02_positional_encoding": "02_positional_encoding",
+    "book/03_self_attention": "03_attention",
+    "book/04_multi_head": "04_multi_head",
+    "book/05_masking": "05_masking",
+    "book/06_add_norm": "06_add_norm",
+    "book/07_transformer": "10_transformer",
+    "book/08_bert": "07_bert",
+    "book/09_vit": "08_vit",
+    "book/10_warmup": "09_warmup",
+}
+"""Each numbered chapter and the id of its exercise notebook exercises/<id>/<id>.ipynb."""
+
+CHAPTER_SECONDS_LIMIT = 180.0
+"""Fail if one chapter takes longer than this to execute. The budget is 60-90 s on a 2-core CPU;
+the limit leaves room for a machine that runs other tests at the same time."""
+
+pytestmark = [pytest.mark.xdist_group("book")]
+
+
+def toc_files() -> list[str]:
+    """Document names (without suffix) in _toc.yml, root first, in reading order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        files += [entry["file"] for entry in part["chapters"]]
+    return files
+
+
+def chapter_files() -> list[str]:
+    """The numbered chapters (book/NN_name) listed in the toc."""
+    return [f for f in toc_files() if re.fullmatch(r"book/\d\d_\w+", f)]
+
+
+def source(doc: str) -> str:
+    return (ROOT / f"{doc}.md").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class BookBuild:
+    returncode: int
+    log: str
+    seconds: float
+    html: Path
+
+    def warnings(self) -> list[str]:
+        return [line for line in self.log.splitlines() if re.search(r"\bWARNING\b|\bERROR\b", line)
+                and "IPKernelApp" not in line]  # the kernel's own start-up notice is not Sphinx's
+
+
+@functools.cache
+def build_book() -> BookBuild:
+    """Run `jupyter-book build . --warningiserror --keep-going --builder html` once per process."""
+    exe = Path(sys.executable).with_name("jupyter-book")
+    command = [str(exe) if exe.exists() else shutil.which("jupyter-book") or "jupyter-book", *BOOK_COMMAND]
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    seconds = time.perf_counter() - start
+    log = done.stdout + done.stderr
+    (ROOT / "_build").mkdir(exist_ok=True)
+    (ROOT / "_build" / "book-build.log").write_text(log)
+    return BookBuild(done.returncode, log, seconds, HTML)
+
+
+def execution_seconds() -> dict[str, float]:
+    """Execution time of the latest cached run of each chapter, from myst-nb's jupyter cache."""
+    from jupyter_cache import get_cache
+
+    latest: dict[str, tuple] = {}
+    for record in get_cache(str(CACHE)).list_cache_records():
+        doc = Path(record.uri).relative_to(ROOT).with_suffix("").as_posix()
+        if doc not in latest or record.created > latest[doc][0]:
+            latest[doc] = (record.created, record.data.get("execution_seconds", float("nan")))
+    return {doc: seconds for doc, (_, seconds) in latest.items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks on the sources (fast; need no build)
+# ------------------------------------------------------------------------------------------------
+
+def test_toc_files_exist():
+    missing = [f"{doc}.md" for doc in toc_files() if not (ROOT / f"{doc}.md").is_file()]
+    assert not missing, f"_toc.yml lists pages that do not exist: {missing}"
+
+
+def test_toc_has_every_numbered_chapter():
+    expected = [*EXERCISE_OF_CHAPTER, "book/11_beyond"]
+    assert chapter_files() == expected, (f"_toc.yml must list the chapters in this order: {expected}; "
+                                         f"got {chapter_files()}")
+
+
+@pytest.mark.parametrize("doc", list(EXERCISE_OF_CHAPTER))
+def test_chapter_links_its_exercise_notebook(doc):
+    path = ROOT / f"{doc}.md"
+    if not path.is_file():
+        pytest.fail(f"{doc}.md does not exist")
+    ex = EXERCISE_OF_CHAPTER[doc]
+    target = f"../exercises/{ex}/{ex}.ipynb"
+    links = re.findall(r"\{download\}`[^`<]*<([^>]+)>`", source(doc))
+    assert target in links, (f"{doc}.md must link its exercise notebook with "
+                             f"{{download}}`{ex}.ipynb <{target}>`; its download links are {links}")
+    notebook = (path.parent / target).resolve()
+    assert notebook.is_file(), f"{doc}.md links {target}, but {notebook.relative_to(ROOT)} does not exist"
+
+
+def bib_entries() -> dict[str, dict[str, str]]:
+    """key -> fields of every entry in references.bib, parsed with pybtex (the bibtex extension's parser)."""
+    from pybtex.database import parse_file
+
+    data = parse_file(str(BIB), bib_format="bibtex")
+    return {key: {**{k.lower(): v for k, v in entry.fields.items()},
+                  "author": " and ".join(str(p) for p in entry.persons.get("author", []))}
+            for key, entry in data.entries.items()}
+
+
+def cited_keys(text: str) -> set[str]:
+    keys = set()
+    for group in re.findall(r"\{cite(?::\w+)?\}`([^`]+)`", text):
+        keys.update(k.strip() for k in group.split(","))
+    return keys
+
+
+def test_bibliography_entries_are_complete():
+    entries = bib_entries()
+    assert len(entries) >= 25, f"references.bib should hold the primary sources; found {len(entries)} entries"
+    incomplete = {key: [f for f in ("author", "title", "year") if not fields.get(f)]
+                  for key, fields in entries.items()}
+    incomplete = {k: v for k, v in incomplete.items() if v}
+    assert not incomplete, f"entries missing fields: {incomplete}"
+    no_link = [key for key, fields in entries.items() if not (fields.get("url") or fields.get("doi"))]
+    assert not no_link, f"every entry needs a url or doi so readers can find it: {no_link}"
+
+
+def test_every_cited_key_exists():
+    entries = bib_entries()
+    pages = [doc for doc in toc_files() if (ROOT / f"{doc}.md").is_file()]
+    unknown = {doc: sorted(cited_keys(source(doc)) - set(entries)) for doc in pages}
+    unknown = {doc: keys for doc, keys in unknown.items() if keys}
+    assert not unknown, f"cited keys missing from book/references.bib: {unknown}"
+    for doc in chapter_files():
+        if (ROOT / f"{doc}.md").is_file():
+            assert cited_keys(source(doc)), f"{doc}.md cites no reference"
+
+
+def test_cited_keys_parser_can_fail():
+    assert cited_keys("see {cite:p}`a2019x, b2020y` and {cite:t}`c2021z`") == {"a2019x", "b2020y", "c2021z"}
+    assert "nokey2099" not in bib_entries()
+
+
+FIGURE_PATTERNS = (r"^\s+figure:\s*$", r"^```\{figure\}", r"^:::\{figure\}", r"\{glue:figure\}")
+
+
+@pytest.mark.parametrize("doc", list(EXERCISE_OF_CHAPTER))
+def test_chapter_has_the_required_parts(doc):
+    if not (ROOT / f"{doc}.md").is_file():
+        pytest.fail(f"{doc}.md does not exist")
+    text = source(doc)
+    assert text.startswith("---\njupytext:"), f"{doc}.md must start with the jupytext MyST notebook header"
+    assert "name: python3" in text.split("---")[1], f"{doc}.md: the kernelspec must be python3"
+    for heading in ("## Summary", "## Exercises", "## References"):
+        assert re.search(rf"^{re.escape(heading)}\s*$", text, re.M), f"{doc}.md has no '{heading}' section"
+    assert "Learning goals" in text, f"{doc}.md has no learning goals"
+    assert re.search(r"\$\$ \(eq-[\w-]+\)", text), f"{doc}.md has no numbered equation ($$ ... $$ (eq-label))"
+    assert "transformer_ref" in text, f"{doc}.md does not use transformer_ref"
+    figures = sum(len(re.findall(p, text, re.M)) for p in FIGURE_PATTERNS)
+    assert figures >= 2, f"{doc}.md must have at least two numbered figures; found {figures}"
+    assert re.search(r":class: (warning|caution)", text), f"{doc}.md has no pitfall admonition"
+
+
+# ------------------------------------------------------------------------------------------------
+# The build (slow)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_book_builds_with_warnings_as_errors():
+    build = build_book()
+    tail = "\n".join(build.log.splitlines()[-40:])
+    assert build.returncode == 0, f"jupyter-book build failed (exit {build.returncode}); end of the log:\n{tail}"
+    assert not build.warnings(), "the build printed warnings:\n" + "\n".join(build.warnings())
+    for doc in toc_files():
+        assert (build.html / f"{doc}.html").is_file(), f"{doc}.html was not built"
+    assert (build.html / "index.html").is_file()
+    print(f"book built in {build.seconds:.1f} s")
+
+
+@pytest.mark.slow
+def test_chapters_execute_within_budget():
+    build = build_book()
+    if build.returncode != 0:
+        pytest.skip("the build failed; see test_book_builds_with_warnings_as_errors")
+    times = execution_seconds()
+    print("execution seconds per chapter:", {d: round(s, 1) for d, s in sorted(times.items())})
+    missing = [doc for doc in chapter_files() if doc not in times]
+    assert not missing, f"no executed notebook in the cache for {missing}"
+    slow = {doc: round(times[doc], 1) for doc in chapter_files() if times[doc] > CHAPTER_SECONDS_LIMIT}
+    assert not slow, f"chapters executing longer than {CHAPTER_SECONDS_LIMIT} s: {slow}"
+
+
+@pytest.mark.slow
+def test_only_toc_pages_are_built():
+    build = build_book()
+    if build.returncode != 0:
+        pytest.skip("the build failed; see test_book_builds_with_warnings_as_errors")
+    pages = {p.relative_to(build.html).with_suffix("").as_posix() for p in build.html.rglob("*.html")}
+    stray = pages - set(toc_files()) - {"index", "search", "genindex"}
+    assert not stray, f"pages built that are not in _toc.yml (README, solutions, ...): {sorted(stray)}"
+
+
+# ------------------------------------------------------------------------------------------------
+# The shared plotting helpers the chapters use (transformer_ref/viz.py)
+# ------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def viz():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from transformer_ref import viz
+
+    yield viz
+    plt.close("all")
+
+
+def test_attention_heatmap_draws_the_weights(viz):
+    g = torch.Generator().manual_seed(0)
+    weights = torch.softmax(torch.randn(3, 5, generator=g), -1)
+    ax = viz.attention_heatmap(weights, query_labels=list("abc"), key_labels=list("vwxyz"))
+    image = ax.images[0]
+    torch.testing.assert_close(torch.as_tensor(image.get_array().data), weights.double())
+    assert image.get_clim() == (0.0, 1.0)
+    assert ax.get_xlabel() == "key position" and ax.get_ylabel() == "query position"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+
+
+def test_matrix_heatmap_centered_is_symmetric(viz):
+    ax = viz.matrix_heatmap(torch.tensor([[-1.0, 3.0], [0.5, 2.0]]), centered=True, xlabel="x", ylabel="y")
+    assert ax.images[0].get_clim() == (-3.0, 3.0)
+    assert ax.figure.get_size_inches()[0] <= viz.MAX_WIDTH
+
+
+def test_attention_grid_one_panel_per_head(viz):
+    weights = torch.softmax(torch.randn(5, 4, 4), -1)
+    fig = viz.attention_grid(weights, ncols=3)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert len(panels) == 5 and panels[4].get_title() == "head 4"
+    assert fig.get_size_inches()[0] <= viz.MAX_WIDTH
+
+
+def test_plot_curves_accepts_y_or_xy(viz):
+    ax = viz.plot_curves({"y only": [3.0, 2.0, 1.0], "x and y": ([1, 10, 100], torch.tensor([1.0, 2.0, 3.0]))},
+                         xlabel="step", ylabel="loss", logx=True)
+    first, second = ax.get_lines()
+    assert list(first.get_xdata()) == [0, 1, 2] and list(second.get_xdata()) == [1, 10, 100]
+    assert ax.get_xscale() == "log" and ax.get_legend() is not None
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda v: v.attention_heatmap(torch.ones(2, 2, 2)), "weights must be a 2-D matrix"),
+    (lambda v: v.attention_grid(torch.ones(2, 2)), "weights must have shape (H, T_q, T_k)"),
+    (lambda v: v.attention_heatmap(torch.ones(2, 3), key_labels=["a"]), "key_labels must have one label per key (column) (3)"),
+    (lambda v: v.plot_curves({}, xlabel="x", ylabel="y"), "curves must contain at least one"),
+    (lambda v: v.plot_curves({"c": ([1, 2], [1, 2, 3])}, xlabel="x", ylabel="y"), "x and y of equal length"),
+    (lambda v: v.matrix_heatmap("not a matrix"), "matrix must be a tensor, an array"),
+])
+def test_viz_rejects_bad_input_with_a_clear_message(viz, call, message):
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        call(viz)
