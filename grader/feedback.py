@@ -1,0 +1,100 @@
+"""What a student sees: hidden tests are redacted from the nbgrader feedback, failures get a page of their own.
+
+nbgrader keeps hidden tests in the gradebook and puts them back into the test cells before autograding,
+so an autograded notebook (and the stock `generate_feedback` HTML made from it) shows them. The
+`RedactHiddenTests` preprocessor, registered in nbgrader_config.py for `GenerateFeedback`, removes them again:
+the hidden region of each test cell, and every traceback frame that would quote it. A failing hidden test
+therefore shows as the error type and its message, which is where `transformer_ref.testing` puts its
+diagnosis ("your weights equal softmax(QK^T) without dividing by sqrt(d_k)").
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+from nbconvert.preprocessors import Preprocessor
+from nbformat import NotebookNode
+from traitlets import Integer, Unicode
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def strip_ansi(text: str) -> str:
+    """`text` without terminal colour codes (IPython colours its tracebacks)."""
+    return _ANSI.sub("", text)
+
+
+def split_hidden(source: str, begin: str, end: str) -> tuple[str, list[str]]:
+    """Split a cell source into (the source without hidden regions, the hidden lines).
+
+    Lines holding the `begin`/`end` markers belong to neither part. Raises ValueError on an unclosed
+    or nested region, like nbgrader's ClearHiddenTests.
+    """
+    kept: list[str] = []
+    hidden: list[str] = []
+    inside = False
+    for line in source.split("\n"):
+        if begin in line:
+            if inside:
+                raise ValueError(f"nested {begin!r} marker in a test cell")
+            inside = True
+        elif end in line:
+            inside = False
+        elif inside:
+            hidden.append(line)
+        else:
+            kept.append(line)
+    if inside:
+        raise ValueError(f"{begin!r} without a matching {end!r} in a test cell")
+    return "\n".join(kept), hidden
+
+
+class RedactHiddenTests(Preprocessor):
+    """Remove hidden test code from code cells and from the tracebacks those cells produced.
+
+    For a cell with a hidden region: the region goes from the source; in its error outputs, a traceback
+    frame is dropped when it belongs to the cell itself (IPython heads it `Cell In[<execution_count>]`)
+    or quotes any hidden line of at least `min_quoted_length` characters. What remains is the frames in
+    the student's own cells and libraries, and the final `ErrorType: message` line.
+    """
+
+    begin_test_delimeter = Unicode("BEGIN HIDDEN TESTS", help="Marks the start of hidden tests.").tag(config=True)
+    end_test_delimeter = Unicode("END HIDDEN TESTS", help="Marks the end of hidden tests.").tag(config=True)
+    min_quoted_length = Integer(
+        8, help="Hidden lines shorter than this (after stripping) are too generic to look for in tracebacks."
+    ).tag(config=True)
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        if cell.cell_type != "code" or self.begin_test_delimeter not in cell.source:
+            return cell, resources
+        cell.source, hidden = split_hidden(cell.source, self.begin_test_delimeter, self.end_test_delimeter)
+        quoted = [line.strip() for line in hidden if len(line.strip()) >= self.min_quoted_length]
+        own_frame = f"Cell In[{cell.get('execution_count')}]"
+        for output in cell.get("outputs", []):
+            if output.output_type != "error":
+                continue
+            frames = output.get("traceback", [])
+            kept = []
+            for i, frame in enumerate(frames):
+                plain = strip_ansi(frame)
+                last = i == len(frames) - 1   # the `ErrorType: message` line
+                if not last and (plain.lstrip().startswith(own_frame) or any(q in plain for q in quoted)):
+                    continue
+                kept.append(frame)
+            output.traceback = kept
+        return cell, resources
+
+
+def failure_page(student_id: str, assignment_id: str, reason: str, max_score: float) -> str:
+    """A small HTML feedback page for a submission nbgrader could not grade (it scores 0)."""
+    s, a, r = (html.escape(x) for x in (student_id, assignment_id, reason))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<title>{a}: feedback for {s}</title></head><body>\n"
+        f"<h1>{a}</h1>\n<p>Student: {s}</p>\n"
+        f"<p><strong>Score: 0 / {max_score:g}</strong>. Your submission could not be graded:</p>\n"
+        f"<pre>{r}</pre>\n"
+        "<p>Download a fresh copy of the exercise, copy your solutions into it, run all cells "
+        "and validate before submitting again.</p>\n</body></html>\n"
+    )

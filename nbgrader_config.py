@@ -1,0 +1,54 @@
+"""nbgrader configuration for the course (read by `nbgrader ...` run in this directory and by JupyterLab).
+
+Lifecycle: solutions/<id>/<id>.ipynb (instructor source) --`make exercises`--> exercises/<id>/<id>.ipynb
+(the released notebook, committed). Grading a class is `python -m grader grade ...` (see grader/), which
+reads this file for the execution and feedback settings below and points nbgrader at its own course
+directory; plain `nbgrader autograde` / `nbgrader generate_feedback` in this directory work too.
+"""
+
+import os
+
+c = get_config()  # noqa: F821  (provided by traitlets when it loads this file)
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# Course layout: the instructor sources are solutions/, the released notebooks exercises/.
+c.CourseDirectory.root = ROOT
+c.CourseDirectory.course_id = "transformer-course"
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "exercises"
+# The default SQLite gradebook, spelled out; `make exercises` runs with --no-db and never creates it.
+c.CourseDirectory.db_url = "sqlite:///" + os.path.join(ROOT, "gradebook.db")
+
+# Generating exercises: solution regions become a stub that fails loudly until the student writes code,
+# hidden tests are removed (nbgrader stores them in the gradebook and restores them when autograding).
+c.ClearSolutions.begin_solution_delimeter = "BEGIN SOLUTION"
+c.ClearSolutions.end_solution_delimeter = "END SOLUTION"
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
+c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
+c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
+c.ClearHiddenTests.enforce_metadata = True
+
+# Autograding: every exercise cell runs in well under a few seconds on one CPU core; 60 s leaves room for
+# a slow CI machine while an infinite loop is still cut off (the cell gets a CellTimeoutError and the
+# rest of the notebook runs on). After the interrupt nbgrader would, by default, fail the whole notebook
+# when the kernel's output stream stays silent; raise_on_iopub_timeout = False grades the other cells.
+c.ExecutePreprocessor.timeout = 60
+c.Execute.timeout = 60
+c.Execute.interrupt_on_timeout = True
+c.Execute.raise_on_iopub_timeout = False
+c.Execute.execute_retries = 0
+# A student who deletes a test cell gets it back from the gradebook (so it is graded, not skipped).
+c.OverwriteCells.add_missing_cells = True
+# Keep huge printed outputs out of the autograded notebook and the feedback.
+c.LimitOutput.max_lines = 200
+c.LimitOutput.max_traceback = 60
+
+# Feedback: the standard nbgrader feedback plus a pass that removes hidden test code from test cells and
+# from tracebacks, so the HTML a student receives shows visible tests and diagnostics only.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+    "grader.feedback.RedactHiddenTests",
+]
