@@ -1,0 +1,234 @@
+"""Encoder and decoder stacks, the encoder-decoder Transformer (Vaswani et al. 2017), a decoder-only LM.
+
+Mask convention: bool, True = may attend, broadcastable to (B, T_q, T_k) (or 4-D (B, H, T_q, T_k)).
+Token tensors are (B, T) long; ``pad_id`` marks padding, which no query may attend to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from transformer_ref._checks import (check_integer, check_module_device, check_ndim, check_positive_int,
+                                     check_size)
+from transformer_ref.layers import DecoderLayer, EncoderLayer, LayerNorm
+from transformer_ref.masks import causal_mask, decoder_self_attention_mask, padding_mask
+from transformer_ref.positional import SinusoidalPositionalEncoding
+
+
+class Encoder(nn.Module):
+    """A stack of ``num_layers`` EncoderLayers; with norm_first (pre-LN) a final LayerNorm ``norm``.
+
+    Members: layers (nn.ModuleList of EncoderLayer), norm (LayerNorm or None).
+    """
+
+    def __init__(self, num_layers: int, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0,
+                 activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        check_positive_int(num_layers, "num_layers")
+        self.layers = nn.ModuleList(
+            EncoderLayer(d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps)
+            for _ in range(num_layers))
+        self.norm = LayerNorm(d_model, layer_norm_eps) if norm_first else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        """x: (B, T, d_model); mask: bool, True = may attend, broadcastable to (B, T, T) or (B, H, T, T).
+
+        Returns x (B, T, d_model), or (x, [self-attention weights (B, H, T, T) per layer]) when need_weights.
+        """
+        weights = []
+        for layer in self.layers:
+            if need_weights:
+                x, layer_weights = layer(x, mask, need_weights=True)
+                weights.append(layer_weights)
+            else:
+                x = layer(x, mask)
+        if self.norm is not None:
+            x = self.norm(x)
+        return (x, weights) if need_weights else x
+
+
+class Decoder(nn.Module):
+    """A stack of ``num_layers`` DecoderLayers; with norm_first (pre-LN) a final LayerNorm ``norm``.
+
+    Members: layers (nn.ModuleList of DecoderLayer), norm (LayerNorm or None).
+    """
+
+    def __init__(self, num_layers: int, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0,
+                 activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        check_positive_int(num_layers, "num_layers")
+        self.layers = nn.ModuleList(
+            DecoderLayer(d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps)
+            for _ in range(num_layers))
+        self.norm = LayerNorm(d_model, layer_norm_eps) if norm_first else None
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None, need_weights: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """x: (B, T, d_model); memory: (B, S, d_model) the encoder's output.
+
+        self_mask: bool, broadcastable to (B, T, T); memory_mask: bool, broadcastable to (B, T, S);
+        True = may attend. Returns x (B, T, d_model), or (x, [self weights (B, H, T, T) per layer],
+        [cross weights (B, H, T, S) per layer]) when need_weights.
+        """
+        self_weights, cross_weights = [], []
+        for layer in self.layers:
+            if need_weights:
+                x, w_self, w_cross = layer(x, memory, self_mask, memory_mask, need_weights=True)
+                self_weights.append(w_self)
+                cross_weights.append(w_cross)
+            else:
+                x = layer(x, memory, self_mask, memory_mask)
+        if self.norm is not None:
+            x = self.norm(x)
+        return (x, self_weights, cross_weights) if need_weights else x
+
+
+def _check_token_id(value: object, name: str, vocab_size: int, vocab_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
+        raise ValueError(f"{name} must be an int in [0, {vocab_name} = {vocab_size}); got {value!r}")
+    return value
+
+
+def _xavier_init(module: nn.Module) -> None:
+    """Glorot-uniform for every matrix (embeddings included), as nn.Transformer and the Annotated Transformer."""
+    for p in module.parameters():
+        if p.dim() > 1:
+            nn.init.xavier_uniform_(p)
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding scaled by sqrt(d_model) (Vaswani et al. 2017, section 3.4), then + sinusoidal PE.
+
+    Members: embedding (nn.Embedding, vocab_size x d_model), positional_encoding (SinusoidalPositionalEncoding,
+    which also applies the dropout). forward(tokens (B, T) long) -> (B, T, d_model).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, max_len: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.vocab_size = check_positive_int(vocab_size, "vocab_size")
+        self.embedding = nn.Embedding(vocab_size, d_model)
+        self.positional_encoding = SinusoidalPositionalEncoding(d_model, max_len, dropout)
+
+    def forward(self, tokens: torch.Tensor, name: str = "tokens") -> torch.Tensor:
+        """tokens: (B, T) integer ids in [0, vocab_size); ``name`` is used in error messages."""
+        check_integer(tokens, name)
+        check_ndim(tokens, name, 2, "(B, T)")
+        check_module_device(tokens, name, self)
+        if tokens.numel() and not (0 <= tokens.min().item() and tokens.max().item() < self.vocab_size):
+            raise ValueError(f"{name} must hold token ids in [0, vocab_size = {self.vocab_size}); got values in "
+                             f"[{tokens.min().item()}, {tokens.max().item()}]")
+        d_model = self.embedding.embedding_dim
+        return self.positional_encoding(self.embedding(tokens) * math.sqrt(d_model))  # (B, T, d_model)
+
+
+class Transformer(nn.Module):
+    """The encoder-decoder Transformer of Vaswani et al. 2017.
+
+    Members: src_embedding, tgt_embedding (TokenEmbedding: embedding scaled by sqrt(d_model) + sinusoidal PE
+    + dropout), encoder (Encoder), decoder (Decoder), output_proj (nn.Linear d_model -> tgt_vocab_size).
+    tie_embeddings=True shares output_proj.weight with tgt_embedding.embedding.weight (Press & Wolf 2017).
+    Padding (pad_id) in src and tgt is masked out as a key; the decoder's self-attention is causal.
+    """
+
+    def __init__(self, src_vocab_size: int, tgt_vocab_size: int, d_model: int = 512, num_heads: int = 8,
+                 num_encoder_layers: int = 6, num_decoder_layers: int = 6, d_ff: int = 2048, dropout: float = 0.1,
+                 max_len: int = 512, norm_first: bool = False, tie_embeddings: bool = False, pad_id: int = 0) -> None:
+        super().__init__()
+        self.pad_id = _check_token_id(pad_id, "pad_id", min(src_vocab_size, tgt_vocab_size),
+                                      "min(src_vocab_size, tgt_vocab_size)")
+        self.max_len = max_len
+        self.src_embedding = TokenEmbedding(src_vocab_size, d_model, max_len, dropout)
+        self.tgt_embedding = TokenEmbedding(tgt_vocab_size, d_model, max_len, dropout)
+        self.encoder = Encoder(num_encoder_layers, d_model, num_heads, d_ff, dropout, norm_first=norm_first)
+        self.decoder = Decoder(num_decoder_layers, d_model, num_heads, d_ff, dropout, norm_first=norm_first)
+        self.output_proj = nn.Linear(d_model, tgt_vocab_size)
+        _xavier_init(self)
+        if tie_embeddings:
+            self.output_proj.weight = self.tgt_embedding.embedding.weight
+
+    def encode(self, src: torch.Tensor) -> torch.Tensor:
+        """src: (B, S) token ids -> memory (B, S, d_model)."""
+        x = self.src_embedding(src, "src")  # (B, S, d_model)
+        return self.encoder(x, padding_mask(src, self.pad_id))  # mask (B, 1, S)
+
+    def decode(self, tgt: torch.Tensor, memory: torch.Tensor, src: torch.Tensor,
+               tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tgt: (B, T) token ids; memory: (B, S, d_model) from :meth:`encode`; src: (B, S) for its padding.
+
+        tgt_mask: bool, broadcastable to (B, T, T), True = may attend; default causal & target padding.
+        Returns logits (B, T, tgt_vocab_size): position t predicts tgt[:, t + 1].
+        """
+        x = self.tgt_embedding(tgt, "tgt")  # (B, T, d_model)
+        check_ndim(src, "src", 2, "(B, S)")
+        check_size(src, "src", 0, tgt.size(0), "B = tgt.shape[0]")
+        check_size(memory, "memory", 1, src.size(1), "S = src.shape[1]")
+        if tgt_mask is None:
+            tgt_mask = decoder_self_attention_mask(tgt, self.pad_id)  # (B, T, T)
+        x = self.decoder(x, memory, tgt_mask, padding_mask(src, self.pad_id))
+        return self.output_proj(x)  # (B, T, tgt_vocab_size)
+
+    def forward(self, src: torch.Tensor, tgt: torch.Tensor, tgt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """src: (B, S), tgt: (B, T) token ids (teacher forcing: tgt is the shifted-right target).
+
+        tgt_mask overrides the default causal & padding mask of the decoder's self-attention.
+        Returns logits (B, T, tgt_vocab_size).
+        """
+        return self.decode(tgt, self.encode(src), src, tgt_mask)
+
+    @torch.no_grad()
+    def greedy_decode(self, src: torch.Tensor, bos_id: int, eos_id: int, max_len: int) -> torch.Tensor:
+        """Greedy decoding: start from bos_id, append the most likely next token until every sequence has
+        produced eos_id or the output is max_len long (bos included).
+
+        src: (B, S) token ids. Returns (B, T) long with T <= max_len; tokens[:, 0] == bos_id, and positions
+        after a sequence's eos_id hold pad_id. Runs under torch.no_grad(); call model.eval() first.
+        """
+        vocab = self.tgt_embedding.vocab_size
+        _check_token_id(bos_id, "bos_id", vocab, "tgt_vocab_size")
+        _check_token_id(eos_id, "eos_id", vocab, "tgt_vocab_size")
+        if check_positive_int(max_len, "max_len") > self.max_len:
+            raise ValueError(f"max_len must be at most the model's max_len = {self.max_len}; got {max_len}")
+        memory = self.encode(src)  # (B, S, d_model)
+        B = src.size(0)
+        tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)
+        finished = torch.zeros(B, dtype=torch.bool, device=src.device)
+        for _ in range(max_len - 1):
+            next_token = self.decode(tokens, memory, src)[:, -1].argmax(dim=-1)  # (B,)
+            next_token = next_token.masked_fill(finished, self.pad_id)
+            tokens = torch.cat([tokens, next_token.unsqueeze(1)], dim=1)  # (B, t + 1)
+            finished |= next_token == eos_id
+            if finished.all():
+                break
+        return tokens
+
+
+class DecoderOnlyLM(nn.Module):
+    """A GPT-style causal language model: token embedding + PE, self-attention layers, output projection.
+
+    Members: embedding (TokenEmbedding), layers (Encoder: self-attention layers only, used with a causal mask),
+    output_proj (nn.Linear d_model -> vocab_size).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, d_ff: int, max_len: int,
+                 dropout: float = 0.0, norm_first: bool = False) -> None:
+        super().__init__()
+        self.embedding = TokenEmbedding(vocab_size, d_model, max_len, dropout)
+        self.layers = Encoder(num_layers, d_model, num_heads, d_ff, dropout, norm_first=norm_first)
+        self.output_proj = nn.Linear(d_model, vocab_size)
+        _xavier_init(self)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens: (B, T) ids. mask: bool, broadcastable to (B, T, T), True = may attend; default causal_mask(T).
+
+        A given mask replaces the causal one (combine it yourself, e.g. with masks.combine_masks, to add
+        padding). Returns logits (B, T, vocab_size): position t predicts tokens[:, t + 1].
+        """
+        x = self.embedding(tokens)  # (B, T, d_model)
+        if mask is None:
+            mask = causal_mask(tokens.size(1), device=tokens.device)  # (T, T)
+        return self.output_proj(self.layers(x, mask))  # (B, T, vocab_size)
