@@ -15,7 +15,7 @@ import re
 
 from nbconvert.preprocessors import Preprocessor
 from nbformat import NotebookNode
-from traitlets import Integer, Unicode
+from traitlets import Bool, Integer, Unicode
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -59,6 +59,7 @@ class RedactHiddenTests(Preprocessor):
     the student's own cells and libraries, and the final `ErrorType: message` line.
     """
 
+    enabled = Bool(True, help="On by default: nbconvert skips preprocessors that are not enabled.").tag(config=True)
     begin_test_delimeter = Unicode("BEGIN HIDDEN TESTS", help="Marks the start of hidden tests.").tag(config=True)
     end_test_delimeter = Unicode("END HIDDEN TESTS", help="Marks the end of hidden tests.").tag(config=True)
     min_quoted_length = Integer(
