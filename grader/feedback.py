@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import re
+from html.parser import HTMLParser
 
 from nbconvert.preprocessors import Preprocessor
 from nbformat import NotebookNode
@@ -48,6 +49,50 @@ def split_hidden(source: str, begin: str, end: str) -> tuple[str, list[str]]:
     if inside:
         raise ValueError(f"{begin!r} without a matching {end!r} in a test cell")
     return "\n".join(kept), hidden
+
+
+def secret_lines(nb: NotebookNode, begin: str, end: str, min_length: int = 8) -> set[str]:
+    """The lines of `nb` between `begin` and `end` markers that a released or feedback page must not show.
+
+    Lines are stripped; short ones (< min_length) and ones that also occur outside the marked regions
+    (e.g. `return output, weights` in a docstring example) are left out, as they prove nothing.
+    """
+    inside, outside = set(), set()
+    for cell in nb.cells:
+        if begin not in cell.source:
+            outside.update(line.strip() for line in cell.source.split("\n"))
+            continue
+        kept, hidden = split_hidden(cell.source, begin, end)
+        outside.update(line.strip() for line in kept.split("\n"))
+        inside.update(line.strip() for line in hidden)
+    return {line for line in inside - outside if len(line) >= min_length}
+
+
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self._skip += tag in ("style", "script")
+
+    def handle_endtag(self, tag: str) -> None:
+        self._skip -= tag in ("style", "script") and self._skip > 0
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def html_text(page: str) -> str:
+    """The text a reader of an HTML page sees (tags, styles and scripts removed, entities decoded).
+
+    Syntax highlighting splits code into many <span>s; this puts each line back together.
+    """
+    parser = _Text()
+    parser.feed(page)
+    return "".join(parser.parts)
 
 
 class RedactHiddenTests(Preprocessor):
