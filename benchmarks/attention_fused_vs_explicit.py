@@ -61,7 +61,8 @@ def main() -> None:
     mha = MultiHeadAttention(args.d_model, args.heads).to(device=device, dtype=dtype).eval()
     d_k = args.d_model // args.heads
     gen = torch.Generator(device=device).manual_seed(0)
-    header = f"{'T':>6} | {'sdpa explicit':>14} {'fused':>10} {'ratio':>6} | {'MHA explicit':>13} {'fused':>10} {'ratio':>6}"
+    header = (f"{'T':>6} | {'sdpa explicit':>14} {'fused':>10} {'ratio':>6} | "
+              f"{'MHA explicit':>13} {'fused':>10} {'ratio':>6}")
     print(header)
     print("-" * len(header))
     with torch.inference_mode():

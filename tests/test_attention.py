@@ -64,7 +64,7 @@ def test_sdpa_closed_form_single_query(device):
     torch.testing.assert_close(output, torch.tensor([[w1, 1 - w1]], device=device, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 1e-5, 1.3e-6), (torch.float16, 2e-3, 2e-3)])
+@pytest.mark.parametrize("dtype,atol,rtol", [(torch.float32, 1e-5, 1.3e-6), (torch.float16, 5e-3, 5e-3)])
 def test_explicit_and_fused_agree_in_low_precision(device, dtype, atol, rtol):
     if dtype == torch.float16 and device.type == "cpu":
         pytest.skip("half-precision matmul is a GPU thing")

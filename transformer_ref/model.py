@@ -210,7 +210,7 @@ class Transformer(nn.Module):
 class DecoderOnlyLM(nn.Module):
     """A GPT-style causal language model: token embedding + PE, self-attention layers, output projection.
 
-    Members: embedding (TokenEmbedding), layers (Encoder: self-attention layers only, used with a causal mask),
+    Members: embedding (TokenEmbedding), blocks (Encoder: self-attention layers only, used with a causal mask),
     output_proj (nn.Linear d_model -> vocab_size).
     """
 
@@ -218,7 +218,7 @@ class DecoderOnlyLM(nn.Module):
                  dropout: float = 0.0, norm_first: bool = False) -> None:
         super().__init__()
         self.embedding = TokenEmbedding(vocab_size, d_model, max_len, dropout)
-        self.layers = Encoder(num_layers, d_model, num_heads, d_ff, dropout, norm_first=norm_first)
+        self.blocks = Encoder(num_layers, d_model, num_heads, d_ff, dropout, norm_first=norm_first)
         self.output_proj = nn.Linear(d_model, vocab_size)
         _xavier_init(self)
 
@@ -231,4 +231,4 @@ class DecoderOnlyLM(nn.Module):
         x = self.embedding(tokens)  # (B, T, d_model)
         if mask is None:
             mask = causal_mask(tokens.size(1), device=tokens.device)  # (T, T)
-        return self.output_proj(self.layers(x, mask))  # (B, T, vocab_size)
+        return self.output_proj(self.blocks(x, mask))  # (B, T, vocab_size)
