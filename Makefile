@@ -39,8 +39,10 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
 	@echo "website: _build/html/index.html"
 
+# One torch thread per xdist worker: two workers with two threads each on a 2-core machine
+# spend most of their time fighting over the cores.
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -rs --timeout 1500
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -rs --timeout 1500
 
 exercises: $(STAMP)
 	rm -rf exercises && mkdir -p exercises
