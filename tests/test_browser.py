@@ -1,0 +1,208 @@
+"""Open every page of the built website in headless Chromium and check what a reader sees.
+
+Serves _build/html (built once by tests/test_book.py's build_book(), the same build as
+`make book`) on a local HTTP server and, for each page: no JavaScript console errors, every
+image loaded, MathJax output wherever there is math, the chapter's numbered figures, no
+internal link to a missing page or anchor, no horizontal scrolling on a phone-sized screen.
+A screenshot of each page goes to _build/screenshots/.
+
+Needs Debian's chromium and chromium-driver (`make browser` installs them); skipped otherwise.
+Selenium is given the driver and browser paths, so Selenium Manager never downloads anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import http.server
+import re
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urljoin, urlparse
+
+import pytest
+
+from test_book import EXERCISE_OF_CHAPTER, ROOT, build_book, toc_files
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+SCREENSHOTS = ROOT / "_build" / "screenshots"
+PAGES = ["index", *toc_files(), "search", "genindex"]
+PHONE_WIDTH = 412
+
+pytestmark = [
+    pytest.mark.xdist_group("book"),
+    pytest.mark.slow,
+    pytest.mark.skipif(not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+                       reason="needs Debian's chromium and chromium-driver (/usr/bin/chromium, "
+                              "/usr/bin/chromedriver); install with `make browser`"),
+]
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@pytest.fixture(scope="module")
+def site():
+    """Base URL of _build/html served on 127.0.0.1 (the build must have succeeded)."""
+    build = build_book()
+    if build.returncode != 0:
+        pytest.fail("the book did not build; see test_book.py::test_book_builds_with_warnings_as_errors")
+    handler = functools.partial(_QuietHandler, directory=str(build.html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    thread.join()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.TemporaryDirectory(prefix="book-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", "--window-size=1280,900", f"--user-data-dir={profile.name}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    yield driver
+    driver.quit()
+    profile.cleanup()
+
+
+def _wait(driver, condition, timeout: float = 30.0, message: str = ""):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition, message)
+
+
+def _open(driver, url: str) -> list[dict]:
+    """Load url, wait for the page, MathJax and images; return the console log of this load."""
+    driver.get_log("browser")  # drop entries of earlier pages
+    driver.set_window_size(1280, 900)
+    driver.get(url)
+    _wait(driver, lambda d: d.execute_script("return document.readyState") == "complete",
+          message=f"{url} did not finish loading")
+    has_math = driver.execute_script("return document.querySelectorAll('.math').length > 0")
+    if has_math:
+        _wait(driver, lambda d: d.execute_script(
+            "return !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"),
+            message=f"MathJax did not start on {url}")
+        driver.execute_async_script("const done = arguments[0]; MathJax.startup.promise.then(() => done(true));")
+    # Bring every image into view (in case of lazy loading), then wait until all are settled.
+    driver.execute_script("document.querySelectorAll('img').forEach(i => { i.loading = 'eager'; });")
+    _wait(driver, lambda d: d.execute_script(
+        "return Array.from(document.images).every(i => i.complete)"), message=f"images on {url} never finished")
+    return driver.get_log("browser")
+
+
+def _screenshot(driver, name: str) -> None:
+    """Full-page PNG through the DevTools protocol."""
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    shot = driver.execute_cdp_cmd("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True,
+        "clip": {"x": 0, "y": 0, "width": 1280, "height": min(height, 16000), "scale": 1}})
+    (SCREENSHOTS / f"{name.replace('/', '__')}.png").write_bytes(base64.b64decode(shot["data"]))
+
+
+def _local_target(site: str, page_url: str, href: str, html_root: Path) -> tuple[Path, str] | None:
+    """The file (and fragment) an internal link points to; None for external links."""
+    url, fragment = urldefrag(urljoin(page_url, href))
+    if not url.startswith(site):
+        return None
+    path = unquote(urlparse(url).path).lstrip("/")
+    target = html_root / path
+    if target.is_dir() or path == "":
+        target = target / "index.html"
+    return target, fragment
+
+
+@functools.cache
+def _ids(path: Path) -> frozenset[str]:
+    return frozenset(re.findall(r"""\sid=["']([^"']+)["']""", path.read_text(encoding="utf-8", errors="replace")))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_in_browser(page, site, browser):
+    url = urljoin(site, f"{page}.html")
+    console = _open(browser, url)
+    problems: list[str] = []
+
+    errors = [entry["message"] for entry in console if entry.get("level") == "SEVERE"]
+    problems += [f"JavaScript console error: {m}" for m in errors]
+
+    broken = browser.execute_script(
+        "return Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
+    problems += [f"image did not load: {src}" for src in broken]
+
+    math_nodes = browser.execute_script("return document.querySelectorAll('.math').length")
+    if math_nodes:
+        typeset = browser.execute_script("return document.querySelectorAll('mjx-container').length")
+        untypeset = browser.execute_script(
+            "return Array.from(document.querySelectorAll('.math')).filter("
+            "m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 60))")
+        tex_errors = browser.execute_script(
+            "return Array.from(document.querySelectorAll('mjx-merror')).map(e => e.getAttribute('data-mjx-error') || e.textContent)")
+        if not typeset:
+            problems.append(f"{math_nodes} math elements but no MathJax output (mjx-container)")
+        problems += [f"math not typeset: {t!r}" for t in untypeset]
+        problems += [f"MathJax error: {t}" for t in tex_errors]
+
+    if page in EXERCISE_OF_CHAPTER:
+        figures = browser.execute_script(
+            "return Array.from(document.querySelectorAll('figure')).filter("
+            "f => f.querySelector('img') && f.querySelector('.caption-number')).length")
+        if figures < 2:
+            problems.append(f"a chapter needs at least 2 numbered figures with images; found {figures}")
+        if not browser.execute_script("return document.querySelectorAll('a.download').length"):
+            problems.append("no download link (the exercise notebook)")
+
+    html_root = ROOT / "_build" / "html"
+    here = browser.current_url  # index.html redirects to the root page
+    hrefs = browser.execute_script(
+        "return Array.from(document.querySelectorAll('a[href]')).map(a => a.getAttribute('href'))")
+    for href in sorted(set(hrefs)):
+        if href.startswith(("mailto:", "javascript:")):
+            continue
+        target = _local_target(site, here, href, html_root)
+        if target is None:
+            continue
+        path, fragment = target
+        if not path.is_file():
+            problems.append(f"link to a missing page: {href}")
+        elif fragment and path.suffix == ".html" and fragment not in _ids(path):
+            problems.append(f"link to a missing anchor: {href}")
+
+    browser.set_window_size(PHONE_WIDTH, 900)
+    overflow = browser.execute_script(
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    if overflow > 1:
+        problems.append(f"the page scrolls sideways by {overflow} px on a {PHONE_WIDTH} px wide screen")
+    browser.set_window_size(1280, 900)
+
+    _screenshot(browser, page)
+    assert not problems, f"{page}.html:\n  " + "\n  ".join(problems)
+
+
+def test_link_checker_detects_missing_pages(tmp_path):
+    """The internal-link check itself must be able to fail."""
+    (tmp_path / "a.html").write_text('<p id="here">x</p>')
+    site = "http://127.0.0.1:1/"
+    assert _local_target(site, site + "a.html", "https://example.org/", tmp_path) is None
+    path, fragment = _local_target(site, site + "a.html", "b.html#x", tmp_path)
+    assert not path.is_file() and fragment == "x"
+    path, fragment = _local_target(site, site + "a.html", "a.html#here", tmp_path)
+    assert path.is_file() and fragment in _ids(path)
