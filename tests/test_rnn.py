@@ -15,9 +15,10 @@ PAD, BOS, EOS = 0, 1, 2
 @pytest.mark.parametrize("B, T, d_in, H", [(1, 1, 3, 4), (3, 7, 5, 6), (2, 4, 8, 1)])
 def test_rnn_forward_matches_nn_rnn(B, T, d_in, H, device):
     torch.manual_seed(0)
-    ref = torch.nn.RNN(d_in, H, batch_first=True).to(device)
-    x = torch.randn(B, T, d_in, device=device)
-    h0 = torch.randn(B, H, device=device)
+    # float64: on CUDA, cuDNN's float32 RNN may use TF32 and would differ by ~1e-3
+    ref = torch.nn.RNN(d_in, H, batch_first=True).to(device, torch.float64)
+    x = torch.randn(B, T, d_in, device=device, dtype=torch.float64)
+    h0 = torch.randn(B, H, device=device, dtype=torch.float64)
     expected_out, expected_h = ref(x, h0.unsqueeze(0))
     # nn.RNN: h_t = tanh(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh)
     out, h_T = rnn_forward(x, h0, ref.weight_ih_l0.T, ref.weight_hh_l0.T, ref.bias_ih_l0 + ref.bias_hh_l0)
