@@ -541,3 +541,571 @@ _ffn_mistake("gelu", "you used GELU; the original Transformer's FFN uses ReLU.",
              lambda l1, l2, x: l2(nn.functional.gelu(l1(x))))
 _ffn_mistake("residual_added", "you added the input (x + FFN(x)); the residual connection belongs to AddNorm, not "
              "to the feed-forward sublayer.", lambda l1, l2, x: x + l2(torch.relu(l1(x))))
+
+
+# ------------------------------------------------------------------ 01_history
+
+def _rnn(x, h0, W_xh, W_hh, b_h, *, act=torch.tanh, recurrent=True, transpose=False, shift=False):
+    h = x.new_zeros(x.size(0), W_xh.size(1)) if h0 is None else h0
+    W = W_hh.T if transpose else W_hh
+    outputs = []
+    for t in range(x.size(1)):
+        if shift:
+            outputs.append(h)
+        h = act(x[:, t] @ W_xh + (h if recurrent or h0 is None else h0) @ W + b_h)
+        if not shift:
+            outputs.append(h)
+    return torch.stack(outputs, dim=1), h
+
+
+@mistake("rnn_forward", "no_recurrence",
+         "every step uses h0 instead of the previous hidden state; h_t = tanh(x_t W_xh + h_{t-1} W_hh + b_h).")
+def _rnn_no_recurrence(x, h0, W_xh, W_hh, b_h):
+    return _rnn(x, h0, W_xh, W_hh, b_h, recurrent=False)
+
+
+@mistake("rnn_forward", "outputs_shifted",
+         "your outputs are h_0 .. h_{T-1}; they should be the new states h_1 .. h_T (append after the update).")
+def _rnn_shifted(x, h0, W_xh, W_hh, b_h):
+    return _rnn(x, h0, W_xh, W_hh, b_h, shift=True)
+
+
+@mistake("rnn_forward", "no_tanh", "the tanh is missing: h_t = tanh(x_t W_xh + h_{t-1} W_hh + b_h).")
+def _rnn_no_tanh(x, h0, W_xh, W_hh, b_h):
+    return _rnn(x, h0, W_xh, W_hh, b_h, act=lambda z: z)
+
+
+@mistake("rnn_forward", "W_hh_transposed", "you used W_hh transposed; the state is a row vector: h_{t-1} @ W_hh.")
+def _rnn_transposed(x, h0, W_xh, W_hh, b_h):
+    return _rnn(x, h0, W_xh, W_hh, b_h, transpose=True)
+
+
+@mistake("rnn_forward", "sigmoid", "you used a sigmoid (or ReLU); the Elman RNN uses tanh.")
+def _rnn_sigmoid(x, h0, W_xh, W_hh, b_h):
+    return _rnn(x, h0, W_xh, W_hh, b_h, act=torch.sigmoid)
+
+
+def _bahdanau(query, keys, values, W_q, W_k, w_v, mask=None, *, tanh=True, dim=-1, multiplicative=False,
+              invert=False, tanh_after=False):
+    if multiplicative:
+        scores = ((query @ W_q).unsqueeze(1) * (keys @ W_k)).sum(-1)
+    else:
+        hidden = (query @ W_q).unsqueeze(1) + keys @ W_k  # (B, T, d_a)
+        if tanh_after:
+            scores = torch.tanh(hidden @ w_v)
+        else:
+            scores = (torch.tanh(hidden) if tanh else hidden) @ w_v  # (B, T)
+    if mask is not None and invert:
+        mask = ~mask
+    weights = _softmax_rows(scores, mask, dim=dim)
+    return (weights.unsqueeze(1) @ values).squeeze(1), weights
+
+
+@mistake("additive_attention", "no_tanh", "the tanh is missing: score_j = tanh(query W_q + keys_j W_k) . w_v.")
+def _add_no_tanh(query, keys, values, W_q, W_k, w_v, mask=None):
+    return _bahdanau(query, keys, values, W_q, W_k, w_v, mask, tanh=False)
+
+
+@mistake("additive_attention", "softmax_over_batch",
+         "your softmax runs over the batch axis (dim=0); the weights of one query are over its T keys (dim=-1).")
+def _add_softmax_batch(query, keys, values, W_q, W_k, w_v, mask=None):
+    return _bahdanau(query, keys, values, W_q, W_k, w_v, mask, dim=0)
+
+
+@mistake("additive_attention", "multiplicative",
+         "you multiplied the projected query and key (a dot product); additive attention adds them, applies tanh "
+         "and projects with w_v.")
+def _add_multiplicative(query, keys, values, W_q, W_k, w_v, mask=None):
+    return _bahdanau(query, keys, values, W_q, W_k, w_v, mask, multiplicative=True)
+
+
+@mistake("additive_attention", "mask_inverted", "your mask is inverted: True means 'may attend'.")
+def _add_inverted(query, keys, values, W_q, W_k, w_v, mask=None):
+    return _bahdanau(query, keys, values, W_q, W_k, w_v, mask, invert=True)
+
+
+class _AdditiveMistake(nn.Module):
+    knobs: dict = {}
+
+    def __init__(self, query_dim, key_dim, attn_dim):
+        super().__init__()
+        self.W_q = nn.Linear(query_dim, attn_dim, bias=False)
+        self.W_k = nn.Linear(key_dim, attn_dim, bias=False)
+        self.w_v = nn.Parameter(torch.zeros(attn_dim))
+
+    def forward(self, query, keys, values, mask=None):
+        return _bahdanau(query, keys, values, self.W_q.weight.T, self.W_k.weight.T, self.w_v, mask, **self.knobs)
+
+
+def _additive_module_mistake(key: str, says: str, **knobs) -> type:
+    cls = type(f"Additive_{key}", (_AdditiveMistake,), {"knobs": knobs})
+    return mistake("AdditiveAttention", key, says)(cls)
+
+
+_additive_module_mistake("no_tanh", "the tanh is missing: score_j = tanh(W_q(query) + W_k(keys_j)) . w_v.", tanh=False)
+_additive_module_mistake("tanh_after_w_v", "the tanh is applied to the score; it goes before w_v: "
+                         "tanh(W_q(query) + W_k(keys_j)) . w_v.", tanh_after=True)
+_additive_module_mistake("mask_inverted", "your mask is inverted: True means 'may attend'.", invert=True)
+
+
+# ------------------------------------------------------------------ 07_bert
+
+def _mask_tokens(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15, generator=None, *,
+                 split=(0.8, 0.9), skip_special=True, labels_everywhere=False, use_generator=True, low=0,
+                 in_place=False, first_fraction=False):
+    g = generator if use_generator else None
+    rand = torch.rand(input_ids.shape, generator=g)
+    if first_fraction:
+        rand = torch.linspace(0, 1, input_ids.size(-1)).expand(input_ids.shape)
+    special = torch.isin(input_ids, torch.tensor(special_token_ids, dtype=input_ids.dtype))
+    chosen = (rand < mlm_probability) & (~special if skip_special else True)
+    action = torch.rand(input_ids.shape, generator=g)
+    random_ids = torch.randint(low, vocab_size, input_ids.shape, generator=g, dtype=input_ids.dtype)
+    labels = input_ids.clone() if labels_everywhere else torch.where(chosen, input_ids, -100)
+    inputs = input_ids if in_place else input_ids.clone()
+    inputs[chosen & (action < split[0])] = mask_token_id
+    replace = chosen & (action >= split[0]) & (action < split[1])
+    inputs[replace] = random_ids[replace]
+    return inputs, labels
+
+
+@mistake("mask_tokens", "special_chosen", "special tokens ([CLS], [SEP], [PAD], ...) can be chosen; exclude every "
+         "id in special_token_ids before choosing (torch.isin).")
+def _mt_special(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, skip_special=False)
+
+
+@mistake("mask_tokens", "split", "the 80/10/10 split is wrong: of the chosen tokens 80% become [MASK], 10% a random "
+         "token and 10% stay unchanged (draw one uniform number per token: < 0.8 mask, < 0.9 random, else keep).")
+def _mt_all_masked(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, split=(1.0, 1.0))
+
+
+@mistake("mask_tokens", "split", "the 80/10/10 split is wrong: of the chosen tokens 80% become [MASK], 10% a random "
+         "token and 10% stay unchanged (draw one uniform number per token: < 0.8 mask, < 0.9 random, else keep).")
+def _mt_split_10_of_rest(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, split=(0.8, 0.82))
+
+
+@mistake("mask_tokens", "labels", "labels must be the original token where a token was chosen and -100 everywhere "
+         "else (so that the loss ignores the other positions).")
+def _mt_labels(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, labels_everywhere=True)
+
+
+@mistake("mask_tokens", "global_rng", "the random numbers do not come from `generator`; pass generator=generator to "
+         "torch.rand / torch.randint so that results are reproducible.")
+def _mt_global(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, use_generator=False)
+
+
+@mistake("mask_tokens", "in_place", "input_ids is modified in place; corrupt a copy (input_ids.clone()).")
+def _mt_in_place(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, in_place=True)
+
+
+@mistake("mask_tokens", "positions", "the chosen tokens are not spread uniformly along the sequence; choose each "
+         "token independently with probability mlm_probability.")
+def _mt_first(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, first_fraction=True)
+
+
+@mistake("mask_tokens", "random_range", "random replacement tokens must be drawn uniformly from the whole vocabulary, "
+         "torch.randint(vocab_size, ...).")
+def _mt_range(*args, **kwargs):
+    return _mask_tokens(*args, **kwargs, low=args[2] - 5)
+
+
+class _BertEmbeddingsMistake(nn.Module):
+    knobs: dict = {}
+
+    def __init__(self, vocab_size, d_model, max_len, type_vocab_size):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, d_model)
+        self.position_embeddings = nn.Embedding(max_len, d_model)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, d_model)
+        self.norm = nn.LayerNorm(d_model, eps=1e-12)
+
+    def forward(self, input_ids, token_type_ids=None):
+        k = self.knobs
+        T = input_ids.size(1)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        start = 1 if k.get("positions_from_1") else 0
+        pos = torch.arange(start, start + T, device=input_ids.device).clamp_max(self.position_embeddings.num_embeddings - 1)
+        words = self.word_embeddings(input_ids)
+        if k.get("norm_words_only"):
+            words = self.norm(words)
+        x = words + (0 if k.get("no_position") else self.position_embeddings(pos))
+        x = x + (0 if k.get("no_segment") else self.token_type_embeddings(token_type_ids))
+        return x if k.get("no_norm") or k.get("norm_words_only") else self.norm(x)
+
+
+def _bert_mistake(key: str, says: str) -> type:
+    cls = type(f"BertEmbeddings_{key}", (_BertEmbeddingsMistake,), {"knobs": {key: True}})
+    return mistake("BertEmbeddings", key, says)(cls)
+
+
+_bert_mistake("no_norm", "the LayerNorm is missing: LayerNorm(token + position + segment embeddings).")
+_bert_mistake("no_position", "the position embeddings are missing (position_embeddings(arange(T))).")
+_bert_mistake("no_segment", "the segment (token type) embeddings are missing.")
+_bert_mistake("positions_from_1", "your positions start at 1; the first token has position 0.")
+_bert_mistake("norm_words_only", "you normalised only the word embeddings; the LayerNorm acts on the sum of all three.")
+
+
+def _mlm(logits, labels, *, reduce="mean_used", log=True):
+    used = labels != -100
+    logp = torch.log_softmax(logits, dim=-1) if log else logits
+    picked = -logp.gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1) * used  # (...,)
+    if reduce == "sum":
+        return picked.sum()
+    return picked.sum() / (used.numel() if reduce == "mean_all" else used.sum())
+
+
+@mistake("masked_lm_loss", "mean_over_all", "you averaged over every position; average over the positions whose label "
+         "is not -100 only.")
+def _mlm_mean_all(logits, labels):
+    return _mlm(logits, labels, reduce="mean_all")
+
+
+@mistake("masked_lm_loss", "sum", "you returned the sum; the loss is the mean over the positions with a label.")
+def _mlm_sum(logits, labels):
+    return _mlm(logits, labels, reduce="sum")
+
+
+@mistake("masked_lm_loss", "no_log_softmax", "the logits are used as log-probabilities; apply log_softmax over the "
+         "vocabulary axis first.")
+def _mlm_no_log(logits, labels):
+    return _mlm(logits, labels, log=False)
+
+
+@mistake("masked_lm_loss", "softmax_not_log", "you used -softmax(logits)[label]; cross-entropy is "
+         "-log_softmax(logits)[label].")
+def _mlm_softmax(logits, labels):
+    used = labels != -100
+    p = torch.softmax(logits, dim=-1).gather(-1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return -(p * used).sum() / used.sum()
+
+
+# ------------------------------------------------------------------ 08_vit
+
+def _patchify(images, patch_size, *, order="c_p_p", column_major=False, permute=True):
+    B, C, H, W = images.shape
+    P = patch_size
+    if not permute:
+        return images.reshape(B, (H // P) * (W // P), C * P * P)
+    x = images.reshape(B, C, H // P, P, W // P, P)
+    grid = (0, 4, 2) if column_major else (0, 2, 4)
+    inner = {"c_p_p": (1, 3, 5), "p_p_c": (3, 5, 1), "c_pw_ph": (1, 5, 3)}[order]
+    return x.permute(*grid, *inner).reshape(B, (H // P) * (W // P), C * P * P)
+
+
+@mistake("patchify", "channels_last", "each patch is flattened in (P, P, C) order; flatten it in (C, P, P) order "
+         "(all of channel 0, then channel 1, ...), the layout of a Conv2d weight.")
+def _pf_channels_last(images, patch_size):
+    return _patchify(images, patch_size, order="p_p_c")
+
+
+@mistake("patchify", "column_order", "your patches go column by column; order them row by row (left to right, then "
+         "top to bottom).")
+def _pf_columns(images, patch_size):
+    return _patchify(images, patch_size, column_major=True)
+
+
+@mistake("patchify", "no_permute", "you reshaped the image straight to (B, N, C*P*P); a patch is a P x P square, so "
+         "split H and W into (H/P, P) and (W/P, P) and permute before flattening.")
+def _pf_no_permute(images, patch_size):
+    return _patchify(images, patch_size, permute=False)
+
+
+@mistake("patchify", "patch_transposed", "each patch is transposed (flattened column by column); flatten each "
+         "channel's P x P square row by row.")
+def _pf_transposed(images, patch_size):
+    return _patchify(images, patch_size, order="c_pw_ph")
+
+
+def _unpatchify(patches, patch_size, height, width, *, order="c_p_p", column_major=False):
+    B, N, D = patches.shape
+    P = patch_size
+    C = D // (P * P)
+    gh, gw = height // P, width // P
+    shape = {"c_p_p": (C, P, P), "p_p_c": (P, P, C)}[order]
+    x = patches.reshape(B, gw, gh, *shape) if column_major else patches.reshape(B, gh, gw, *shape)
+    if column_major:
+        x = x.transpose(1, 2)
+    if order == "p_p_c":
+        x = x.permute(0, 1, 2, 5, 3, 4)  # (B, gh, gw, C, P, P)
+    return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, height, width)
+
+
+@mistake("unpatchify", "channels_last", "you read each patch as (P, P, C); patchify flattens in (C, P, P) order.")
+def _upf_channels_last(patches, patch_size, height, width):
+    return _unpatchify(patches, patch_size, height, width, order="p_p_c")
+
+
+@mistake("unpatchify", "column_order", "you placed the patches column by column; they come row by row.")
+def _upf_columns(patches, patch_size, height, width):
+    return _unpatchify(patches, patch_size, height, width, column_major=True)
+
+
+@mistake("unpatchify", "no_permute", "you reshaped (B, N, C*P*P) straight to (B, C, H, W); put each P x P square "
+         "back in place (reshape to (B, H/P, W/P, C, P, P) and permute).")
+def _upf_no_permute(patches, patch_size, height, width):
+    B, N, D = patches.shape
+    return patches.reshape(B, D // (patch_size ** 2), height, width)
+
+
+class _PatchEmbeddingMistake(nn.Module):
+    knobs: dict = {}
+
+    def __init__(self, image_size, patch_size, in_channels, d_model):
+        super().__init__()
+        H, W = (image_size, image_size) if isinstance(image_size, int) else image_size
+        self.patch_size = patch_size
+        self.proj = nn.Linear(in_channels * patch_size ** 2, d_model)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d_model))
+        self.pos_embedding = nn.Parameter(torch.zeros(1, (H // patch_size) * (W // patch_size) + 1, d_model))
+
+    def forward(self, images):
+        k = self.knobs
+        x = self.proj(_patchify(images, self.patch_size, order="p_p_c" if k.get("channels_last") else "c_p_p"))
+        cls = self.cls_token.expand(x.size(0), -1, -1)
+        if k.get("cls_no_position"):
+            return torch.cat([cls, x + self.pos_embedding[:, 1:]], dim=1)
+        x = torch.cat([x, cls] if k.get("cls_last") else [cls, x], dim=1)
+        return x if k.get("no_position") else x + self.pos_embedding
+
+
+def _patch_mistake(key: str, says: str) -> type:
+    cls = type(f"PatchEmbedding_{key}", (_PatchEmbeddingMistake,), {"knobs": {key: True}})
+    return mistake("PatchEmbedding", key, says)(cls)
+
+
+_patch_mistake("cls_last", "the class token is appended at the end; it comes first: [x_class; x_p^1 E; ...].")
+_patch_mistake("cls_no_position", "the class token gets no position embedding; add pos_embedding to the whole sequence "
+               "(N + 1 rows, class token included).")
+_patch_mistake("no_position", "the position embeddings are missing.")
+_patch_mistake("channels_last", "the patches are flattened in (P, P, C) order; use (C, P, P) as in patchify.")
+
+
+# ------------------------------------------------------------------ 09_warmup
+
+def _noam(step, d_model, warmup_steps, *, shift=0, warm_exp=-1.5, d_exp=-0.5, pick=min):
+    step = step + shift
+    if step == 0:
+        return 0.0
+    return d_model ** d_exp * pick(step ** -0.5, step * warmup_steps ** warm_exp)
+
+
+@mistake("noam_lr", "off_by_one", "your schedule is one step ahead (step + 1); count steps from 0 as given, with "
+         "step 0 giving 0.")
+def _noam_off(step, d_model, warmup_steps):
+    return _noam(step, d_model, warmup_steps, shift=1)
+
+
+@mistake("noam_lr", "warmup_exponent", "the warm-up term is step * warmup_steps^-1.5 (so both terms meet at step = "
+         "warmup_steps); your exponent differs.")
+def _noam_warm(step, d_model, warmup_steps):
+    return _noam(step, d_model, warmup_steps, warm_exp=-0.5)
+
+
+@mistake("noam_lr", "no_d_model", "the factor d_model^-0.5 is missing.")
+def _noam_no_d(step, d_model, warmup_steps):
+    return _noam(step, d_model, warmup_steps, d_exp=0.0)
+
+
+@mistake("noam_lr", "d_model_sqrt", "you multiplied by sqrt(d_model); the factor is d_model^-0.5.")
+def _noam_sqrt(step, d_model, warmup_steps):
+    return _noam(step, d_model, warmup_steps, d_exp=0.5)
+
+
+@mistake("noam_lr", "max_not_min", "you took the max of the two terms; the schedule is their min.")
+def _noam_max(step, d_model, warmup_steps):
+    return _noam(step, d_model, warmup_steps, pick=max)
+
+
+def _warmup(step, base_lr, warmup_steps, total_steps, min_lr=0.0, *, decay="cosine", shift=0, clamp=True,
+            from_start=False, ignore_min=False, full_period=False):
+    floor = 0.0 if ignore_min else min_lr
+    if step + shift < warmup_steps:
+        return base_lr * (step + shift) / warmup_steps
+    span = total_steps if from_start else total_steps - warmup_steps
+    progress = (step if from_start else step - warmup_steps) / span if span > 0 else 1.0
+    progress = min(1.0, progress) if clamp else progress
+    if decay == "linear":
+        remaining = 1.0 - progress
+    else:
+        remaining = 0.5 * (1.0 + math.cos((2 if full_period else 1) * math.pi * progress))
+    return floor + (base_lr - floor) * remaining
+
+
+def _schedule_mistakes(item: str, decay: str) -> None:
+    def register(key: str, says: str, **knobs) -> None:
+        def wrong(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
+            return _warmup(step, base_lr, warmup_steps, total_steps, min_lr, decay=decay, **knobs)
+        mistake(item, key, says)(wrong)
+    register("warmup_off_by_one", "your warm-up is one step ahead: lr = base_lr * step / warmup_steps, with 0 at "
+             "step 0 and base_lr reached at step = warmup_steps.", shift=1)
+    register("decay_from_step_0", "the decay's progress must count from the end of the warm-up: "
+             "p = (step - warmup_steps) / (total_steps - warmup_steps).", from_start=True)
+    register("min_lr_ignored", "the schedule decays to 0 instead of min_lr: lr = min_lr + (base_lr - min_lr) * ...",
+             ignore_min=True)
+    register("no_clamp_after_total", "after total_steps the learning rate must stay at min_lr (clamp the progress "
+             "at 1).", clamp=False)
+
+
+_schedule_mistakes("warmup_linear_lr", "linear")
+_schedule_mistakes("warmup_cosine_lr", "cosine")
+
+
+@mistake("warmup_cosine_lr", "full_period", "you used a full cosine period, cos(2 pi p); the decay is half a period: "
+         "(1 + cos(pi p)) / 2.")
+def _cos_full(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
+    return _warmup(step, base_lr, warmup_steps, total_steps, min_lr, full_period=True)
+
+
+@mistake("warmup_cosine_lr", "linear_decay", "your decay is linear; use half a cosine: (1 + cos(pi p)) / 2.")
+def _cos_linear(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
+    return _warmup(step, base_lr, warmup_steps, total_steps, min_lr, decay="linear")
+
+
+# ------------------------------------------------------------------ 10_transformer
+
+def _post_ln(norm, x, sublayer_out):
+    return norm(x + sublayer_out)
+
+
+class _EncoderLayerMistake(nn.Module):
+    knobs: dict = {}
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        from transformer_ref.layers import LayerNorm, PositionwiseFeedForward
+        from transformer_ref.multihead import MultiHeadAttention
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
+        self.norm1, self.norm2 = LayerNorm(d_model), LayerNorm(d_model)
+
+    def forward(self, x, mask=None):
+        k = self.knobs
+        mask = None if k.get("mask_ignored") else mask
+        norm1, norm2 = (self.norm2, self.norm1) if k.get("norms_swapped") else (self.norm1, self.norm2)
+        if k.get("pre_ln"):
+            h = norm1(x)
+            x = x + self.self_attn(h, h, h, mask)[0]
+            return x + self.feed_forward(norm2(x))
+        attn = self.self_attn(x, x, x, mask)[0]
+        h = norm1(attn) if k.get("no_residual_attention") else norm1(x + attn)
+        return norm2(h + self.feed_forward(x if k.get("ffn_on_input") else h))
+
+
+def _encoder_mistake(key: str, says: str) -> type:
+    cls = type(f"EncoderLayer_{key}", (_EncoderLayerMistake,), {"knobs": {key: True}})
+    return mistake("EncoderLayer", key, says)(cls)
+
+
+_encoder_mistake("pre_ln", "you wrote a pre-LN layer, x + Sublayer(LN(x)); this exercise is the original post-LN "
+                 "layer, LN(x + Sublayer(x)).")
+_encoder_mistake("no_residual_attention", "the residual connection around self-attention is missing: "
+                 "norm1(x + self_attn(x, x, x)).")
+_encoder_mistake("ffn_on_input", "the feed-forward network reads the layer's input x; it reads the output of the "
+                 "attention block, norm1(x + attention).")
+_encoder_mistake("norms_swapped", "norm1 and norm2 are swapped: norm1 follows self-attention, norm2 the feed-forward "
+                 "network.")
+_encoder_mistake("mask_ignored", "the mask is not passed to self-attention.")
+
+
+class _DecoderLayerMistake(nn.Module):
+    knobs: dict = {}
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        from transformer_ref.layers import LayerNorm, PositionwiseFeedForward
+        from transformer_ref.multihead import MultiHeadAttention
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
+        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)
+
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        k = self.knobs
+        if k.get("pre_ln"):
+            h = self.norm1(x)
+            x = x + self.self_attn(h, h, h, self_mask)[0]
+            h = self.norm2(x)
+            x = x + self.cross_attn(h, memory, memory, memory_mask)[0]
+            return x + self.feed_forward(self.norm3(x))
+        self_block = lambda y: self.norm1(y + self.self_attn(y, y, y, None if k.get("self_mask_ignored")
+                                                              else self_mask)[0])  # noqa: E731
+        kv = x if k.get("cross_attends_to_x") else memory
+        cross_block = lambda y: self.norm2(y + self.cross_attn(y, kv if kv is memory else y, kv if kv is memory
+                                                               else y, memory_mask if kv is memory else self_mask)[0])  # noqa: E731
+        if k.get("cross_first"):
+            x = self_block(cross_block(x))
+        else:
+            x = cross_block(self_block(x))
+        if k.get("no_residual_ffn"):
+            return self.norm3(self.feed_forward(x))
+        return self.norm3(x + self.feed_forward(x))
+
+
+def _decoder_mistake(key: str, says: str) -> type:
+    cls = type(f"DecoderLayer_{key}", (_DecoderLayerMistake,), {"knobs": {key: True}})
+    return mistake("DecoderLayer", key, says)(cls)
+
+
+_decoder_mistake("pre_ln", "you wrote a pre-LN layer, x + Sublayer(LN(x)); this exercise is the post-LN layer, "
+                 "LN(x + Sublayer(x)).")
+_decoder_mistake("cross_attends_to_x", "cross-attention takes its keys and values from x; they come from the "
+                 "encoder output: cross_attn(x, memory, memory, memory_mask).")
+_decoder_mistake("cross_first", "cross-attention comes before self-attention; the order is masked self-attention, "
+                 "cross-attention, feed-forward.")
+_decoder_mistake("self_mask_ignored", "self_mask is not passed to self-attention, so positions see the future.")
+_decoder_mistake("no_residual_ffn", "the residual connection around the feed-forward network is missing: "
+                 "norm3(x + feed_forward(x)).")
+
+
+@torch.no_grad()
+def _greedy(model, src, bos_id, eos_id, max_len, *, position=-1, stop="all", pad_finished=True, check_eos=True,
+            steps=None):
+    memory = model.encode(src)
+    tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
+    finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+    for _ in range(max_len - 1 if steps is None else steps):
+        nxt = model.decode(tokens, memory, src)[:, position].argmax(-1)
+        if pad_finished:
+            nxt = nxt.masked_fill(finished, model.pad_id)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        finished |= nxt == eos_id
+        if check_eos and (finished.all() if stop == "all" else finished.any()):
+            break
+    return tokens
+
+
+@mistake("greedy_decode", "first_position", "you took the prediction at the first position, logits[:, 0]; the next "
+         "token is predicted at the last position, logits[:, -1].")
+def _greedy_first(model, src, bos_id, eos_id, max_len):
+    return _greedy(model, src, bos_id, eos_id, max_len, position=0)
+
+
+@mistake("greedy_decode", "stop_when_any", "you stopped when the first sequence produced eos_id; continue until every "
+         "sequence has (or max_len is reached).")
+def _greedy_any(model, src, bos_id, eos_id, max_len):
+    return _greedy(model, src, bos_id, eos_id, max_len, stop="any")
+
+
+@mistake("greedy_decode", "no_pad_after_eos", "a sequence that has finished keeps getting real tokens; after its "
+         "eos_id put model.pad_id.")
+def _greedy_no_pad(model, src, bos_id, eos_id, max_len):
+    return _greedy(model, src, bos_id, eos_id, max_len, pad_finished=False)
+
+
+@mistake("greedy_decode", "never_stops", "you never stop at eos_id; stop as soon as every sequence has produced it.")
+def _greedy_never(model, src, bos_id, eos_id, max_len):
+    return _greedy(model, src, bos_id, eos_id, max_len, check_eos=False)
+
+
+@mistake("greedy_decode", "max_len_off_by_one", "your output can be max_len + 1 tokens long; max_len counts the bos "
+         "token, so at most max_len - 1 tokens are generated.")
+def _greedy_long(model, src, bos_id, eos_id, max_len):
+    return _greedy(model, src, bos_id, eos_id, max_len, steps=max_len)

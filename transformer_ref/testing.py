@@ -89,9 +89,6 @@ class Report:
     mistake: str | None = None
     shortcut: bool = False
 
-    def __bool__(self) -> bool:
-        return self.passed
-
 
 @dataclass(frozen=True)
 class Mistake:
@@ -148,11 +145,31 @@ def _tree_map(fn: Callable, obj: Any) -> Any:
 
 
 def _clone(obj: Any) -> Any:
-    return _tree_map(lambda t: t.detach().clone(), obj)
+    """Copies of the tensors and random generators in obj (a generator copy continues from the same state)."""
+    if isinstance(obj, torch.Generator):
+        copy_ = torch.Generator(device=obj.device)
+        copy_.set_state(obj.get_state())
+        return copy_
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_clone(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _clone(v) for k, v in obj.items()}
+    if isinstance(obj, torch.nn.Module):
+        return copy.deepcopy(obj)
+    return obj.detach().clone() if isinstance(obj, torch.Tensor) else obj
 
 
 def _to(obj: Any, device: torch.device | str) -> Any:
-    return _tree_map(lambda t: t.to(device), obj)
+    """obj with its tensors moved to device (a generator is re-created there with the same seed)."""
+    if isinstance(obj, torch.Generator):
+        return torch.Generator(device=device).manual_seed(obj.initial_seed())
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, torch.nn.Module):
+        return copy.deepcopy(obj).to(device)
+    return obj.to(device) if isinstance(obj, torch.Tensor) else obj
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -284,8 +301,8 @@ def _resolve(dotted: str) -> tuple[Any, str, Any] | None:
 def _shortcut_message(ex: Exercise, dotted: str) -> str:
     what = "the course's reference answer" if dotted.startswith("transformer_ref") else \
         "a ready-made version of what this exercise asks you to write"
-    return (f"{ex.name} uses {dotted}, {what}. Write it yourself from basic tensor operations "
-            f"(matmul, softmax, sum, ...); this item scores 0 while that call is there.")
+    return (f"{ex.name} uses {dotted}, {what}. Write this part yourself (the exercise says which building "
+            f"blocks you may use); this item scores 0 while that call is there.")
 
 
 @contextlib.contextmanager
@@ -876,7 +893,345 @@ _TORCH_LAYERS = ("torch.nn.TransformerEncoderLayer.forward", "torch.nn.Transform
                  "torch.nn.TransformerEncoder.forward", "torch.nn.TransformerDecoder.forward",
                  "torch.nn.Transformer.forward")
 
+# ------------------------------------------------------------------ 01_history
+
+def _rnn_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def args(B: int, T: int, d_in: int, H: int, dtype: torch.dtype = torch.float32, h0: bool = True) -> tuple:
+        return (_randn(g, B, T, d_in, dtype=dtype), _randn(g, B, H, dtype=dtype) if h0 else None,
+                _randn(g, d_in, H, dtype=dtype, scale=d_in ** -0.5), _randn(g, H, H, dtype=dtype, scale=H ** -0.5),
+                _randn(g, H, dtype=dtype, scale=0.3))
+    return [Case("x (2, 5, 3), H = 4", args(2, 5, 3, 4)), Case("batch 1, one step: x (1, 1, 2), H = 3", args(1, 1, 2, 3)),
+            Case("x (3, 4, 5), H = 5 (square W_xh)", args(3, 4, 5, 5)),
+            Case("h0 = None (start from zeros), x (2, 3, 4), H = 2", args(2, 3, 4, 2, h0=False)),
+            Case("float64, x (2, 6, 3), H = 4", args(2, 6, 3, 4, torch.float64))]
+
+
+def _additive_args(g: torch.Generator, B: int, T: int, d_q: int, d_kk: int, d_v: int, d_a: int,
+                   dtype: torch.dtype = torch.float32) -> tuple:
+    return (_randn(g, B, d_q, dtype=dtype), _randn(g, B, T, d_kk, dtype=dtype), _randn(g, B, T, d_v, dtype=dtype),
+            _randn(g, d_q, d_a, dtype=dtype), _randn(g, d_kk, d_a, dtype=dtype), _randn(g, d_a, dtype=dtype, scale=2.0))
+
+
+def _additive_cases(g: torch.Generator, seed: int) -> list[Case]:
+    return [Case("query (2, 3), keys (2, 5, 4), values (2, 5, 6), d_a 7", _additive_args(g, 2, 5, 3, 4, 6, 7)),
+            Case("batch 1, one key", _additive_args(g, 1, 1, 2, 3, 2, 4)),
+            Case("query (3, 4), keys (3, 6, 4), mask (3, 6) with a fully masked row", _additive_args(g, 3, 6, 4, 4, 3, 5),
+                 {"mask": _mask(g, 3, 6)}),
+            Case("float64, query (2, 5), keys (2, 4, 3), mask (2, 4)", _additive_args(g, 2, 4, 5, 3, 2, 6, torch.float64),
+                 {"mask": _mask(g, 2, 4, empty_row=False)})]
+
+
+def _additive_module_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, B: int, T: int, d_q: int, d_kk: int, d_v: int, d_a: int, mask: bool = False,
+             dtype: torch.dtype = torch.float32) -> Case:
+        query, keys, values, W_q, W_k, w_v = _additive_args(g, B, T, d_q, d_kk, d_v, d_a, dtype)
+        state = {"W_q.weight": W_q.T.contiguous(), "W_k.weight": W_k.T.contiguous(), "w_v": w_v}
+        return Case(label, (query, keys, values), {"mask": _mask(g, B, T)} if mask else {},
+                    {"query_dim": d_q, "key_dim": d_kk, "attn_dim": d_a}, state)
+    return [case("query_dim 3, key_dim 4, attn_dim 7; keys (2, 5, 4)", 2, 5, 3, 4, 6, 7),
+            case("batch 1, one key", 1, 1, 2, 3, 2, 4),
+            case("mask (3, 6) with a fully masked row", 3, 6, 4, 5, 3, 5, mask=True),
+            case("float64", 2, 4, 5, 3, 2, 6, dtype=torch.float64)]
+
+
+# ------------------------------------------------------------------ 07_bert
+
+_SPECIAL = (0, 1, 2, 3)  # [PAD], [CLS], [SEP], [MASK] in the cases below; [MASK] = 3
+
+
+def _bert_batch(g: torch.Generator, B: int, T: int, vocab: int) -> torch.Tensor:
+    """[CLS] w w ... [SEP] [PAD] ...: random words in [4, vocab), random lengths."""
+    ids = torch.randint(4, vocab, (B, T), generator=g)
+    lengths = torch.randint(max(2, T // 2), T + 1, (B,), generator=g)
+    ids[:, 0] = 1
+    ids[torch.arange(B), lengths - 1] = 2
+    return ids.masked_fill(torch.arange(T) >= lengths[:, None], 0)
+
+
+def _mask_tokens_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, ids: torch.Tensor, vocab: int, p: float = 0.15, gen_seed: int = seed) -> Case:
+        return Case(label, (ids, 3, vocab, list(_SPECIAL)),
+                    {"mlm_probability": p, "generator": torch.Generator().manual_seed(1000 + gen_seed)})
+    small = _bert_batch(g, 4, 12, 50)
+    return [case("input_ids (4, 12), vocab 50", small, 50),
+            case("the same inputs and generator seed again (the result must be the same)", small, 50),
+            case("input_ids (1, 1) holding one word", torch.tensor([[7]]), 50),
+            case("mlm_probability 1.0: every word is chosen", _bert_batch(g, 3, 10, 40), 40, 1.0),
+            case("mlm_probability 0.0: nothing is chosen", _bert_batch(g, 3, 10, 40), 40, 0.0),
+            case("input_ids (3, 8) of dtype int32", _bert_batch(g, 3, 8, 30).int(), 30),
+            case("statistics: input_ids (96, 512), vocab 1000", _bert_batch(g, 96, 512, 1000), 1000)]
+
+
+def _bert_embeddings_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, B: int, T: int, vocab: int, d: int, max_len: int, types: int, segments: bool = True,
+             dtype: torch.dtype = torch.float32) -> Case:
+        state = {"word_embeddings.weight": _randn(g, vocab, d, dtype=dtype),
+                 "position_embeddings.weight": _randn(g, max_len, d, dtype=dtype),
+                 "token_type_embeddings.weight": _randn(g, types, d, dtype=dtype), **_norm_state(g, d, dtype)}
+        ids = torch.randint(0, vocab, (B, T), generator=g)
+        token_types = (torch.arange(T) >= torch.randint(1, T + 1, (B, 1), generator=g)).long()
+        return Case(label, (ids, token_types if segments else None), {},
+                    {"vocab_size": vocab, "d_model": d, "max_len": max_len, "type_vocab_size": types}, state)
+    return [case("input_ids (2, 7), segments A then B", 2, 7, 20, 8, 10, 2),
+            case("batch 1, one token", 1, 1, 5, 4, 3, 2),
+            case("token_type_ids None (all segment A)", 3, 5, 11, 6, 5, 2, segments=False),
+            case("float64 parameters, input_ids (2, 4)", 2, 4, 9, 5, 6, 3, dtype=torch.float64)]
+
+
+def _mlm_loss_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, shape: tuple, vocab: int, keep: float, dtype: torch.dtype = torch.float32) -> Case:
+        logits = _randn(g, *shape, vocab, dtype=dtype, scale=2.0)  # (..., vocab)
+        labels = torch.randint(0, vocab, shape, generator=g)
+        ignored = torch.rand(shape, generator=g) > keep
+        ignored.view(-1)[0] = False  # at least one label counts
+        return Case(label, (logits, labels.masked_fill(ignored, -100)))
+    return [case("logits (2, 6, 11), about 30% of the labels used", (2, 6), 11, 0.3),
+            case("logits (1, 1, 5), one label", (1, 1), 5, 1.0), case("logits (3, 4, 7), every label used", (3, 4), 7, 1.0),
+            case("logits (8, 10) without a batch axis, half the labels used", (8,), 10, 0.5),
+            case("float64, logits (4, 5, 9)", (4, 5), 9, 0.5, torch.float64)]
+
+
+def _mask_tokens_compare(ex: Exercise, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Report:
+    """Exact invariants on every case, then statistics on the large one (each test at 6 sigma, so a
+    correct solution fails one of them with probability below 1e-7 per seed)."""
+    def fail(key: str | None, message: str) -> Report:
+        from transformer_ref.mistakes import CATALOGUE
+        says = next((m.says for m in CATALOGUE.get(ex.name, ()) if m.key == key), None)
+        return Report(False, f"{ex.name} is not right yet.\n{message}" + (f"\nLikely mistake: {says}" if says else ""),
+                      mistake=key)
+    for i, (case, out) in enumerate(zip(cases, outcomes)):
+        where = f"case {i + 1} of {len(cases)} ({case.label})"
+        if out.error is not None:
+            return Report(False, f"{ex.name} does not run yet.\n{where}: {out.error}")
+        if out.mutated:
+            return fail("in_place", f"{where}: {ex.name} changed input_ids in place; work on a copy (input_ids.clone()).")
+        ids, mask_id, vocab, special = case.args
+        value = out.value
+        if not (isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(t, torch.Tensor) for t in value)):
+            return Report(False, f"{where}: {ex.name} should return a tuple (inputs, labels) of tensors; "
+                                 f"it returned {_describe(value)}")
+        for name, t in zip(("inputs", "labels"), value):
+            if t.shape != ids.shape or t.dtype != ids.dtype or t.device != ids.device:
+                return Report(False, f"{where}: {name} should be shaped and typed like input_ids, {tuple(ids.shape)} "
+                                     f"{ids.dtype} on {ids.device}; got {_describe(t)}")
+        inputs, labels = value
+        chosen = labels != -100
+        if ids.numel() > 1 and case.kwargs["mlm_probability"] < 1 and chosen.all():
+            return fail("labels", f"{where}: no label is -100; labels must be -100 wherever a token was not chosen")
+        if (chosen & (labels != ids)).any():
+            return fail("labels", f"{where}: labels must hold the original token where a token was chosen and -100 "
+                                  f"everywhere else; found labels that are neither")
+        is_special = torch.isin(ids, torch.tensor(special, dtype=ids.dtype, device=ids.device))
+        if (chosen & is_special).any():
+            return fail("special_chosen", f"{where}: a special token ({', '.join(map(str, special))}) was chosen "
+                                          f"for prediction; special tokens are never chosen")
+        if (~chosen & (inputs != ids)).any():
+            return fail("labels", f"{where}: a token was changed but its label is -100; every changed token must be "
+                                  f"one of the chosen ones (label = the original token)")
+        if ((inputs < 0) | (inputs >= vocab)).any():
+            return fail(None, f"{where}: inputs hold token ids outside [0, vocab_size = {vocab})")
+        p = case.kwargs["mlm_probability"]
+        eligible = ~is_special
+        if p in (0.0, 1.0) and not torch.equal(chosen, eligible & (p == 1.0)):
+            return fail("probability", f"{where}: with mlm_probability = {p} {'every' if p else 'no'} word must be "
+                                       f"chosen; {int(chosen.sum())} of {int(eligible.sum())} were")
+    first, again = outcomes[0].value, outcomes[1].value
+    if not all(torch.equal(a, b) for a, b in zip(first, again)):
+        return fail("global_rng", "the same inputs with generators seeded alike gave different results: take every "
+                                  "random number from `generator` (torch.rand(..., generator=generator)).")
+    case, (inputs, labels) = cases[-1], outcomes[-1].value
+    ids, mask_id, vocab, special = case.args
+    eligible = ~torch.isin(ids, torch.tensor(special, dtype=ids.dtype, device=ids.device))
+    chosen = labels != -100
+
+    def z_fail(observed: float, expected: float, n: int, what: str, key: str) -> Report | None:
+        sigma = math.sqrt(expected * (1 - expected) / n)
+        if abs(observed - expected) > 6 * sigma:
+            return fail(key, f"{case.label}: {what} is {observed:.2%}; expected {expected:.2%} "
+                             f"(± {6 * sigma:.2%} allows for chance)")
+        return None
+    p = case.kwargs["mlm_probability"]
+    n_eligible = int(eligible.sum())
+    checks = []
+    T = ids.size(-1)
+    for q in range(4):  # chosen uniformly along the sequence, not e.g. the first 15 % of each row
+        part = eligible[..., q * T // 4:(q + 1) * T // 4]
+        frac = chosen[..., q * T // 4:(q + 1) * T // 4][part].float().mean().item()
+        checks.append((frac, p, int(part.sum()), f"the fraction chosen in quarter {q + 1} of the sequence", "positions"))
+    checks.append((chosen[eligible].float().mean().item(), p, n_eligible, "the fraction of words chosen", "probability"))
+    n = int(chosen.sum())
+    became_mask = (inputs[chosen] == mask_id).float().mean().item()
+    kept = (inputs[chosen] == ids[chosen]).float().mean().item()
+    checks += [(became_mask, 0.8 + 0.1 / vocab, n, "the share of chosen words replaced by [MASK]", "split"),
+               (kept, 0.1 + 0.1 / vocab, n, "the share of chosen words left unchanged", "split")]
+    for observed, expected, count, what, key in checks:
+        if (report := z_fail(observed, expected, count, what, key)) is not None:
+            return report
+    replaced = inputs[chosen & (inputs != mask_id) & (inputs != ids)].double()
+    if replaced.numel() and abs(replaced.mean().item() - (vocab - 1) / 2) > 6 * vocab / math.sqrt(12 * replaced.numel()):
+        return fail("random_range", f"{case.label}: the random replacement tokens average {replaced.mean().item():.1f}; "
+                                    f"tokens drawn uniformly from [0, {vocab}) average {(vocab - 1) / 2:.1f}")
+    return Report(True, f"{ex.name}: all {len(cases)} cases pass (invariants and statistics).")
+
+
+# ------------------------------------------------------------------ 08_vit
+
+def _patchify_cases(g: torch.Generator, seed: int) -> list[Case]:
+    return [Case("images (2, 3, 8, 8), patch 4", (_randn(g, 2, 3, 8, 8), 4)),
+            Case("images (1, 1, 2, 2), patch 2 (one patch)", (_randn(g, 1, 1, 2, 2), 2)),
+            Case("images (2, 2, 6, 9), patch 3 (not square)", (_randn(g, 2, 2, 6, 9), 3)),
+            Case("images (1, 3, 4, 4), patch 1", (_randn(g, 1, 3, 4, 4), 1)),
+            Case("float64, images (3, 2, 4, 8), patch 2", (_randn(g, 3, 2, 4, 8, dtype=torch.float64), 2))]
+
+
+def _unpatchify_reference() -> Callable:
+    def unpatchify(patches: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+        """Inverse of transformer_ref.vit.patchify: (B, N, C*P*P) -> (B, C, H, W)."""
+        B, N, D = patches.shape
+        P = patch_size
+        C = D // (P * P)
+        x = patches.reshape(B, height // P, width // P, C, P, P)  # (B, H/P, W/P, C, P, P)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(B, C, height, width)
+    return unpatchify
+
+
+def _unpatchify_cases(g: torch.Generator, seed: int) -> list[Case]:
+    return [Case("patches (2, 4, 48): 3 channels, patch 4, 8 x 8", (_randn(g, 2, 4, 48), 4, 8, 8)),
+            Case("patches (1, 1, 4): 1 channel, patch 2, 2 x 2", (_randn(g, 1, 1, 4), 2, 2, 2)),
+            Case("patches (2, 6, 18): 2 channels, patch 3, 6 x 9", (_randn(g, 2, 6, 18), 3, 6, 9)),
+            Case("float64, patches (3, 8, 8): 2 channels, patch 2, 4 x 8",
+                 (_randn(g, 3, 8, 8, dtype=torch.float64), 2, 4, 8))]
+
+
+def _patch_embedding_cases(g: torch.Generator, seed: int) -> list[Case]:
+    def case(label: str, B: int, C: int, size: int | tuple, P: int, d: int, dtype: torch.dtype = torch.float32) -> Case:
+        H, W = (size, size) if isinstance(size, int) else size
+        N = (H // P) * (W // P)
+        state = {"proj.weight": _randn(g, d, C * P * P, dtype=dtype, scale=(C * P * P) ** -0.5),
+                 "proj.bias": _randn(g, d, dtype=dtype, scale=0.1), "cls_token": _randn(g, 1, 1, d, dtype=dtype),
+                 "pos_embedding": _randn(g, 1, N + 1, d, dtype=dtype)}
+        return Case(label, (_randn(g, B, C, H, W, dtype=dtype),), {},
+                    {"image_size": size, "patch_size": P, "in_channels": C, "d_model": d}, state)
+    return [case("images (2, 3, 8, 8), patch 4, d_model 6", 2, 3, 8, 4, 6),
+            case("batch 1, images (1, 1, 4, 4), patch 2, d_model 5", 1, 1, 4, 2, 5),
+            case("image_size (6, 9), patch 3, 2 channels", 2, 2, (6, 9), 3, 4),
+            case("float64, images (3, 2, 4, 4), patch 2", 3, 2, 4, 2, 8, torch.float64)]
+
+
+# ------------------------------------------------------------------ 09_warmup
+
+def _noam_cases(g: torch.Generator, seed: int) -> list[Case]:
+    warmup = int(torch.randint(10, 200, (1,), generator=g))
+    steps = [0, 1, 2, 100, 3999, 4000, 4001, 20000]
+    return ([Case(f"step {s}, d_model 512, warmup_steps 4000", (s, 512, 4000)) for s in steps]
+            + [Case(f"step {s}, d_model 64, warmup_steps {warmup}", (s, 64, warmup))
+               for s in (1, warmup - 1, warmup, warmup + 1, 3 * warmup)])
+
+
+def _warmup_decay_cases(g: torch.Generator, seed: int) -> list[Case]:
+    warmup = int(torch.randint(2, 50, (1,), generator=g))
+    total = warmup + int(torch.randint(10, 500, (1,), generator=g))
+    cases = [Case(f"step {s}, base_lr 0.001, warmup_steps 10, total_steps 110", (s, 1e-3, 10, 110))
+             for s in (0, 1, 9, 10, 11, 35, 60, 109, 110, 150)]
+    cases += [Case(f"step {s}, base_lr 0.5, warmup_steps {warmup}, total_steps {total}, min_lr 0.05",
+                   (s, 0.5, warmup, total), {"min_lr": 0.05})
+              for s in (0, warmup - 1, warmup, (warmup + total) // 2, total - 1, total, total + 7)]
+    return cases
+
+
+# ------------------------------------------------------------------ 10_transformer
+
+def _layer_state(g: torch.Generator, reference: type, init: dict, dtype: torch.dtype) -> dict:
+    """Random parameters (in `dtype`) for every parameter of reference(**init), by name."""
+    module = reference(**init)
+    return {name: (_randn(g, *p.shape, dtype=dtype, scale=p.size(-1) ** -0.5) if p.dim() > 1 else
+                   (1 + _randn(g, *p.shape, dtype=dtype, scale=0.2) if "norm" in name and name.endswith("weight")
+                    else _randn(g, *p.shape, dtype=dtype, scale=0.2)))
+            for name, p in module.named_parameters()}
+
+
+def _encoder_layer_cases(g: torch.Generator, seed: int) -> list[Case]:
+    from transformer_ref.layers import EncoderLayer
+
+    def case(label: str, B: int, T: int, d: int, H: int, d_ff: int, mask: torch.Tensor | None = None,
+             dtype: torch.dtype = torch.float32) -> Case:
+        init = {"d_model": d, "num_heads": H, "d_ff": d_ff}
+        return Case(label, (_randn(g, B, T, d, dtype=dtype),), {} if mask is None else {"mask": mask}, init,
+                    _layer_state(g, EncoderLayer, init, dtype))
+    return [case("x (2, 5, 8), 2 heads, d_ff 16", 2, 5, 8, 2, 16),
+            case("batch 1, one position, d_model 4, 1 head", 1, 1, 4, 1, 6),
+            case("x (3, 6, 6), padding mask (3, 1, 6)", 3, 6, 6, 3, 10, _mask(g, 3, 1, 6, empty_row=False)),
+            case("float64, x (2, 4, 8), causal mask (4, 4)", 2, 4, 8, 4, 12, torch.ones(4, 4, dtype=torch.bool).tril(),
+                 torch.float64)]
+
+
+def _decoder_layer_cases(g: torch.Generator, seed: int) -> list[Case]:
+    from transformer_ref.layers import DecoderLayer
+
+    def case(label: str, B: int, T: int, S: int, d: int, H: int, d_ff: int, masks: bool = False,
+             dtype: torch.dtype = torch.float32) -> Case:
+        init = {"d_model": d, "num_heads": H, "d_ff": d_ff}
+        kwargs = {"self_mask": torch.ones(T, T, dtype=torch.bool).tril(),
+                  "memory_mask": _mask(g, B, 1, S, empty_row=False)} if masks else {}
+        return Case(label, (_randn(g, B, T, d, dtype=dtype), _randn(g, B, S, d, dtype=dtype)), kwargs, init,
+                    _layer_state(g, DecoderLayer, init, dtype))
+    return [case("x (2, 4, 8), memory (2, 6, 8), 2 heads", 2, 4, 6, 8, 2, 16),
+            case("batch 1, one target position, memory of 3", 1, 1, 3, 4, 1, 6),
+            case("x (3, 5, 6), memory (3, 7, 6), causal self_mask and padding memory_mask", 3, 5, 7, 6, 3, 10, True),
+            case("float64, x (2, 4, 8), memory (2, 3, 8), with masks", 2, 4, 3, 8, 4, 12, True, torch.float64)]
+
+
+def _greedy_reference() -> Callable:
+    def greedy_decode(model: torch.nn.Module, src: torch.Tensor, bos_id: int, eos_id: int, max_len: int) -> torch.Tensor:
+        return model.greedy_decode(src, bos_id, eos_id, max_len)
+    return greedy_decode
+
+
+def _greedy_cases(g: torch.Generator, seed: int) -> list[Case]:
+    from transformer_ref.model import Transformer
+    cases = []
+    for label, B, S, vocab, max_len in (("src (3, 5), vocab 12", 3, 5, 12, 8), ("batch 1, src (1, 2)", 1, 2, 9, 6),
+                                        ("src (4, 6) with padding, vocab 10", 4, 6, 10, 10)):
+        torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))  # only the model's initialisation
+        model = Transformer(vocab, vocab, d_model=16, num_heads=2, num_encoder_layers=1, num_decoder_layers=1,
+                            d_ff=32, dropout=0.0, max_len=16).eval()
+        src = _tokens(g, B, S, 0, vocab)
+        src[:, 0] = torch.where(src[:, 0] == 0, 3, src[:, 0])  # no empty source
+        # eos: a token the last sequence produces at its third step, so that sequences finish at different steps
+        free = model.greedy_decode(src, 1, 1, max_len)
+        eos = int(free[-1, min(3, free.size(1) - 1)])
+        eos = eos if eos not in (0, 1) else 2
+        cases.append(Case(f"{label}, bos 1, eos {eos}, max_len {max_len}", (model, src, 1, eos, max_len)))
+    return cases
+
+
+_RNN = ("torch.nn.RNN.forward", "torch.nn.RNNCell.forward", "torch.nn.GRU.forward", "torch.nn.LSTM.forward",
+        "torch.rnn_tanh", "torch.rnn_tanh_cell", "transformer_ref.rnn.rnn_forward", "transformer_ref.rnn.Seq2Seq.forward")
+_BERT = ("transformer_ref.bert.mask_tokens", "transformer_ref.bert.BertEmbeddings.forward",
+         "transformer_ref.bert.BertModel.forward", "transformer_ref.bert.BertForMaskedLM.forward",
+         "transformers.models.bert.modeling_bert.BertEmbeddings.forward",
+         "transformers.data.data_collator.DataCollatorForLanguageModeling.torch_mask_tokens")
+_CE = (_F + "cross_entropy", _F + "nll_loss", "torch.nn.CrossEntropyLoss.forward", "torch.nn.NLLLoss.forward")
+_VIT = ("transformer_ref.vit.patchify", "transformer_ref.vit.PatchEmbedding.forward",
+        "transformer_ref.vit.VisionTransformer.forward", "transformers.models.vit.modeling_vit.ViTEmbeddings.forward",
+        "transformers.models.vit.modeling_vit.ViTPatchEmbeddings.forward")
+_SCHEDULES = tuple(f"transformer_ref.schedules.{n}" for n in (
+    "noam_lr", "warmup_linear_lr", "warmup_cosine_lr", "_warmup_then_decay", "noam_scheduler",
+    "warmup_linear_scheduler", "warmup_cosine_scheduler")) + (
+    "transformers.optimization.get_linear_schedule_with_warmup", "transformers.optimization.get_cosine_schedule_with_warmup",
+    "torch.optim.lr_scheduler.CosineAnnealingLR.__init__", "torch.optim.lr_scheduler.LinearLR.__init__")
+_MODEL = ("transformer_ref.model.Encoder.forward", "transformer_ref.model.Decoder.forward",
+          "transformer_ref.model.Transformer.greedy_decode", "transformer_ref.model.DecoderOnlyLM.forward",
+          "transformer_ref.rnn.Seq2Seq.greedy_decode")
+
 _EXERCISE_LIST = [
+    Exercise("rnn_forward", "01_history", "function", _rnn_cases, _ref("rnn", "rnn_forward"), _RNN, ("outputs", "h_T")),
+    Exercise("additive_attention", "01_history", "function", _additive_cases, _ref("attention", "additive_attention"),
+             _REF_ATTENTION, ("context", "weights")),
+    Exercise("AdditiveAttention", "01_history", "class", _additive_module_cases, _ref("attention", "AdditiveAttention"),
+             _REF_ATTENTION, ("context", "weights"),
+             members="W_q = nn.Linear(query_dim, attn_dim, bias=False), W_k = nn.Linear(key_dim, attn_dim, bias=False) "
+                     "and w_v = nn.Parameter of shape (attn_dim,)"),
     Exercise("sinusoidal_positional_encoding", "02_positional_encoding", "function", _sinusoidal_cases,
              _ref("positional", "sinusoidal_positional_encoding"), _REF_POSITIONAL, ("PE",),
              tol={torch.float32: (1e-4, 1e-4)}),
@@ -912,6 +1267,33 @@ _EXERCISE_LIST = [
     Exercise("PositionwiseFeedForward", "06_add_norm", "class", _ffn_cases, _ref("layers", "PositionwiseFeedForward"),
              _REF_LAYERS + _TORCH_LAYERS, ("output",),
              members="linear1 = nn.Linear(d_model, d_ff) and linear2 = nn.Linear(d_ff, d_model)"),
+    Exercise("mask_tokens", "07_bert", "function", _mask_tokens_cases, _ref("bert", "mask_tokens"), _BERT,
+             ("inputs", "labels"), compare_fn=_mask_tokens_compare),
+    Exercise("BertEmbeddings", "07_bert", "class", _bert_embeddings_cases, _ref("bert", "BertEmbeddings"), _BERT,
+             ("embeddings",), members="word_embeddings, position_embeddings, token_type_embeddings (nn.Embedding) "
+                                      "and norm (a LayerNorm with weight and bias, eps 1e-12)"),
+    Exercise("masked_lm_loss", "07_bert", "function", _mlm_loss_cases,
+             lambda: lambda logits, labels: torch.nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten()),
+             _CE + _BERT, ("loss",)),
+    Exercise("patchify", "08_vit", "function", _patchify_cases, _ref("vit", "patchify"), _VIT, ("patches",)),
+    Exercise("unpatchify", "08_vit", "function", _unpatchify_cases, _unpatchify_reference, _VIT + (_F + "fold",),
+             ("images",)),
+    Exercise("PatchEmbedding", "08_vit", "class", _patch_embedding_cases, _ref("vit", "PatchEmbedding"), _VIT,
+             ("embeddings",), members="proj = nn.Linear(C*P*P, d_model), cls_token (1, 1, d_model) and "
+                                      "pos_embedding (1, N+1, d_model)"),
+    Exercise("noam_lr", "09_warmup", "function", _noam_cases, _ref("schedules", "noam_lr"), _SCHEDULES, ("lr",)),
+    Exercise("warmup_linear_lr", "09_warmup", "function", _warmup_decay_cases, _ref("schedules", "warmup_linear_lr"),
+             _SCHEDULES, ("lr",)),
+    Exercise("warmup_cosine_lr", "09_warmup", "function", _warmup_decay_cases, _ref("schedules", "warmup_cosine_lr"),
+             _SCHEDULES, ("lr",)),
+    Exercise("EncoderLayer", "10_transformer", "class", _encoder_layer_cases, _ref("layers", "EncoderLayer"),
+             _REF_LAYERS[3:] + _TORCH_LAYERS + _MODEL, ("output",),
+             members="self_attn (MultiHeadAttention), feed_forward (PositionwiseFeedForward), norm1, norm2 (LayerNorm)"),
+    Exercise("DecoderLayer", "10_transformer", "class", _decoder_layer_cases, _ref("layers", "DecoderLayer"),
+             _REF_LAYERS[3:] + _TORCH_LAYERS + _MODEL, ("output",),
+             members="self_attn, cross_attn (MultiHeadAttention), feed_forward (PositionwiseFeedForward), "
+                     "norm1, norm2, norm3 (LayerNorm)"),
+    Exercise("greedy_decode", "10_transformer", "function", _greedy_cases, _greedy_reference, _MODEL[2:], ("tokens",)),
 ]
 
 EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in _EXERCISE_LIST}
