@@ -7,8 +7,8 @@ import torch
 from torch.testing import assert_close
 
 from transformer_ref.positional import (LearnedPositionalEmbedding, RelativeMultiHeadAttention,
-                                        SinusoidalPositionalEncoding, apply_rotary, relative_attention, relative_logits_naive,
-                                        relative_logits_skewed, relative_position_index,
+                                        SinusoidalPositionalEncoding, apply_rotary, relative_attention,
+                                        relative_logits_naive, relative_logits_skewed, relative_position_index,
                                         sinusoidal_positional_encoding, skew)
 
 

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from transformer_ref._checks import (check_floating, check_mask, check_ndim, check_positive_int,
+from transformer_ref._checks import (check_floating, check_mask, check_min_ndim, check_ndim, check_positive_int,
                                      check_same_device, check_size)
 from transformer_ref.attention import _masked_softmax
 from transformer_ref.multihead import MultiHeadAttention, merge_heads, split_heads
@@ -100,7 +100,7 @@ class LearnedPositionalEmbedding(nn.Module):
 
 def relative_position_index(q_len: int, k_len: int, max_distance: int,
                             device: torch.device | str | None = None) -> torch.Tensor:
-    """Shaw et al. 2018, eq. (7)-(8): index[i, j] = clip(j - i, -k, k) + k with k = max_distance.
+    """Shaw et al. 2018, section 3.2: index[i, j] = clip(j - i, -k, k) + k with k = max_distance.
 
     Query i and key j are both counted from 0. The result indexes a table of 2k + 1 embeddings,
     one per clipped distance -k .. k. Returns (q_len, k_len) long.
@@ -132,6 +132,8 @@ def relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k:
     """
     for name, t in (("q", q), ("k", k), ("v", v), ("rel_k", rel_k), ("rel_v", rel_v)):
         check_floating(t, name)
+    for name, t, hint in (("q", q, "(..., T_q, d_k)"), ("k", k, "(..., T_k, d_k)"), ("v", v, "(..., T_k, d_v)")):
+        check_min_ndim(t, name, 2, hint)
     check_ndim(rel_k, "rel_k", 3, "(T_q, T_k, d_k)")
     check_ndim(rel_v, "rel_v", 3, "(T_q, T_k, d_v)")
     check_same_device(("q", q), ("k", k), ("v", v), ("rel_k", rel_k), ("rel_v", rel_v))
@@ -268,7 +270,7 @@ def relative_logits_naive(q: torch.Tensor, rel_emb: torch.Tensor) -> torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor | None = None, base: float = 10000.0) -> torch.Tensor:
-    """Rotary position embedding (Su et al. 2021, RoFormer, eq. 34): rotate each pair
+    """Rotary position embedding (Su et al. 2021, RoFormer, section 3.4.2): rotate each pair
     (x[2i], x[2i+1]) at position m by the angle m * theta_i, theta_i = base^(-2i/d).
 
     Applied to queries and keys, q_m . k_n then depends on m - n only.
