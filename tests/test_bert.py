@@ -149,6 +149,9 @@ def test_load_hf_bert_reports_missing_and_unexpected_keys():
     missing, unexpected = load_hf_bert(classifier, hf.state_dict(), strict=False)
     assert missing == ["classifier.weight", "classifier.bias"] and unexpected == []
     torch.testing.assert_close(classifier.bert.pooler.weight, hf.state_dict()["pooler.dense.weight"])
+    # Buffers that older transformers versions saved are skipped.
+    old_format = dict(hf.state_dict(), **{"embeddings.position_ids": torch.arange(MAX_LEN)[None]})
+    assert load_hf_bert(BertModel(BertConfig.from_hf(hf.config)), old_format) == ([], [])
 
 
 def test_load_hf_bert_shape_mismatch_names_the_key():
@@ -261,10 +264,10 @@ def within_binomial(count: int, n: int, p: float, sigmas: float = 6.0) -> bool:
 
 
 def test_mask_tokens_statistics(device):
-    """1M tokens, vocab 30. Every count below is binomial given what precedes it; each check allows
-    6 standard deviations, so with ~32 checks a correct implementation fails far less than once in a
-    million runs (32 x 2e-9, plus a margin for the normal approximation), while a wrong rate
-    (e.g. 12% chosen, or 70/20/10) fails by far more than 6 sigma."""
+    """1M tokens, vocab 30. Every count below is binomial given what precedes it; each of the 33 checks
+    allows 6 standard deviations. The exact binomial tails outside those bounds are 2e-9 to 6e-9 per
+    check, so a correct implementation fails about once in 10 million runs, while a wrong rate
+    (e.g. 12% chosen, 70/20/10, or random tokens that avoid the special ids) fails by far more."""
     vocab = 30
     input_ids = corpus(device, 1000, 1000, vocab=vocab, seed=3)
     inputs, labels = mask_tokens(input_ids, MASK_ID, vocab, SPECIAL, generator=torch.Generator().manual_seed(4))
@@ -300,7 +303,8 @@ def test_mask_tokens_probability_edges(device):
 
 
 @pytest.mark.parametrize("kwargs, error, message", [
-    (dict(input_ids=torch.rand(2, 3)), TypeError, "input_ids must be an integer tensor of token ids; got torch.float32"),
+    (dict(input_ids=torch.rand(2, 3)), TypeError,
+     "input_ids must be an integer tensor of token ids; got torch.float32"),
     (dict(mask_token_id=VOCAB), ValueError, r"mask_token_id must be in \[0, vocab_size = 53\); got 53"),
     (dict(mlm_probability=1.5), ValueError, r"mlm_probability must be in \[0, 1\]; got 1.5"),
     (dict(vocab_size=0), ValueError, "vocab_size must be a positive int; got 0"),

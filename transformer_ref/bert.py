@@ -43,10 +43,11 @@ IGNORE_INDEX = -100
 
 @dataclass
 class BertConfig:
-    """Hyper-parameters of a BERT model; the defaults are BERT-base (Devlin et al. 2019, Table 1 caption).
+    """Hyper-parameters of a BERT model; the defaults are BERT-base (L=12, H=768, A=12; Devlin et al. 2019, Sec. 3).
 
     Field names follow this package (``d_model``, ``num_heads``, ``d_ff``); ``from_hf`` translates a
     Hugging Face ``transformers.BertConfig`` (``hidden_size``, ``num_attention_heads``, ...).
+    ``pad_token_id``: the [PAD] id, whose embedding row is zero at init and gets no gradient (None: none).
     """
 
     vocab_size: int = 30522
@@ -58,7 +59,7 @@ class BertConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     dropout: float = 0.1
-    pad_token_id: int = 0
+    pad_token_id: int | None = 0
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> BertConfig:
@@ -84,7 +85,7 @@ class BertConfig:
             type_vocab_size=hf_config.type_vocab_size,
             layer_norm_eps=hf_config.layer_norm_eps,
             dropout=hf_config.hidden_dropout_prob,
-            pad_token_id=hf_config.pad_token_id if hf_config.pad_token_id is not None else 0,
+            pad_token_id=hf_config.pad_token_id,
         )
 
 
@@ -159,7 +160,8 @@ class BertModel(nn.Module):
                 attention_mask: torch.Tensor | None = None, need_weights: bool = False) -> BertOutput:
         """input_ids, token_type_ids: (B, T) long.
         attention_mask: (B, T), Hugging Face convention: 1 (or True) = real token, 0 = padding; default all 1.
-        Converted to this package's convention: bool (B, 1, T), True = may attend.
+        Converted to this package's convention: bool (B, 1, T), True = may attend. A sequence that is
+        all padding gets zero attention output (Hugging Face's additive mask would attend uniformly).
         Returns a ``BertOutput`` (last_hidden_state, pooler_output, attentions).
         """
         x = self.embeddings(input_ids, token_type_ids)                                # (B, T, d_model)
