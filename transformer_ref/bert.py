@@ -12,7 +12,7 @@ package's convention (bool, True = may attend, shape (B, 1, T), broadcast over t
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from transformer_ref._checks import check_ndim, check_positive_int, check_same_device, check_tensor
+from transformer_ref._convert import load_converted_state_dict
 from transformer_ref.layers import LayerNorm
 from transformer_ref.model import Encoder
 
@@ -34,7 +35,6 @@ __all__ = [
     "BertForSequenceClassification",
     "mask_tokens",
     "load_hf_bert",
-    "load_converted_state_dict",
 ]
 
 IGNORE_INDEX = -100
@@ -341,37 +341,6 @@ def load_hf_bert(model: BertModel | BertForMaskedLM | BertForSequenceClassificat
                              f"ties them, so an untied checkpoint (tie_word_embeddings=False) cannot be loaded")
     kept = {k: v for k, v in hf_state_dict.items() if not _HF_BERT_SKIP.match(k)}
     return load_converted_state_dict(model, kept, rename, "hf_state_dict (Hugging Face BERT)", strict)
-
-
-def load_converted_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                              rename: Callable[[str], str | None], source: str,
-                              strict: bool = True) -> tuple[list[str], list[str]]:
-    """Load a foreign state dict whose keys ``rename`` maps to ``model``'s (None = no counterpart).
-
-    Checks every shape and, when ``strict``, that every parameter of ``model`` is covered and every
-    entry of ``state_dict`` is used; the ValueError lists the missing and unexpected names.
-    Values are copied to the model's own device and dtype. Returns (missing, unexpected).
-    """
-    ours = model.state_dict()
-    converted: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    for key, value in state_dict.items():
-        new_key = rename(key)
-        if new_key is None or new_key not in ours:
-            unexpected.append(key)
-            continue
-        if tuple(value.shape) != tuple(ours[new_key].shape):
-            raise ValueError(f"{source}[{key!r}] has shape {tuple(value.shape)} but {type(model).__name__}."
-                             f"{new_key} has shape {tuple(ours[new_key].shape)}; do the configurations match?")
-        converted[new_key] = value
-    missing = [k for k in ours if k not in converted]
-    if strict and (missing or unexpected):
-        raise ValueError(f"{source} does not match {type(model).__name__}:\n"
-                         f"  missing (ours, not loaded): {missing}\n"
-                         f"  unexpected (theirs, no counterpart): {unexpected}\n"
-                         f"pass strict=False to load the matching part only")
-    model.load_state_dict(converted, strict=False)
-    return missing, unexpected
 
 
 # --- helpers -------------------------------------------------------------------------------------

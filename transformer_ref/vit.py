@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from transformer_ref._checks import check_floating, check_ndim, check_positive_int
-from transformer_ref.bert import load_converted_state_dict
+from transformer_ref._convert import load_converted_state_dict
 from transformer_ref.model import Encoder
 
 __all__ = ["patchify", "PatchEmbedding", "VisionTransformer", "load_hf_vit"]
