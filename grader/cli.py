@@ -31,8 +31,12 @@ def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result
     return jobs, skipped
 
 
-def _quiet_worker(log_file: str) -> None:
-    """Send a worker's stdout/stderr (and its kernels' chatter) to a log file, away from the progress bar."""
+def _init_worker(log_file: str, threads: int) -> None:
+    """Set up a worker process: its kernels get `threads` CPU threads each (the exercises' tensors are small;
+    N workers with all cores each would only fight over them), and its stdout/stderr (and the kernels'
+    chatter) go to a log file, away from the progress bar."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -49,10 +53,11 @@ def grade_jobs(runner: Runner, jobs: list[Job], workers: int, log_file: Path, pr
     attempts = {job: 0 for job in jobs}
     pending = list(jobs)
     context = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
     with tqdm(total=len(jobs), unit="submission", desc="grading", disable=not progress, file=sys.stderr) as bar:
         while pending:
             with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                     initializer=_quiet_worker, initargs=(str(log_file),)) as pool:
+                                     initializer=_init_worker, initargs=(str(log_file), threads)) as pool:
                 futures = {pool.submit(runner.run, job): job for job in pending}
                 pending = []
                 for future in as_completed(futures):

@@ -38,6 +38,29 @@ def ensure_alembic_on_path() -> None:
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
+def stamp_new_gradebook(db_url: str) -> None:
+    """Give an empty database the schema version nbgrader would write, computed in-process.
+
+    nbgrader stamps a new gradebook by running the `alembic` command in a subprocess, which takes
+    seconds; with the version table in place it just creates its tables. A database that already has
+    tables is left alone.
+    """
+    import nbgrader
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine, inspect, text
+
+    head = ScriptDirectory(str(Path(nbgrader.__file__).parent / "alembic")).get_current_head()
+    engine = create_engine(db_url)
+    try:
+        if inspect(engine).get_table_names():
+            return
+        with engine.begin() as connection:
+            connection.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+            connection.execute(text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": head})
+    finally:
+        engine.dispose()
+
+
 def nbgrader_config(root: Path, db_url: str, config_file: Path | None = None, timeout: int | None = None) -> Config:
     """nbgrader settings for a course rooted at `root`.
 
@@ -88,6 +111,7 @@ def generate_assignments(root: Path, db_url: str, assignments: list[str], config
     from nbgrader.coursedir import CourseDirectory
 
     ensure_alembic_on_path()
+    stamp_new_gradebook(db_url)
     cfg = nbgrader_config(root, db_url, config_file)
     for assignment in assignments:
         coursedir = CourseDirectory(config=cfg)

@@ -328,3 +328,26 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert err.value.code == 2 and "--workers must be at least 1; got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["grade", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+
+
+def test_results_are_merged_into_the_gradebook_at_any_url(tmp_path):
+    from nbgrader.api import Gradebook
+
+    from grader.course import prepare_course, sqlite_url
+    from grader.gradebook import record
+    from grader.runner import CellGrade, Job, Result
+
+    out, url = tmp_path / "out", sqlite_url(tmp_path / "elsewhere.db")
+    template = prepare_course(out, SOLUTIONS, [BROKEN_ON], url, ROOT / "nbgrader_config.py")
+    assert not (out / "gradebook.db").exists() and (out / "nbgrader_config.py").exists()
+    failed = NbgraderRunner(out, template, None).failure(Job("ann", BROKEN_ON, tmp_path), "broken <on> purpose")
+    graded = Result("bob", BROKEN_ON, "graded", score=3.0, max_score=failed.max_score,
+                    grades=[CellGrade(BROKEN_ON, "test_dot_product_attention", 3.0, 3.0, False)])
+    with Gradebook(url) as gb:
+        record(gb, failed)
+        record(gb, graded)
+        assert gb.find_submission(BROKEN_ON, "ann").score == 0
+        assert gb.find_submission(BROKEN_ON, "bob").score == 3
+        assert gb.find_assignment(BROKEN_ON).max_score == failed.max_score >= 10
+    page = (out / "feedback" / "ann" / BROKEN_ON / f"{BROKEN_ON}.html").read_text()
+    assert "broken &lt;on&gt; purpose" in page and f"0 / {failed.max_score:g}" in page
