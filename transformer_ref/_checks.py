@@ -119,3 +119,10 @@ def check_module_device(x: torch.Tensor, name: str, module: torch.nn.Module) -> 
 def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_token_id(value: object, name: str, vocab_size: int, vocab_name: str) -> int:
+    """A single token id (bos_id, eos_id, pad_id) must be an int in [0, vocab_size)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
+        raise ValueError(f"{name} must be an int in [0, {vocab_name} = {vocab_size}); got {value!r}")
+    return value

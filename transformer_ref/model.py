@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from transformer_ref._checks import (check_integer, check_module_device, check_ndim, check_positive_int,
-                                     check_size)
+                                     check_size, check_token_id)
 from transformer_ref.layers import DecoderLayer, EncoderLayer, LayerNorm
 from transformer_ref.masks import causal_mask, decoder_self_attention_mask, padding_mask
 from transformer_ref.positional import SinusoidalPositionalEncoding
@@ -88,12 +88,6 @@ class Decoder(nn.Module):
         return (x, self_weights, cross_weights) if need_weights else x
 
 
-def _check_token_id(value: object, name: str, vocab_size: int, vocab_name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
-        raise ValueError(f"{name} must be an int in [0, {vocab_name} = {vocab_size}); got {value!r}")
-    return value
-
-
 def _xavier_init(module: nn.Module) -> None:
     """Glorot-uniform for every matrix (embeddings included), as nn.Transformer and the Annotated Transformer."""
     for p in module.parameters():
@@ -139,7 +133,7 @@ class Transformer(nn.Module):
                  num_encoder_layers: int = 6, num_decoder_layers: int = 6, d_ff: int = 2048, dropout: float = 0.1,
                  max_len: int = 512, norm_first: bool = False, tie_embeddings: bool = False, pad_id: int = 0) -> None:
         super().__init__()
-        self.pad_id = _check_token_id(pad_id, "pad_id", min(src_vocab_size, tgt_vocab_size),
+        self.pad_id = check_token_id(pad_id, "pad_id", min(src_vocab_size, tgt_vocab_size),
                                       "min(src_vocab_size, tgt_vocab_size)")
         self.max_len = max_len
         self.src_embedding = TokenEmbedding(src_vocab_size, d_model, max_len, dropout)
@@ -189,8 +183,8 @@ class Transformer(nn.Module):
         after a sequence's eos_id hold pad_id. Runs under torch.no_grad(); call model.eval() first.
         """
         vocab = self.tgt_embedding.vocab_size
-        _check_token_id(bos_id, "bos_id", vocab, "tgt_vocab_size")
-        _check_token_id(eos_id, "eos_id", vocab, "tgt_vocab_size")
+        check_token_id(bos_id, "bos_id", vocab, "tgt_vocab_size")
+        check_token_id(eos_id, "eos_id", vocab, "tgt_vocab_size")
         if check_positive_int(max_len, "max_len") > self.max_len:
             raise ValueError(f"max_len must be at most the model's max_len = {self.max_len}; got {max_len}")
         memory = self.encode(src)  # (B, S, d_model)

@@ -17,7 +17,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from transformer_ref._checks import (check_choice, check_floating, check_integer, check_module_device,
-                                     check_ndim, check_positive_int, check_same_device, check_size)
+                                     check_ndim, check_positive_int, check_same_device, check_size,
+                                     check_token_id)
 from transformer_ref.attention import AdditiveAttention
 
 CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -158,10 +159,8 @@ class Seq2Seq(nn.Module):
         a row's eos_id; attention weights (B, T - 1, S), row i being the weights used to produce
         tokens[:, i + 1], or None without attention). Call model.eval() first.
         """
-        for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.tgt_vocab_size:
-                raise ValueError(f"{name} must be an int in [0, tgt_vocab_size = {self.tgt_vocab_size}); "
-                                 f"got {value!r}")
+        check_token_id(bos_id, "bos_id", self.tgt_vocab_size, "tgt_vocab_size")
+        check_token_id(eos_id, "eos_id", self.tgt_vocab_size, "tgt_vocab_size")
         check_positive_int(max_len, "max_len")
         enc_states, state, src_mask = self.encode(src)
         B = src.size(0)
