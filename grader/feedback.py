@@ -19,6 +19,7 @@ from nbformat import NotebookNode
 from traitlets import Bool, Integer, Unicode
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+HIDDEN_MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")   # nbgrader's defaults, as in nbgrader_config.py
 
 
 def strip_ansi(text: str) -> str:
@@ -105,8 +106,8 @@ class RedactHiddenTests(Preprocessor):
     """
 
     enabled = Bool(True, help="On by default: nbconvert skips preprocessors that are not enabled.").tag(config=True)
-    begin_test_delimeter = Unicode("BEGIN HIDDEN TESTS", help="Marks the start of hidden tests.").tag(config=True)
-    end_test_delimeter = Unicode("END HIDDEN TESTS", help="Marks the end of hidden tests.").tag(config=True)
+    begin_test_delimeter = Unicode(HIDDEN_MARKERS[0], help="Marks the start of hidden tests.").tag(config=True)
+    end_test_delimeter = Unicode(HIDDEN_MARKERS[1], help="Marks the end of hidden tests.").tag(config=True)
     min_quoted_length = Integer(
         8, help="Hidden lines shorter than this (after stripping) are too generic to look for in tracebacks."
     ).tag(config=True)

@@ -20,7 +20,7 @@ from typing import Protocol
 import nbformat
 
 from grader.course import ensure_alembic_on_path, nbgrader_config, sqlite_url
-from grader.feedback import failure_page, split_hidden
+from grader.feedback import HIDDEN_MARKERS, failure_page, split_hidden
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class NbgraderRunner:
                 if meta.get("points") != theirs.metadata["nbgrader"].get("points") and meta.get("grade"):
                     notes.append(f"the points of cell {grade_id} were changed (restored from the source)")
                 if meta.get("locked"):
-                    visible, _ = split_hidden(cell.source, "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+                    visible, _ = split_hidden(cell.source, *HIDDEN_MARKERS)
                     if theirs.source not in (cell.source, visible):
                         notes.append(f"locked cell {grade_id} was edited (restored from the source)")
         if readable == 0:
