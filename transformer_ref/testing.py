@@ -596,8 +596,10 @@ def _mismatch_leaf(ex: Exercise, expected: Any, got: Any, where: str) -> str | N
         bad = tuple(torch.unravel_index(diff.argmax(), diff.shape)) if diff.dim() else ()
         bad = tuple(int(i) for i in bad)
         n_bad = int((~close).sum())
+        e, o = expected[bad].item(), got[bad].item()
+        digits = next((d for d in range(6, 17) if f"{e:.{d}g}" != f"{o:.{d}g}"), 17)
         msg = (f"{where}: {n_bad} of {close.numel()} values differ; the largest difference is at index "
-               f"{bad}: expected {expected[bad].item():.6g}, got {got[bad].item():.6g}")
+               f"{bad}: expected {e:.{digits}g}, got {o:.{digits}g}")
         if expected.numel() <= 48:
             msg += f"\nexpected:\n{_fmt(expected)}\ngot:\n{_fmt(got)}"
         return msg
