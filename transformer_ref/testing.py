@@ -399,6 +399,7 @@ def find_shortcut(exercise: str | Exercise, impl: Any) -> str | None:
 
     def look_code(code: types.CodeType, globs: dict, cells: dict, home: str) -> str | None:
         chain: Any = None
+        fromlist: Any = None
         for ins in dis.get_instructions(code):
             name = ins.argval if isinstance(ins.argval, str) else None
             if ins.opname in _LOAD_BASE and name is not None:
@@ -412,15 +413,15 @@ def find_shortcut(exercise: str | Exercise, impl: Any) -> str | None:
             elif ins.opname in _LOAD_ATTR and name is not None and chain is not None:
                 chain = getattr(chain, name, None)
             elif ins.opname == "IMPORT_NAME" and name is not None:
-                chain = sys.modules.get(name)
-                if chain is not None and name.count("."):
-                    chain = sys.modules.get(name.split(".")[0])  # `import a.b` binds a
+                # `from a.b import c` yields a.b; `import a.b` binds a
+                chain = sys.modules.get(name if fromlist else name.split(".")[0])
                 continue
             elif ins.opname == "IMPORT_FROM" and name is not None and chain is not None:
                 if (r := look_obj(getattr(chain, name, None), home)):
                     return r
                 continue
             else:
+                fromlist = ins.argval if ins.opname == "LOAD_CONST" else None
                 chain = None
                 continue
             if chain is not None and (r := look_obj(chain, home)):
@@ -561,7 +562,7 @@ def _mismatch(ex: Exercise, expected: Any, got: Any, where: str) -> str | None:
 def _mismatch_leaf(ex: Exercise, expected: Any, got: Any, where: str) -> str | None:
     if not isinstance(expected, torch.Tensor):
         e, o = _scalar(expected), _scalar(got)
-        if o is None:
+        if o is None or e is None:
             return f"{where}: expected a number like {expected!r}; got {_describe(got)}"
         if not math.isclose(o, e, rel_tol=1e-6, abs_tol=1e-12):
             return f"{where}: expected {e:.8g}, got {o:.8g}"
