@@ -431,22 +431,21 @@ def mask_tokens_uniform(input_ids, mask_token_id, vocab_size, special_token_ids,
     return inputs, torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
 
 
-def mask_tokens_flat(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+def mask_tokens_rows(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
                      generator=None):
-    flat = input_ids.flatten()
-    inputs, labels = flat.clone(), torch.full_like(flat, -100)
-    u = torch.rand(flat.numel(), generator=generator)
-    a = torch.rand(flat.numel(), generator=generator)
-    r = torch.randint(vocab_size, (flat.numel(),), generator=generator)
-    for n in range(flat.numel()):
-        if int(flat[n]) in special_token_ids or u[n] >= mlm_probability:
-            continue
-        labels[n] = flat[n]
-        if a[n] < 0.8:
-            inputs[n] = mask_token_id
-        elif a[n] < 0.9:
-            inputs[n] = r[n]
-    return inputs.view_as(input_ids), labels.view_as(input_ids)
+    """One row at a time, three uniform draws per token."""
+    inputs, labels = input_ids.clone(), torch.full_like(input_ids, -100)
+    special = torch.tensor(special_token_ids, dtype=input_ids.dtype)
+    for row in range(input_ids.size(0)):
+        ids = input_ids[row]
+        u, a = torch.rand(2, ids.numel(), generator=generator)
+        r = (torch.rand(ids.numel(), generator=generator) * vocab_size).long().clamp(max=vocab_size - 1)
+        chosen = (u < mlm_probability) & ~torch.isin(ids, special)
+        labels[row][chosen] = ids[chosen]
+        inputs[row][chosen & (a < 0.8)] = mask_token_id
+        randomised = chosen & (a >= 0.8) & (a < 0.9)
+        inputs[row][randomised] = r[randomised].to(ids.dtype)
+    return inputs, labels
 
 
 class BertEmbeddingsOwn(nn.Module):
@@ -749,7 +748,7 @@ ALTERNATIVES = {
     "layer_norm": [ln_var_mean, ln_moments, ln_float64],
     "AddNorm": [AddNormOwnNorm, AddNormFunctionalDropout, AddNormTorchLN],
     "PositionwiseFeedForward": [FFNClamp, FFNFunctional, FFNEinsum],
-    "mask_tokens": [mask_tokens_bernoulli, mask_tokens_uniform, mask_tokens_flat],
+    "mask_tokens": [mask_tokens_bernoulli, mask_tokens_uniform, mask_tokens_rows],
     "BertEmbeddings": [BertEmbeddingsOwn, BertEmbeddingsIndexing, BertEmbeddingsTorchLN],
     "masked_lm_loss": [mlm_logsumexp, mlm_loop, mlm_one_hot],
     "patchify": [patchify_unfold, patchify_loops, patchify_unfold_tensor],
