@@ -26,12 +26,13 @@ Trust boundary, now and next
 
     The next step is a sandboxed Runner that keeps the comparison outside the student's process, using
     the three steps `transformer_ref.testing` is built around:
-      1. make_cases  (grader process, trusted): random inputs from a seed the student never sees;
-      2. run        (sandbox: no network, read-only files, CPU/memory/time limits, e.g. a container or
-                     nsjail): execute only the student's solution cells, call their functions on the
-                     cases, and write the raw outputs (tensors via torch.save) to a file;
-      3. compare    (grader process, trusted): load the outputs with torch.load(weights_only=True),
-                     compare them with the reference, diagnose the mistake, and write the scores.
+      1. make_cases(exercise, seed)  (grader process, trusted): inputs from a seed the student never sees;
+      2. run_student(exercise, impl, cases)  (sandbox: no network, read-only files, CPU/memory/time
+         limits, e.g. a container or nsjail): execute only the student's solution cells and call their
+         functions on the cases; the Outcomes (outputs, errors, shortcut calls) go back as a file
+         (tensors via torch.save);
+      3. compare(exercise, cases, outcomes)  (grader process, trusted): load them with
+         torch.load(weights_only=True), compare with the reference, name the mistake, write the scores.
     Such a runner plugs into `grader.cli.grade_jobs` unchanged, because everything outside `Runner.run`
     (job discovery, the worker pool, merging into the gradebook, grades.csv) only sees Jobs and Results.
 """

@@ -8,7 +8,6 @@ the execution somewhere the student cannot reach the grader (see the package doc
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -134,9 +133,7 @@ class NbgraderRunner:
                 continue
             try:
                 submitted = nbformat.read(path, as_version=4)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{name}.ipynb is not valid JSON ({err})") from err
-            except Exception as err:  # nbformat raises several types for a malformed notebook
+            except Exception as err:  # nbformat raises several types (NotJSONError, ValidationError, ...)
                 raise ValueError(f"{name}.ipynb is not a readable notebook ({type(err).__name__}: {err})") from err
             readable += 1
             source = _grade_cells(nbformat.read(self.out / "source" / job.assignment_id / f"{name}.ipynb", 4))
@@ -170,6 +167,8 @@ class NbgraderRunner:
                         continue
                     if output.ename == "CellTimeoutError":
                         notes.append(f"{name} timed out")
+                    elif output.ename == "NotImplementedError":   # the stub is still there
+                        notes.append(f"{name}: not implemented")
                     elif output.ename != "KeyboardInterrupt" and not meta.get("grade"):
                         # an error in the student's own cell; a failing test is a lost point, not a note
                         notes.append(f"error in {name}: {output.ename}: {output.evalue}".strip().rstrip(":"))
