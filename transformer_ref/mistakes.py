@@ -1035,15 +1035,16 @@ class _DecoderLayerMistake(nn.Module):
             h = self.norm2(x)
             x = x + self.cross_attn(h, memory, memory, memory_mask)[0]
             return x + self.feed_forward(self.norm3(x))
-        self_block = lambda y: self.norm1(y + self.self_attn(y, y, y, None if k.get("self_mask_ignored")
-                                                              else self_mask)[0])  # noqa: E731
-        kv = x if k.get("cross_attends_to_x") else memory
-        cross_block = lambda y: self.norm2(y + self.cross_attn(y, kv if kv is memory else y, kv if kv is memory
-                                                               else y, memory_mask if kv is memory else self_mask)[0])  # noqa: E731
-        if k.get("cross_first"):
-            x = self_block(cross_block(x))
-        else:
-            x = cross_block(self_block(x))
+        self_mask_used = None if k.get("self_mask_ignored") else self_mask
+
+        def self_block(y):
+            return self.norm1(y + self.self_attn(y, y, y, self_mask_used)[0])
+
+        def cross_block(y):
+            if k.get("cross_attends_to_x"):
+                return self.norm2(y + self.cross_attn(y, y, y, self_mask)[0])
+            return self.norm2(y + self.cross_attn(y, memory, memory, memory_mask)[0])
+        x = self_block(cross_block(x)) if k.get("cross_first") else cross_block(self_block(x))
         if k.get("no_residual_ffn"):
             return self.norm3(self.feed_forward(x))
         return self.norm3(x + self.feed_forward(x))

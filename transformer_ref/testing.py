@@ -520,7 +520,8 @@ def run_student(exercise: str | Exercise, impl: Any, cases: Sequence[Case], *,
     return outcomes
 
 
-def _named_tensors(ex: Exercise, impl: Any, before: tuple, after: tuple) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
+def _named_tensors(ex: Exercise, impl: Any, before: tuple, after: tuple
+                   ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor]]:
     """(name, before, after) for every tensor argument; names from the submission's signature."""
     try:
         params = list(inspect.signature(impl.forward if ex.kind == "class" else impl).parameters)
@@ -859,7 +860,8 @@ def _tokens(g: torch.Generator, B: int, T: int, pad_id: int, vocab: int = 9) -> 
 
 
 def _padding_cases(g: torch.Generator, seed: int) -> list[Case]:
-    return [Case("tokens (3, 5), pad_id 0", (_tokens(g, 3, 5, 0), 0)), Case("tokens (1, 1), pad_id 0", (_tokens(g, 1, 1, 0), 0)),
+    return [Case("tokens (3, 5), pad_id 0", (_tokens(g, 3, 5, 0), 0)),
+            Case("tokens (1, 1), pad_id 0", (_tokens(g, 1, 1, 0), 0)),
             Case("tokens (4, 6), pad_id 3", (_tokens(g, 4, 6, 3), 3)),
             Case("tokens (2, 7) of dtype int32, pad_id 1", (_tokens(g, 2, 7, 1).int(), 1))]
 
@@ -879,7 +881,8 @@ def _layer_norm_cases(g: torch.Generator, seed: int) -> list[Case]:
 
 
 def _norm_state(g: torch.Generator, d_model: int, dtype: torch.dtype) -> dict:
-    return {"norm.weight": 1 + _randn(g, d_model, dtype=dtype, scale=0.3), "norm.bias": _randn(g, d_model, dtype=dtype, scale=0.3)}
+    return {"norm.weight": 1 + _randn(g, d_model, dtype=dtype, scale=0.3),
+            "norm.bias": _randn(g, d_model, dtype=dtype, scale=0.3)}
 
 
 def _add_norm_cases(g: torch.Generator, seed: int) -> list[Case]:
@@ -1240,7 +1243,8 @@ _VIT = ("transformer_ref.vit.patchify", "transformer_ref.vit.PatchEmbedding.forw
 _SCHEDULES = tuple(f"transformer_ref.schedules.{n}" for n in (
     "noam_lr", "warmup_linear_lr", "warmup_cosine_lr", "_warmup_then_decay", "noam_scheduler",
     "warmup_linear_scheduler", "warmup_cosine_scheduler")) + (
-    "transformers.optimization.get_linear_schedule_with_warmup", "transformers.optimization.get_cosine_schedule_with_warmup",
+    "transformers.optimization.get_linear_schedule_with_warmup",
+    "transformers.optimization.get_cosine_schedule_with_warmup",
     "torch.optim.lr_scheduler.CosineAnnealingLR.__init__", "torch.optim.lr_scheduler.LinearLR.__init__")
 _MODEL = ("transformer_ref.model.Encoder.forward", "transformer_ref.model.Decoder.forward",
           "transformer_ref.model.Transformer.greedy_decode", "transformer_ref.model.DecoderOnlyLM.forward",
