@@ -38,6 +38,8 @@ c.ExecutePreprocessor.timeout = 60
 c.Execute.timeout = 60
 c.Execute.interrupt_on_timeout = True
 c.Execute.raise_on_iopub_timeout = False
+# Starting a kernel on a busy 2-core machine can take longer than nbclient's default minute.
+c.Execute.startup_timeout = 180
 c.Execute.execute_retries = 0
 # A student who deletes a test cell gets it back from the gradebook (so it is graded, not skipped).
 c.OverwriteCells.add_missing_cells = True
