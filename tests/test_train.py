@@ -12,6 +12,17 @@ from torch import nn
 from transformer_ref import data, train
 from transformer_ref.data import BOS_ID, EOS_ID, PAD_ID, BatchIterator
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models train fastest on one thread; with `pytest -n 2` two workers already share the
+    cores, and more threads than cores make every small op wait for a descheduled thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop on a tiny model of our own
 # ---------------------------------------------------------------------------------------------
@@ -261,3 +272,79 @@ def _fit_and_check(model, batches, loss_fn, steps, lr, ratio=0.5, **kw):
     first, last = sum(hist.loss[:5]) / 5, sum(hist.loss[-5:]) / 5
     assert last < ratio * first, f"loss fell only from {first:.3f} to {last:.3f}"
     return hist
+
+
+def test_transformer_learns_to_reverse(device):
+    from transformer_ref.model import Transformer
+    torch.manual_seed(0)
+    src, tgt = data.reverse_task(2048, min_len=3, max_len=8, num_symbols=8, generator=0)
+    model = Transformer(len(data.SEQUENCE_VOCAB), len(data.SEQUENCE_VOCAB), d_model=32, num_heads=4,
+                        num_encoder_layers=1, num_decoder_layers=1, d_ff=64, dropout=0.0, max_len=16)
+    _fit_and_check(model, BatchIterator(src, tgt, batch_size=64, generator=0), train.seq2seq_loss(),
+                   steps=80, lr=3e-3, device=device)
+
+
+@pytest.mark.parametrize("cell, attention", [("gru", True), ("lstm", False)])
+def test_seq2seq_rnn_learns_to_copy(device, cell, attention):
+    from transformer_ref.rnn import Seq2Seq
+    torch.manual_seed(0)
+    src, tgt = data.copy_task(2048, min_len=2, max_len=6, num_symbols=8, generator=0)
+    model = Seq2Seq(len(data.SEQUENCE_VOCAB), len(data.SEQUENCE_VOCAB), embed_dim=32, hidden_dim=64,
+                    cell=cell, attention=attention)
+    _fit_and_check(model, BatchIterator(src, tgt, batch_size=64, generator=0), train.seq2seq_loss(),
+                   steps=80, lr=1e-2, device=device)
+
+
+def test_decoder_only_lm_learns_the_corpus(device):
+    from transformer_ref.model import DecoderOnlyLM
+    torch.manual_seed(0)
+    sentences = [s for d in data.text_corpus(500, 2, generator=0) for s in d.sentences]
+    tokens = data.encode_sentences(sentences)
+    model = DecoderOnlyLM(len(data.TEXT_VOCAB), d_model=32, num_heads=4, num_layers=1, d_ff=64,
+                          max_len=tokens.size(1))
+    _fit_and_check(model, BatchIterator(tokens, batch_size=64, generator=0), train.language_model_loss(),
+                   steps=60, lr=3e-3, device=device)
+
+
+def _tiny_bert_config():
+    from transformer_ref.bert import BertConfig
+    return BertConfig(vocab_size=len(data.TEXT_VOCAB), d_model=32, num_layers=2, num_heads=4, d_ff=64,
+                      max_len=32, dropout=0.0, pad_token_id=PAD_ID)
+
+
+def test_bert_masked_lm_learns_the_corpus(device):
+    from transformer_ref.bert import BertForMaskedLM, mask_tokens
+    torch.manual_seed(0)
+    sentences = [s for d in data.text_corpus(500, 2, generator=0) for s in d.sentences]
+    tokens = data.encode_sentences(sentences)
+    masking = torch.Generator().manual_seed(0)
+
+    def mlm_loss(model, batch):
+        inputs, labels = mask_tokens(batch[0], data.MASK_ID, len(data.TEXT_VOCAB),
+                                     data.TEXT_VOCAB.special_ids, mlm_probability=0.3, generator=masking)
+        return train.token_cross_entropy(model(inputs, attention_mask=batch[0] != PAD_ID), labels,
+                                         ignore_index=-100)
+
+    _fit_and_check(BertForMaskedLM(_tiny_bert_config()), BatchIterator(tokens, batch_size=64, generator=0),
+                   mlm_loss, steps=150, lr=5e-3, device=device)
+
+
+def test_bert_classifier_learns_sentiment(device):
+    from transformer_ref.bert import BertForSequenceClassification
+    torch.manual_seed(0)
+    ids, labels = data.text_classification_task(1024, label="sentiment", generator=0)
+    model = BertForSequenceClassification(_tiny_bert_config(), num_classes=2)
+    _fit_and_check(model, BatchIterator(ids, labels, batch_size=64, generator=0), train.classification_loss(),
+                   steps=60, lr=3e-3, device=device)
+    test_ids, test_labels = data.text_classification_task(256, label="sentiment", generator=1)
+    assert train.classification_accuracy(model, test_ids, test_labels) > 0.9
+
+
+def test_vit_learns_the_shapes(device):
+    from transformer_ref.vit import VisionTransformer
+    torch.manual_seed(0)
+    images, labels = data.shapes_dataset(1024, image_size=28, generator=0)
+    model = VisionTransformer(image_size=28, patch_size=7, in_channels=1, num_classes=len(data.SHAPE_CLASSES),
+                              d_model=32, num_layers=2, num_heads=4, d_ff=64)
+    _fit_and_check(model, BatchIterator(images, labels, batch_size=64, generator=0), train.classification_loss(),
+                   steps=80, lr=3e-3, device=device)

@@ -373,7 +373,8 @@ def sentence_pairs(documents: Sequence[Document], num_pairs: int, vocab: Vocab =
         if label == 0:
             b = documents[d].sentences[i + 1]
         else:
-            other = rng.choice([k for k in range(len(documents)) if k != d])
+            other = rng.randrange(len(documents) - 1)
+            other += other >= d                                  # any document but d
             b = rng.choice(documents[other].sentences)
         a_ids = [CLS_ID, *vocab.encode(documents[d].sentences[i]), SEP_ID]
         b_ids = [*vocab.encode(b), SEP_ID]
