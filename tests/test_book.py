@@ -101,6 +101,8 @@ def execution_seconds() -> dict[str, float]:
 
     latest: dict[str, tuple] = {}
     for record in get_cache(str(CACHE)).list_cache_records():
+        if not Path(record.uri).is_relative_to(ROOT):
+            continue  # a cache copied from another checkout
         doc = Path(record.uri).relative_to(ROOT).with_suffix("").as_posix()
         if doc not in latest or record.created > latest[doc][0]:
             latest[doc] = (record.created, record.data.get("execution_seconds", float("nan")))
