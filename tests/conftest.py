@@ -17,9 +17,3 @@ def device(request) -> torch.device:
     """A torch.device: "cpu", and "cuda" when a GPU is present (marked `cuda`)."""
     return torch.device(request.param)
 
-
-def pytest_collection_modifyitems(config, items):
-    """Keep each notebook's cells together on one xdist worker (run with --dist loadgroup)."""
-    for item in items:
-        if item.nodeid.split("::")[0].endswith(".ipynb"):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
