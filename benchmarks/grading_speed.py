@@ -119,9 +119,9 @@ def main() -> None:
           f"{'vs plain+fb':>13}{'vs 1 worker':>13}")
     for name, workers, wall in rows:
         vs_plain = plain / wall
-        vs_one = results[1][0] / wall if name.startswith("python") else float("nan")
+        vs_one = f"{results[1][0] / wall:.2f}x" if name.startswith("python") else "-"
         print(f"{name:<38}{workers:>8}{wall:>9.1f}{wall / n:>12.2f}{60 * n / wall:>15.1f}"
-              f"{vs_plain:>12.2f}x{vs_one:>12.2f}x")
+              f"{vs_plain:>12.2f}x{vs_one:>13}")
     print(f"\nmedian time to grade one notebook (1 worker, inside the worker): {statistics.median(per_notebook):.2f} s "
           f"(max {max(per_notebook):.2f} s; goal <= 10 s)")
     if complete:
