@@ -13,16 +13,6 @@ from transformer_ref import data, train
 from transformer_ref.data import BOS_ID, EOS_ID, PAD_ID, BatchIterator
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train fastest on one thread; with `pytest -n 2` two workers already share the
-    cores, and more threads than cores make every small op wait for a descheduled thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop on a tiny model of our own
 # ---------------------------------------------------------------------------------------------
