@@ -11,7 +11,7 @@ from sqlalchemy.exc import SAWarning
 
 from grader.runner import Result
 
-CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds"]
+CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox"]
 
 
 def record(gb: Gradebook, result: Result) -> None:
@@ -48,4 +48,4 @@ def write_csv(path: Path, results: list[Result]) -> None:
         writer.writerow(CSV_COLUMNS)
         for r in sorted(results, key=lambda r: (r.student_id, r.assignment_id)):
             writer.writerow([r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}",
-                             r.status, r.reason, f"{r.seconds:.1f}"])
+                             r.status, r.reason, f"{r.seconds:.1f}", r.sandbox])

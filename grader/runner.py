@@ -1,25 +1,44 @@
-"""Runners: turn one submission (a student's notebooks for one assignment) into a graded `Result`.
+"""The sandboxed runner: one submission (a student's notebooks for one assignment) -> a graded `Result`.
 
-`Runner` is the seam where isolation goes. `NbgraderRunner` runs nbgrader's autograde and feedback in
-the calling process, in a private course directory, and nbgrader starts a fresh Jupyter kernel (a child
-process) for the student's code. A sandboxed runner implements the same `run(job) -> Result` and does
-the execution somewhere the student cannot reach the grader (see the package docstring).
+For each notebook of the assignment (the instructor's source says which items it grades and for how
+many points; the submission's metadata is never believed):
+  1. make the cases in this process, from seeds drawn for this grading run (the student never sees them);
+  2. run the student's code cells, then each item on its cases, in the sandbox (grader.execution);
+  3. here, where student code cannot reach: look for forbidden shortcuts in the student's source,
+     compare each item's outputs with the reference, split its points over its groups of cases, and
+     name the likely mistake (grader.checks.compare.grade);
+  4. write the feedback notebook (the instructor's notebook with the student's solution cells and a
+     report under each test cell), record the scores in this worker's gradebook through nbgrader's API,
+     and let nbgrader's GenerateFeedback turn it into the HTML page for the student.
+A submission that cannot be read at all scores 0 with the reason in grades.csv and on its feedback page.
 """
 
 from __future__ import annotations
 
+import ast
+import copy
+import hashlib
 import logging
 import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import nbformat
+import torch
 
+from grader import sandbox
+from grader.checks import ITEMS
+from grader.checks.cases import make_cases
+from grader.checks.compare import grade
+from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
 from grader.course import ensure_alembic_on_path, nbgrader_config, sqlite_url
-from grader.feedback import HIDDEN_MARKERS, failure_page, split_hidden
+from grader.execution import Execution, execute, memory_note
+from grader.feedback import failure_page
+from grader.submission import Cell, SourceNotebook, code_cells, load_source, read_notebook
+
+SEEDS_PER_ITEM = 2
 
 
 @dataclass(frozen=True)
@@ -39,12 +58,12 @@ class CellGrade:
     grade_id: str
     auto_score: float | None
     max_score: float
-    needs_manual_grade: bool
+    needs_manual_grade: bool = False
 
 
 @dataclass
 class Result:
-    """What grading one submission produced. status: "graded" or "failed"; a failed one scores 0."""
+    """What grading one submission produced. status: "graded", "failed" (scores 0) or "skipped"."""
 
     student_id: str
     assignment_id: str
@@ -56,60 +75,47 @@ class Result:
     comments: dict[tuple[str, str], str] = field(default_factory=dict)
     timestamp: str | None = None
     seconds: float = 0.0
+    sandbox: str = ""
 
 
-class Runner(Protocol):
-    """Grades one submission. Called in a worker process; must not raise for a broken submission."""
+@dataclass(frozen=True)
+class ItemScore:
+    """One graded item's points and the report shown under its test cell (and as the comment on its solution cell)."""
 
-    def run(self, job: Job) -> Result: ...
-
-    def failure(self, job: Job, reason: str) -> Result:
-        """The result (and the feedback page) of a submission that could not be graded at all."""
-        ...
-
-
-class _Capture(logging.Handler):
-    """Keeps nbgrader's warning and error messages for one job."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+    name: str
+    test_id: str
+    score: float
+    points: float
+    message: str
 
 
-def _error_summary(messages: list[str]) -> str:
-    """The most telling line of nbgrader's error log: the exception at the end of a logged traceback."""
-    for message in messages:
-        if message.startswith("Traceback"):
-            lines = [line for line in message.strip().splitlines() if line.strip()]
-            return lines[-1].strip()
-    return messages[0] if messages else "nbgrader autograde failed without a message"
+def _round(points: float) -> float:
+    return round(points + 1e-9, 2)
 
 
-def _grade_cells(nb: nbformat.NotebookNode) -> dict[str, nbformat.NotebookNode]:
-    return {
-        cell.metadata["nbgrader"]["grade_id"]: cell
-        for cell in nb.cells
-        if cell.metadata.get("nbgrader", {}).get("grade_id")
-    }
+class SandboxRunner:
+    """Grades in a private course directory under `out`/.work (one per worker process).
 
-
-class NbgraderRunner:
-    """Grades with nbgrader in a private course directory under `out`/.work (one per worker process).
-
-    out: the prepared course (grader.course.prepare_course); template: its template gradebook.
-    config_file: the course's nbgrader_config.py; timeout: seconds per cell (None: the config's).
+    out: the prepared course (grader.course.prepare_course); template: its template gradebook;
+    config_file: the course's nbgrader_config.py; limits: what a submission may use; isolate: False only
+    for the instructor's explicit --no-sandbox; seed: the grading run's secret seed for the cases.
     """
 
-    def __init__(self, out: Path, template: Path, config_file: Path | None, timeout: int | None = None) -> None:
+    def __init__(self, out: Path, template: Path, config_file: Path | None, limits: sandbox.Limits,
+                 isolate: bool, seed: int) -> None:
         self.out = Path(out).resolve()
         self.template = Path(template).resolve()
         self.config_file = config_file
-        self.timeout = timeout
+        self.limits = limits
+        self.isolate = isolate
+        self.seed = seed
+        self._cases: dict[str, list] = {}
 
-    # -- the private course of this process -------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return "bwrap" if self.isolate else "none (--no-sandbox)"
+
+    # -- the pieces ----------------------------------------------------------------------------------
     def _workspace(self) -> Path:
         ws = self.out / ".work" / f"worker-{os.getpid()}"
         if not (ws / "gradebook.db").exists():
@@ -119,133 +125,138 @@ class NbgraderRunner:
             shutil.copyfile(self.template, ws / "gradebook.db")
         return ws
 
-    def _notebooks(self, assignment_id: str) -> list[str]:
-        return sorted(p.stem for p in (self.out / "source" / assignment_id).glob("*.ipynb"))
+    def _sources(self, assignment_id: str) -> list[SourceNotebook]:
+        return [load_source(p) for p in sorted((self.out / "source" / assignment_id).glob("*.ipynb"))]
 
-    # -- checks nbgrader does not report in words ------------------------------------------------------
-    def _inspect(self, job: Job) -> list[str]:
-        """Notes on a submission before it runs; raises ValueError when no notebook can be read."""
-        notes, readable = [], 0
-        for name in self._notebooks(job.assignment_id):
-            path = job.directory / f"{name}.ipynb"
-            if not path.exists():
-                notes.append(f"missing notebook {name}.ipynb (scores 0)")
-                continue
-            try:
-                submitted = nbformat.read(path, as_version=4)
-            except Exception as err:  # nbformat raises several types (NotJSONError, ValidationError, ...)
-                raise ValueError(f"{name}.ipynb is not a readable notebook ({type(err).__name__}: {err})") from err
-            readable += 1
-            source = _grade_cells(nbformat.read(self.out / "source" / job.assignment_id / f"{name}.ipynb", 4))
-            mine = _grade_cells(submitted)
-            for grade_id, cell in source.items():
-                meta = cell.metadata["nbgrader"]
-                if grade_id not in mine:
-                    notes.append(f"cell {grade_id} was deleted (restored from the source)")
-                    continue
-                theirs = mine[grade_id]
-                if meta.get("points") != theirs.metadata["nbgrader"].get("points") and meta.get("grade"):
-                    notes.append(f"the points of cell {grade_id} were changed (restored from the source)")
-                if meta.get("locked"):
-                    visible, _ = split_hidden(cell.source, *HIDDEN_MARKERS)
-                    if theirs.source not in (cell.source, visible):
-                        notes.append(f"locked cell {grade_id} was edited (restored from the source)")
-        if readable == 0:
-            raise ValueError("no notebook of the assignment was submitted")
-        return notes
+    def cases(self, name: str) -> list:
+        """The cases of one item for this grading run: SEEDS_PER_ITEM seeds derived from the run's seed."""
+        if name not in self._cases:
+            cuda = torch.cuda.is_available()
+            seeds = [int.from_bytes(hashlib.sha256(f"{self.seed}:{name}:{k}".encode()).digest()[:4], "big") >> 1
+                     for k in range(SEEDS_PER_ITEM)]
+            self._cases[name] = [case for seed in seeds for case in make_cases(ITEMS[name], seed, cuda=cuda)]
+        return self._cases[name]
 
-    @staticmethod
-    def _run_notes(autograded: Path) -> list[str]:
-        """Timeouts and errors in the student's own cells, read from the executed notebook."""
-        notes = []
-        for path in sorted(autograded.glob("*.ipynb")):
-            for index, cell in enumerate(nbformat.read(path, as_version=4).cells):
-                meta = cell.metadata.get("nbgrader", {})
-                name = meta.get("grade_id", f"{path.stem} cell {index}")
-                for output in cell.get("outputs", []):
-                    if output.output_type != "error":
-                        continue
-                    if output.ename == "CellTimeoutError":
-                        notes.append(f"{name} timed out")
-                    elif output.ename == "NotImplementedError":   # the stub is still there
-                        notes.append(f"{name}: not implemented")
-                    elif output.ename != "KeyboardInterrupt" and not meta.get("grade"):
-                        # an error in the student's own cell; a failing test is a lost point, not a note
-                        notes.append(f"error in {name}: {output.ename}: {output.evalue}".strip().rstrip(":"))
-        return notes
-
-    # -- grading ---------------------------------------------------------------------------------------
+    # -- grading -------------------------------------------------------------------------------------
     def run(self, job: Job) -> Result:
         start = time.perf_counter()
-        result = Result(job.student_id, job.assignment_id, status="failed")
         try:
-            notes = self._inspect(job)
-            ws = self._workspace()
-            messages = self._autograde(ws, job)
-            autograded = ws / "autograded" / job.student_id / job.assignment_id
-            if not autograded.exists():
-                raise RuntimeError(f"nbgrader could not grade it: {_error_summary(messages)}")
-            notes += self._run_notes(autograded)
-            self._collect(ws, job, result)
-            result.status = "graded"
-            result.reason = "; ".join(notes)
+            result = self._run(job)
         except Exception as err:   # a broken submission is a result, never a crash of the grader
-            result = self.failure(job, str(err) or type(err).__name__)
+            result = self.failure(job, f"{type(err).__name__}: {err}")
         result.seconds = time.perf_counter() - start
         return result
 
-    def _autograde(self, ws: Path, job: Job) -> list[str]:
-        """nbgrader autograde + generate_feedback for one submission; returns the warnings/errors logged."""
-        from nbgrader.converters import Autograde, GenerateFeedback
+    def _run(self, job: Job) -> Result:
+        ws = self._workspace()
+        for step in ("autograded", "feedback"):
+            for root in (ws, self.out):
+                stale = root / step / job.student_id / job.assignment_id
+                if stale.exists():
+                    shutil.rmtree(stale)
+        result = Result(job.student_id, job.assignment_id, "graded", sandbox=self.mode)
+        notes: list[str] = []
+        readable = 0
+        for source in self._sources(job.assignment_id):
+            submitted, why = read_notebook(job.directory / f"{source.name}.ipynb")
+            if submitted is None:
+                notes.append(why)
+                scores = [ItemScore(i.name, i.test_id, 0.0, i.points, f"0 of {i.points:g} points: {why}.") for i in source.items]
+                cells: list[Cell] = []
+            else:
+                readable += 1
+                cells, cell_notes = code_cells(source, submitted)
+                notes += cell_notes
+                scores = self._grade_notebook(source, cells, notes)
+            for item_score in scores:
+                result.grades.append(CellGrade(source.name, item_score.test_id, item_score.score, item_score.points))
+                result.comments[(source.name, item_score.name)] = item_score.message
+            self._write_feedback_notebook(ws, job, source, cells, scores)
+        if readable == 0:
+            return self.failure(job, "; ".join(notes) or "no notebook of the assignment was submitted")
+        result.score = _round(sum(g.auto_score or 0.0 for g in result.grades))
+        result.max_score = float(sum(g.max_score for g in result.grades))
+        result.reason = "; ".join(dict.fromkeys(notes))
+        self._feedback(ws, job, result)
+        return result
+
+    def _grade_notebook(self, source: SourceNotebook, cells: list[Cell], notes: list[str]) -> list[ItemScore]:
+        present = {c.solution_of for c in cells if c.solution_of}
+        runnable = [i.name for i in source.items if i.name in present]
+        cases = {name: self.cases(name) for name in runnable}
+        execution = execute(cells, runnable, cases, self.limits, self.isolate,
+                            import_transformers=any("transformers" in c.source for c in cells))
+        for cell_id, error in execution.cell_errors.items():
+            if "was stopped" in error or "died" in error:
+                notes.append(f"{cell_id}: {error}")
+        static = _static_shortcuts(cells, [i.name for i in source.items])
+        scores = []
+        for graded in source.items:
+            item, points = ITEMS[graded.name], graded.points
+            if graded.name not in present:
+                why = f"the solution cell `{graded.name}` is missing from your notebook, so there is nothing to grade"
+            elif graded.name in static:
+                why = shortcut_message(item, static[graded.name])
+            elif graded.name in execution.failures:
+                why = memory_note(execution.failures[graded.name], self.limits)
+            else:
+                why = None
+            if why is not None:
+                scores.append(ItemScore(graded.name, graded.test_id, 0.0, points, f"{graded.name}: 0 of {points:g} points. {why}"))
+                continue
+            verdict = grade(item, cases[graded.name], execution.outcomes[graded.name])
+            score = _round(points * verdict.fraction)
+            message = verdict.message
+            cell_error = _cell_error(execution, cells, graded.name)
+            if cell_error and verdict.fraction < 1:
+                message += f"\nThe cell `{graded.name}` raised {cell_error}"
+            scores.append(ItemScore(graded.name, graded.test_id, score, points, f"{score:g} of {points:g} points. {message}"))
+        return scores
+
+    # -- feedback ------------------------------------------------------------------------------------
+    def _write_feedback_notebook(self, ws: Path, job: Job, source: SourceNotebook, cells: list[Cell],
+                                 scores: list[ItemScore]) -> None:
+        """The instructor's notebook with the student's solution cells and a report under each test cell."""
+        nb = copy.deepcopy(source.notebook)
+        written = {c.solution_of: c.source for c in reversed(cells) if c.solution_of}
+        reports = {s.test_id: s.message for s in scores}
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if cell.cell_type != "code":
+                continue
+            cell.outputs, cell.execution_count = [], None
+            if meta.get("solution"):
+                cell.source = written.get(meta.get("grade_id"), "# (this cell is missing from your submission)")
+            elif meta.get("grade_id") in reports:
+                cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=reports[meta["grade_id"]] + "\n")]
+        dest = ws / "autograded" / job.student_id / job.assignment_id
+        dest.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, dest / f"{source.name}.ipynb")
+
+    def _feedback(self, ws: Path, job: Job, result: Result) -> None:
+        """Record the scores in this worker's gradebook, run nbgrader's GenerateFeedback, move both into OUT."""
+        from nbgrader.api import Gradebook
+        from nbgrader.converters import GenerateFeedback
         from nbgrader.coursedir import CourseDirectory
 
+        from grader.gradebook import record
+
         ensure_alembic_on_path()
-        for step in ("submitted", "autograded", "feedback"):
-            stale = ws / step / job.student_id / job.assignment_id
-            if stale.exists():
-                shutil.rmtree(stale)
-        shutil.copytree(job.directory, ws / "submitted" / job.student_id / job.assignment_id)
-        cfg = nbgrader_config(ws, sqlite_url(ws / "gradebook.db"), self.config_file, self.timeout)
-        capture = _Capture()
+        with Gradebook(sqlite_url(ws / "gradebook.db")) as gb:
+            record(gb, result)
+            submission = gb.find_submission(job.assignment_id, job.student_id)
+            result.timestamp = submission.timestamp.isoformat() if submission.timestamp else None
+        cfg = nbgrader_config(ws, sqlite_url(ws / "gradebook.db"), self.config_file)
         log = logging.getLogger(f"grader.nbgrader.{os.getpid()}")
         log.propagate = False
-        log.setLevel(logging.INFO)
-        log.addHandler(capture)
-        try:
-            for converter_class in (Autograde, GenerateFeedback):
-                coursedir = CourseDirectory(config=cfg, log=log)
-                coursedir.assignment_id = job.assignment_id
-                coursedir.student_id = job.student_id
-                converter = converter_class(coursedir=coursedir, config=cfg, log=log)
-                converter.force = True
-                try:
-                    converter.start()
-                except Exception:   # nbgrader logged why; the caller reads it
-                    break
-        finally:
-            log.removeHandler(capture)
-        return capture.messages
-
-    def _collect(self, ws: Path, job: Job, result: Result) -> None:
-        """Read the grades from the worker gradebook and move autograded/ and feedback/ into OUT."""
-        from nbgrader.api import Gradebook
-
-        with Gradebook(sqlite_url(ws / "gradebook.db")) as gb:
-            submission = gb.find_submission(job.assignment_id, job.student_id)
-            result.score, result.max_score = float(submission.score), float(submission.max_score)
-            result.timestamp = submission.timestamp.isoformat() if submission.timestamp else None
-            for nb in submission.notebooks:
-                for grade in nb.grades:
-                    result.grades.append(CellGrade(
-                        nb.name, grade.name, grade.auto_score, float(grade.max_score), bool(grade.needs_manual_grade)))
-                for comment in nb.comments:
-                    if comment.auto_comment:
-                        result.comments[(nb.name, comment.name)] = comment.auto_comment
+        coursedir = CourseDirectory(config=cfg, log=log)
+        coursedir.assignment_id, coursedir.student_id = job.assignment_id, job.student_id
+        converter = GenerateFeedback(coursedir=coursedir, config=cfg, log=log)
+        converter.force = True
+        converter.start()
         for step in ("autograded", "feedback"):
             src = ws / step / job.student_id / job.assignment_id
             dest = self.out / step / job.student_id / job.assignment_id
-            if dest.exists():
-                shutil.rmtree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             if src.exists():
                 shutil.move(str(src), str(dest))
@@ -253,13 +264,12 @@ class NbgraderRunner:
             raise RuntimeError("nbgrader generate_feedback produced no feedback")
 
     def _max_score(self, assignment_id: str) -> float:
-        from nbgrader.api import Gradebook
-
-        with Gradebook(sqlite_url(self.template)) as gb:
-            return float(gb.find_assignment(assignment_id).max_score)
+        return float(sum(s.max_score for s in self._sources(assignment_id)))
 
     def failure(self, job: Job, reason: str) -> Result:
-        result = Result(job.student_id, job.assignment_id, "failed", reason, 0.0, self._max_score(job.assignment_id))
+        """The result (and the feedback page) of a submission that could not be graded at all."""
+        result = Result(job.student_id, job.assignment_id, "failed", reason, 0.0, self._max_score(job.assignment_id),
+                        sandbox=self.mode)
         for step in ("autograded", "feedback"):
             stale = self.out / step / job.student_id / job.assignment_id
             if stale.exists():
@@ -267,6 +277,42 @@ class NbgraderRunner:
         dest = self.out / "feedback" / job.student_id / job.assignment_id
         dest.mkdir(parents=True)
         page = failure_page(job.student_id, job.assignment_id, result.reason, result.max_score)
-        for name in self._notebooks(job.assignment_id):
-            (dest / f"{name}.html").write_text(page)
+        for source in self._sources(job.assignment_id):
+            (dest / f"{source.name}.html").write_text(page)
         return result
+
+
+def _cell_error(execution: Execution, cells: list[Cell], name: str) -> str | None:
+    return next((execution.cell_errors[c.id] for c in cells if c.solution_of == name and c.id in execution.cell_errors),
+                None)
+
+
+def _imports(source: str) -> str:
+    """The import statements of a cell (they give later cells' names their meaning)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ""
+    return "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+
+def _static_shortcuts(cells: list[Cell], items: list[str]) -> dict[str, str]:
+    """item -> the forbidden name (or way around the checks) its code refers to, read from the source.
+
+    An item's own solution cells are read whole (with every cell's imports, for aliases). A way around
+    the checks (importlib, sys.modules, exec, ...) anywhere in code the student wrote counts for every
+    item. Calls hidden elsewhere are caught at run time by the trip-wires in the sandbox.
+    """
+    imports = "\n".join(_imports(c.source) for c in cells)
+    evasion = next((found for c in cells if c.written_by_student
+                    and (found := find_shortcut(c.source, ())) in EVASIONS), None)
+    found: dict[str, str] = {}
+    for name in items:
+        if evasion is not None:
+            found[name] = evasion
+            continue
+        own = "\n".join(c.source for c in cells if c.solution_of == name)
+        hit = find_shortcut(imports + "\n" + own, ITEMS[name].forbidden) if own else None
+        if hit is not None:
+            found[name] = hit
+    return found

@@ -1,0 +1,233 @@
+"""Run one notebook's code in the sandbox and bring back, as checked data, what each graded item returned.
+
+`execute(cells, items, cases, limits)` starts the harness (grader.harness) in a sandbox, reads its
+frames, and enforces the wall clock of every step (a cell, or one item on all its cases) and of the
+whole notebook. When the sandbox dies or a step hangs, the sandbox is killed and started again with
+that step skipped: a crash in item k's cell costs item k (and whatever needs what that cell defines),
+never the items before it. What comes back is untrusted: it is loaded with weights_only=True and every
+value must be a plain torch.Tensor (exact type), a number, a string, None, or a list or tuple of those.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import select
+import signal
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from grader import sandbox
+from grader.checks.run import Outcome
+from grader.submission import Cell
+
+MAX_FRAME = 64 * 1024 * 1024
+_HEADER = struct.Struct(">cI")
+
+
+@dataclass
+class Execution:
+    """outcomes: item -> its outcomes (one per case); failures: item -> why it has none;
+    cell_errors: cell id -> what the cell raised, or why it was stopped."""
+
+    outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    cell_errors: dict[str, str] = field(default_factory=dict)
+    attempts: int = 0
+
+
+class _Stop(Exception):
+    """The sandbox has to be stopped: `reason` says why, `step` is what was running ((kind, id) or None)."""
+
+    def __init__(self, reason: str, step: tuple[str, str] | None) -> None:
+        super().__init__(reason)
+        self.reason, self.step = reason, step
+
+
+class _Reader:
+    """Frames from the harness's channel, with a deadline per read."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.buffer = fd, bytearray()
+
+    def _fill(self, n: int, deadline: float) -> bool:
+        while len(self.buffer) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(self.fd, max(65536, min(n - len(self.buffer), 1 << 22)))
+            if not chunk:
+                return False
+            self.buffer += chunk
+        return True
+
+    def frame(self, deadline: float) -> tuple[bytes, bytes] | None:
+        """(kind, payload), or None at end of stream; TimeoutError at the deadline; ValueError if too large."""
+        if not self._fill(_HEADER.size, deadline):
+            return None
+        kind, length = _HEADER.unpack(bytes(self.buffer[:_HEADER.size]))
+        if length > MAX_FRAME:
+            raise ValueError(f"an output of {length / 2**20:.0f} MiB, more than the {MAX_FRAME // 2**20} MiB allowed")
+        if not self._fill(_HEADER.size + length, deadline):
+            return None
+        payload = bytes(self.buffer[_HEADER.size:_HEADER.size + length])
+        del self.buffer[:_HEADER.size + length]
+        return kind, payload
+
+
+# ----------------------------------------------------------------------------- checking what came back
+_LEAF_TYPES = (int, float, bool, str, type(None))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    if type(value) is torch.Tensor:
+        return True
+    if type(value) in _LEAF_TYPES:
+        return True
+    return type(value) in (list, tuple) and depth < 5 and all(_plain(v, depth + 1) for v in value)
+
+
+def _outcome(data: Any) -> Outcome:
+    if not isinstance(data, dict) or set(data) != {"value", "error", "mutated", "shortcut"}:
+        raise ValueError("malformed outcome")
+    error, shortcut, mutated = data["error"], data["shortcut"], data["mutated"]
+    if not (_plain(data["value"]) and type(error) in (str, type(None)) and type(shortcut) in (str, type(None))
+            and type(mutated) is list and all(type(m) is str for m in mutated)):
+        raise ValueError("an outcome holds something other than plain tensors, numbers and strings")
+    return Outcome(value=data["value"], error=error, mutated=list(mutated), shortcut=shortcut)
+
+
+def load_outcomes(payload: bytes, item: str, n_cases: int) -> list[Outcome]:
+    """The outcomes of `item` from an O frame; ValueError when they are not exactly what the grader accepts."""
+    try:
+        data = torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as err:
+        raise ValueError(f"unreadable outcomes ({type(err).__name__})") from err
+    if not isinstance(data, dict) or data.get("item") != item or type(data.get("outcomes")) is not list:
+        raise ValueError("outcomes for another item")
+    outcomes = [_outcome(d) for d in data["outcomes"]]
+    if len(outcomes) == 1 and outcomes[0].error is not None and n_cases != 1:
+        outcomes = outcomes * n_cases                      # "not defined": the same error for every case
+    if len(outcomes) != n_cases:
+        raise ValueError(f"{len(outcomes)} outcomes for {n_cases} cases")
+    return outcomes
+
+
+# ----------------------------------------------------------------------------- why a sandbox ended
+def _exit_reason(code: int | None, limits: sandbox.Limits) -> str:
+    if code is None:
+        return "the notebook's process stopped answering"
+    signum = -code if code < 0 else code - 128 if code > 128 else 0
+    if signum == signal.SIGXCPU:
+        return f"the CPU time limit of {limits.cpu_seconds} s was exceeded"
+    if signum == signal.SIGKILL:
+        return f"the process was killed (over the memory limit of {limits.describe_memory()}, or killed by itself)"
+    if signum:
+        return f"the process crashed ({signal.Signals(signum).name})"
+    return f"the process exited with status {code} (os._exit, sys.exit in a thread, or a crash)"
+
+
+def memory_note(text: str, limits: sandbox.Limits) -> str:
+    """Name the memory limit when an error comes from running out of it."""
+    if "MemoryError" in text or "can't allocate memory" in text or "not enough memory" in text:
+        return f"{text.splitlines()[0][:200]} (memory limit of {limits.describe_memory()} exceeded)"
+    return text
+
+
+# ----------------------------------------------------------------------------- the loop
+def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits: sandbox.Limits,
+            isolate: bool = True, import_transformers: bool = False) -> Execution:
+    """Run `cells` and then every item in `items` on its `cases`, restarting past crashes and hangs."""
+    result = Execution()
+    skip: set[str] = set()
+    deadline = time.monotonic() + limits.submission_seconds
+    while True:
+        remaining = [name for name in items if name not in result.outcomes and name not in result.failures]
+        if not remaining:
+            return result
+        if time.monotonic() >= deadline:
+            for name in remaining:
+                result.failures[name] = f"the notebook used up its {limits.submission_seconds:g} s"
+            return result
+        result.attempts += 1
+        job = {"items": remaining, "cells": [{"id": c.id, "source": c.source} for c in cells],
+               "skip": sorted(skip), "cases": {name: cases[name] for name in remaining},
+               "import_transformers": import_transformers}
+        buffer = io.BytesIO()
+        torch.save(job, buffer)
+        process = sandbox.start(buffer.getvalue(), limits, isolate)
+        try:
+            _attempt(process, result, cases, limits, deadline)
+            return result                      # the harness finished normally
+        except _Stop as stop:
+            process.kill()
+            reason = stop.reason
+            if stop.step is None:               # before the first cell or between steps: nothing to skip
+                for name in remaining:
+                    result.failures.setdefault(name, reason)
+                return result
+            kind, step_id = stop.step
+            if kind == "cell":
+                result.cell_errors[step_id] = reason
+                skip.add(step_id)
+            else:
+                result.failures[step_id] = reason
+        finally:
+            process.kill()
+
+
+def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list], limits: sandbox.Limits,
+             deadline: float) -> None:
+    """Read one sandbox's frames to its end; raise _Stop when it has to be killed or died."""
+    reader = _Reader(process.channel)
+    step: tuple[str, str] | None = None
+    step_deadline = deadline
+    while True:
+        try:
+            frame = reader.frame(min(step_deadline, deadline))
+        except TimeoutError:
+            what = f"`{step[1]}`" if step else "the notebook"
+            if time.monotonic() >= deadline:
+                raise _Stop(f"{what} was stopped: the notebook used up its {limits.submission_seconds:g} s", step)
+            raise _Stop(f"{what} was stopped after {limits.cell_seconds:g} s (an endless loop, a long sleep, "
+                        f"or input() waiting for a keyboard)", step)
+        except ValueError as err:
+            raise _Stop(f"{'`' + step[1] + '`' if step else 'the notebook'} produced {err}", step)
+        if frame is None:
+            try:
+                code = process.popen.wait(timeout=5)
+            except Exception:
+                code = None
+            what = f"while running `{step[1]}`" if step else "outside any cell"
+            raise _Stop(f"the kernel died {what}: {_exit_reason(code, limits)}", step)
+        kind, payload = frame
+        if kind == b"O":
+            if step is None or step[0] != "item":
+                raise _Stop("the notebook's code wrote to the grader's channel", step)
+            name = step[1]
+            try:
+                result.outcomes[name] = load_outcomes(payload, name, len(cases[name]))
+            except ValueError as err:
+                result.failures[name] = f"`{name}` returned something the grader cannot accept: {err}"
+            step, step_deadline = None, deadline
+            continue
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            raise _Stop("the notebook's code wrote to the grader's channel", step) from None
+        if kind == b"S":
+            step = ("cell", str(event["cell"])) if "cell" in event else ("item", str(event["item"]))
+            step_deadline = time.monotonic() + limits.cell_seconds
+        elif kind == b"E" and event.get("done"):
+            return
+        elif kind == b"E" and step is not None and step[0] == "cell":
+            if event.get("error"):
+                result.cell_errors[step[1]] = memory_note(str(event["error"]), limits)
+            step, step_deadline = None, deadline
+        else:
+            raise _Stop("the notebook's code wrote to the grader's channel", step)
