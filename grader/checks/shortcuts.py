@@ -532,3 +532,13 @@ def find_shortcut_in(impl: Any, forbidden: Iterable[str]) -> str | None:
     """find_shortcut on a submission object: its source, the helpers its module defines, its closure;
     None when its source is not available (then only the tripwires watch it)."""
     return _read(impl, _forbidden_objects(forbidden), {id(impl)})
+
+
+# ---------------------------------------------------------------- forbidden names several assignments share
+
+F = "torch.nn.functional."
+TORCH_ATTENTION = (F + "scaled_dot_product_attention", F + "multi_head_attention_forward",
+                   "torch.nn.MultiheadAttention.forward", "torch.nn.MultiheadAttention.__init__")
+REF_ATTENTION = tuple(f"transformer_ref.attention.{n}" for n in (
+    "dot_product_attention", "scaled_dot_product_attention", "fused_attention", "self_attention",
+    "SelfAttention.forward", "additive_attention", "AdditiveAttention.forward"))
