@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9]*))
 PYTEST_WORKERS ?= 2
 
-.PHONY: book test venv browser exercises clean help
+.PHONY: book test venv browser sandbox exercises clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -35,13 +35,20 @@ browser:
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }
 
+# bubblewrap: the sandbox the grader runs student code in (Debian package).
+sandbox:
+	@command -v bwrap >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
+
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
 	@echo "website: _build/html/index.html"
 
 # One torch thread per xdist worker: two workers with two threads each on a 2-core machine
 # spend most of their time fighting over the cores.
-test: $(STAMP) browser
+test: $(STAMP) browser sandbox
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -rs --timeout 1500
 
 exercises: $(STAMP)
