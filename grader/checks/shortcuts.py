@@ -343,7 +343,7 @@ class _Reader(ast.NodeVisitor):
         lookup = self._namespace_lookup(target)
         if lookup is not None:
             key = _literal(node.slice)
-            self.report(lookup if key is None else self._forbidden_key(key))
+            self.report(lookup if key is None else self._judge_key(target, key))
             self.visit(node.slice)
             if isinstance(target, ast.Call):
                 for arg in target.args:
@@ -364,7 +364,7 @@ class _Reader(ast.NodeVisitor):
                 self.report(func.id)   # a subscripted vars(...)/globals() is judged in visit_Subscript
         if isinstance(func, ast.Attribute) and func.attr == "get" and self._namespace_lookup(func.value):
             key = _literal(node.args[0]) if node.args else None
-            self.report(self._namespace_lookup(func.value) if key is None else self._forbidden_key(key))
+            self.report(self._namespace_lookup(func.value) if key is None else self._judge_key(func.value, key))
             for arg in node.args:
                 self.visit(arg)
             return
@@ -386,6 +386,14 @@ class _Reader(ast.NodeVisitor):
         if isinstance(node, ast.Attribute) and node.attr == "__dict__":
             return "__dict__"
         return None
+
+    def _judge_key(self, table: ast.AST, key: str) -> str | None:
+        """The forbidden name `key` looks up in `table` (vars(m), m.__dict__ or globals())."""
+        owner = table.value if isinstance(table, ast.Attribute) else table.args[0] if table.args else None
+        chain = _chain(owner) if owner is not None else None
+        if chain is not None and (found := self._judge_chain(chain[0], chain[1] + [key])):
+            return found
+        return self._forbidden_key(key)
 
     def _forbidden_key(self, key: str) -> str | None:
         return self.last_parts.get(key)
