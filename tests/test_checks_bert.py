@@ -1,0 +1,287 @@
+"""The checks of assignment 07_bert (grader/checks/bert.py): each catalogued mistake fails with its diagnostic,
+valid alternatives written the way a student might pass (for mask_tokens: other random processes with the
+same distribution), calling the shortcut scores 0, and grade() gives partial credit per group."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grader.checks import bert
+from grader.checks.cases import groups, make_cases
+from grader.checks.compare import compare, grade
+from grader.checks.report import CheckFailed, check
+from grader.checks.run import run_student
+from transformer_ref import bert as ref_bert
+
+ITEMS = bert.ITEMS
+CHECKS = {"mask_tokens": bert.check_mask_tokens, "BertEmbeddings": bert.check_BertEmbeddings,
+          "masked_lm_loss": bert.check_masked_lm_loss}
+
+# ---------------------------------------------------------------- valid alternatives
+
+
+def mask_tokens_bernoulli(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                          generator=None):
+    """The Hugging Face collator's process: nested Bernoulli draws (statistically the same)."""
+    full = torch.full(input_ids.shape, mlm_probability)
+    special = torch.zeros(input_ids.shape, dtype=torch.bool)
+    for s in special_token_ids:
+        special |= input_ids == s
+    chosen = torch.bernoulli(full.masked_fill(special, 0.0), generator=generator).bool()
+    labels = input_ids.clone()
+    labels[~chosen] = -100
+    inputs = input_ids.clone()
+    replaced = torch.bernoulli(torch.full(input_ids.shape, 0.8), generator=generator).bool() & chosen
+    inputs[replaced] = mask_token_id
+    randomised = torch.bernoulli(torch.full(input_ids.shape, 0.5), generator=generator).bool() & chosen & ~replaced
+    words = torch.randint(vocab_size, input_ids.shape, dtype=input_ids.dtype, generator=generator)
+    inputs[randomised] = words[randomised]
+    return inputs, labels
+
+
+def mask_tokens_uniform(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                        generator=None):
+    u = torch.rand(input_ids.shape, generator=generator)
+    special = torch.isin(input_ids, torch.as_tensor(special_token_ids, dtype=input_ids.dtype))
+    chosen = (u < mlm_probability) & ~special
+    # one number decides the action: its position inside [0, p) tells mask / random / keep
+    action = u / max(mlm_probability, 1e-12)
+    rand_ids = torch.randint(0, vocab_size, input_ids.shape, generator=generator).to(input_ids.dtype)
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), rand_ids, inputs)
+    return inputs, torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+
+
+def mask_tokens_rows(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                     generator=None):
+    """One row at a time, three uniform draws per token."""
+    inputs, labels = input_ids.clone(), torch.full_like(input_ids, -100)
+    special = torch.tensor(special_token_ids, dtype=input_ids.dtype)
+    for row in range(input_ids.size(0)):
+        ids = input_ids[row]
+        u, a = torch.rand(2, ids.numel(), generator=generator)
+        r = (torch.rand(ids.numel(), generator=generator) * vocab_size).long().clamp(max=vocab_size - 1)
+        chosen = (u < mlm_probability) & ~torch.isin(ids, special)
+        labels[row][chosen] = ids[chosen]
+        inputs[row][chosen & (a < 0.8)] = mask_token_id
+        randomised = chosen & (a >= 0.8) & (a < 0.9)
+        inputs[row][randomised] = r[randomised].to(ids.dtype)
+    return inputs, labels
+
+
+class OwnLayerNorm(nn.Module):
+    def __init__(self, d_model, eps=1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+        self.bias = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, x):
+        var, mean = torch.var_mean(x, dim=-1, keepdim=True, unbiased=False)
+        return (x - mean) / (var + self.eps).sqrt() * self.weight + self.bias
+
+
+class BertEmbeddingsOwn(nn.Module):
+    def __init__(self, vocab_size, d_model, max_len, type_vocab_size):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, d_model)
+        self.position_embeddings = nn.Embedding(max_len, d_model)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, d_model)
+        self.norm = OwnLayerNorm(d_model, eps=1e-12)
+
+    def forward(self, input_ids, token_type_ids=None):
+        segments = 0 if token_type_ids is None else self.token_type_embeddings(token_type_ids)
+        if token_type_ids is None:
+            segments = self.token_type_embeddings.weight[0]
+        positions = self.position_embeddings.weight[: input_ids.size(1)]
+        return self.norm(self.word_embeddings(input_ids) + positions + segments)
+
+
+class BertEmbeddingsIndexing(BertEmbeddingsOwn):
+    def forward(self, input_ids, token_type_ids=None):
+        if token_type_ids is None:
+            token_type_ids = input_ids.new_zeros(input_ids.shape)
+        x = self.word_embeddings.weight[input_ids] + self.token_type_embeddings.weight[token_type_ids]
+        x = x + self.position_embeddings(torch.arange(input_ids.shape[1], device=input_ids.device))[None]
+        return F.layer_norm(x, x.shape[-1:], self.norm.weight, self.norm.bias, 1e-12)
+
+
+class BertEmbeddingsTorchLN(BertEmbeddingsOwn):
+    def __init__(self, vocab_size, d_model, max_len, type_vocab_size):
+        super().__init__(vocab_size, d_model, max_len, type_vocab_size)
+        self.norm = nn.LayerNorm(d_model, eps=1e-12)
+
+
+def mlm_logsumexp(logits, labels):
+    used = labels != -100
+    chosen_logits = logits[used]  # (n, vocab)
+    return (torch.logsumexp(chosen_logits, -1) - chosen_logits.gather(1, labels[used][:, None]).squeeze(1)).mean()
+
+
+def mlm_loop(logits, labels):
+    flat_logits, flat_labels = logits.reshape(-1, logits.size(-1)), labels.reshape(-1)
+    terms = [-torch.log_softmax(flat_logits[n], 0)[flat_labels[n]] for n in range(flat_labels.numel())
+             if flat_labels[n] != -100]
+    return torch.stack(terms).mean()
+
+
+def mlm_one_hot(logits, labels):
+    used = labels != -100
+    one_hot = F.one_hot(labels.clamp(min=0), logits.size(-1)).to(logits.dtype)
+    nll = -(one_hot * logits.log_softmax(-1)).sum(-1)
+    return nll[used].sum() / used.sum()
+
+
+ALTERNATIVES = {
+    "mask_tokens": [mask_tokens_bernoulli, mask_tokens_uniform, mask_tokens_rows],
+    "BertEmbeddings": [BertEmbeddingsOwn, BertEmbeddingsIndexing, BertEmbeddingsTorchLN],
+    "masked_lm_loss": [mlm_logsumexp, mlm_loop, mlm_one_hot],
+}
+
+# ---------------------------------------------------------------- shortcuts
+
+
+def mask_tokens_package(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                        generator=None):
+    return ref_bert.mask_tokens(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability, generator)
+
+
+class BertEmbeddingsPackage(ref_bert.BertEmbeddings):
+    pass
+
+
+def mlm_cross_entropy(logits, labels):
+    return F.cross_entropy(logits.flatten(0, -2), labels.flatten())
+
+
+SHORTCUTS = [(bert.MASK_TOKENS, mask_tokens_package, "transformer_ref.bert.mask_tokens"),
+             (bert.BERT_EMBEDDINGS, BertEmbeddingsPackage, "transformer_ref.bert.BertEmbeddings"),
+             (bert.MASKED_LM_LOSS, mlm_cross_entropy, "torch.nn.functional.cross_entropy")]
+
+# ---------------------------------------------------------------- the tests
+
+MISTAKES = [(item, m) for item in ITEMS for m in item.mistakes]
+ALT = [(item, impl) for item in ITEMS for impl in ALTERNATIVES[item.name]]
+
+
+def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
+    assert bert.ASSIGNMENT == "07_bert"
+    assert [item.name for item in ITEMS] == ["mask_tokens", "BertEmbeddings", "masked_lm_loss"]
+    for item in ITEMS:
+        assert item.assignment == bert.ASSIGNMENT and item.mistakes and len(ALTERNATIVES[item.name]) >= 2
+        names = groups(make_cases(item, 0))
+        assert 2 <= len(names) <= 4 and "basic" not in names, (item.name, names)  # every case names its group
+
+
+@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
+def test_the_reference_passes_and_scores_full_marks(item):
+    for seed in (0, 1):
+        cases = make_cases(item, seed)
+        outcomes = run_student(item, item.reference(), cases, watch=False)
+        assert compare(item, cases, outcomes).passed
+        result = grade(item, cases, outcomes)
+        assert result.fraction == 1.0 and all(g.passed for g in result.groups), result.message
+
+
+@pytest.mark.parametrize("item,mistake", MISTAKES, ids=[f"{i.name}-{m.key}-{m.impl.__name__}" for i, m in MISTAKES])
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    report = check(item, mistake.impl)
+    assert not report.passed, f"the mistake {mistake.key!r} of {item.name} passes the check"
+    assert report.mistake == mistake.key, report.message
+    assert f"Likely mistake: {mistake.says}" in report.message
+    with pytest.raises(CheckFailed, match="Likely mistake"):
+        CHECKS[item.name](mistake.impl)
+
+
+@pytest.mark.parametrize("item,impl", ALT, ids=[f"{i.name}-{f.__name__}" for i, f in ALT])
+def test_valid_alternative_passes(item, impl):
+    report = check(item, impl, seeds=(0, 1))
+    assert report.passed, report.message
+    CHECKS[item.name](impl)  # no exception
+
+
+@pytest.mark.parametrize("item,impl,dotted", SHORTCUTS, ids=[i.name for i, _, _ in SHORTCUTS])
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    report = check(item, impl)
+    assert not report.passed and report.shortcut and report.mistake is None, report.message
+    assert dotted in report.message and "scores 0" in report.message
+    cases = make_cases(item, 0)
+    result = grade(item, cases, run_student(item, impl, cases))
+    assert result.fraction == 0.0 and result.shortcut and dotted in result.message
+
+
+def test_mask_tokens_statistics_pass_for_a_correct_solution_on_many_seeds():
+    """6-sigma tolerances: a correct solution should essentially never fail (here: 8 seeds)."""
+    report = check(bert.MASK_TOKENS, mask_tokens_uniform, seeds=range(10, 18))
+    assert report.passed, report.message
+
+
+def test_mask_tokens_invariant_messages():
+    def keeps_everything(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                         generator=None):
+        return input_ids.clone(), torch.full_like(input_ids, -100)
+    report = check(bert.MASK_TOKENS, keeps_everything)
+    assert not report.passed and "mlm_probability = 1.0 every word must be chosen" in report.message
+    assert report.mistake == "probability"
+
+    def returns_one(input_ids, *args, **kwargs):
+        return input_ids.clone()
+    assert "should return a tuple (inputs, labels)" in check(bert.MASK_TOKENS, returns_one).message
+
+
+def test_grade_a_global_random_generator_fails_only_the_reproducibility_group():
+    item = bert.MASK_TOKENS
+    cases = make_cases(item, 0)
+    result = grade(item, cases, run_student(item, bert._mt_global_rng, cases))
+    assert {g.group: g.passed for g in result.groups} == {
+        "small batches": True, "mlm_probability 0 and 1": True, "the same generator seed twice": False,
+        "statistics of a large batch": True}
+    assert result.fraction == 0.75 and result.mistake == "global_rng"
+    assert result.message.startswith("mask_tokens: right on small batches, mlm_probability 0 and 1 and statistics")
+    assert "Likely mistake: the random numbers do not come from `generator`" in result.message
+
+
+def test_grade_a_wrong_split_fails_only_the_statistics():
+    item = bert.MASK_TOKENS
+    cases = make_cases(item, 0)
+    result = grade(item, cases, run_student(item, bert._mt_all_masked, cases))
+    assert [g.group for g in result.groups if not g.passed] == ["statistics of a large batch"]
+    assert result.mistake == "split" and "replaced by [MASK] is 100.00%" in result.message
+
+
+def test_grade_averaging_over_every_position_passes_where_every_label_is_used():
+    item = bert.MASKED_LM_LOSS
+    cases = make_cases(item, 0)
+    result = grade(item, cases, run_student(item, bert._mlm_mean_over_all, cases))
+    assert {g.group: g.passed for g in result.groups} == {
+        "every label used": True, "some labels -100 (ignored)": False, "float64": False}
+    assert result.mistake == "mean_over_all" and result.fraction == pytest.approx(1 / 3)
+
+
+def test_mask_tokens_cases_and_outcomes_survive_a_round_trip_through_torch_save():
+    """The grader runs the submission in another process: the generators in the cases must serialise."""
+    item = bert.MASK_TOKENS
+    buffer = io.BytesIO()
+    torch.save(make_cases(item, 0), buffer)
+    buffer.seek(0)
+    cases = torch.load(buffer, weights_only=False)
+    outcomes = run_student(item, mask_tokens_rows, cases)
+    buffer = io.BytesIO()
+    torch.save(outcomes, buffer)
+    buffer.seek(0)
+    assert compare(item, cases, torch.load(buffer, weights_only=False)).passed
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
+def test_cuda_copies_pass_for_the_reference(item):
+    cases = make_cases(item, 0, cuda=True)
+    assert "on the GPU" in groups(cases)
+    result = grade(item, cases, run_student(item, item.reference(), cases, watch=False))
+    assert result.fraction == 1.0, result.message
