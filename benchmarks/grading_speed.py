@@ -1,20 +1,23 @@
-"""How fast `python -m grader grade` grades a class, next to plain sequential `nbgrader autograde`.
+"""How fast `python -m grader grade` grades a class in its sandbox, next to its peers on the same submissions.
 
 A submission here is one notebook (a student's work on one assignment); every student submits the
 solution notebook of every assignment, so every cell runs (a blank exercise would stop early). In one run:
 
-  1. `python -m grader grade` with 1 worker on N submissions (default 20: students round-robin over the
-     assignments, so 2 complete students with the 10 assignments);
+  1. `python -m grader grade` (student code in the bubblewrap sandbox) with 1 worker on N submissions
+     (default 20: students round-robin over the assignments, so 2 complete students);
   2. the same with 2 workers;
-  3. plain nbgrader on the same submissions in a course directory prepared the same way:
+  3. the same runner without isolation (`--no-sandbox`), 1 worker: what the sandbox itself costs;
+  4. with --old-runner REV: `python -m grader grade` as it was at git revision REV (e.g. the runner that
+     ran everything in nbgrader's kernel, before the sandbox), 1 worker, from a temporary git worktree;
+  5. plain nbgrader on the same submissions in a course directory prepared the same way:
      `nbgrader autograde <assignment>` then `nbgrader generate_feedback <assignment>`, one assignment
      after the other (what an instructor would type; the grader also writes feedback).
 
 It prints one table: wall time, seconds per notebook, notebooks per minute and the ratios, plus the
 median time per notebook and per complete submission (all assignments of one student) from run 1.
-Goals: <= 10 s per notebook, 2 workers >= 1.7x one.
+Goals: sandboxed at least as fast as the old runner, >= 3x plain nbgrader, 2 workers >= 1.7x one.
 
-    python benchmarks/grading_speed.py [--submissions 20] [--source solutions] [--keep DIR]
+    python benchmarks/grading_speed.py [--submissions 20] [--old-runner REV] [--source solutions] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -48,10 +51,16 @@ def make_class(source: Path, n: int, dest: Path) -> list[tuple[str, str]]:
     return made
 
 
-def run_grader(submissions: Path, out: Path, workers: int, source: Path) -> tuple[float, list[dict]]:
+def run_grader(submissions: Path, out: Path, workers: int, source: Path, extra: tuple[str, ...] = (),
+               code: Path | None = None) -> tuple[float, list[dict]]:
+    """Grade with `python -m grader grade` (from the checkout `code` when given, e.g. an old revision)."""
+    env = dict(os.environ)
+    if code is not None:
+        env["PYTHONPATH"] = str(code)
     start = time.perf_counter()
     subprocess.run([PY, "-m", "grader", "grade", str(submissions), "--out", str(out), "--workers", str(workers),
-                    "--source", str(source), "--no-progress"], check=True, stdout=subprocess.DEVNULL)
+                    "--source", str(source), "--no-progress", *extra], check=True, stdout=subprocess.DEVNULL,
+                   env=env, cwd=code or Path.cwd())
     wall = time.perf_counter() - start
     with open(out / "grades.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -85,6 +94,8 @@ def main() -> None:
     parser.add_argument("--submissions", type=int, default=20, help="notebooks to grade (default 20)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="instructor notebooks")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work here instead of a temp dir")
+    parser.add_argument("--old-runner", default=None, metavar="REV",
+                        help="also time the grader of this git revision (grading its own solutions/)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="grading-speed-")) if args.keep is None else args.keep
@@ -98,6 +109,20 @@ def main() -> None:
     for workers in (1, 2):
         print(f"python -m grader grade --workers {workers} ...", flush=True)
         results[workers] = run_grader(work / "submitted", work / f"grader-{workers}", workers, args.source.resolve())
+    print("python -m grader grade --no-sandbox --workers 1 ...", flush=True)
+    unsandboxed = run_grader(work / "submitted", work / "no-sandbox", 1, args.source.resolve(), ("--no-sandbox",))[0]
+    old = None
+    if args.old_runner:
+        print(f"python -m grader grade at {args.old_runner} --workers 1 ...", flush=True)
+        tree = work / "old-runner"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.old_runner], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            made_old = work / "submitted-old"
+            make_class(tree / "solutions", args.submissions, made_old)
+            old = run_grader(made_old, work / "old", 1, tree / "solutions", code=tree)[0]
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], check=False)
     print("plain sequential nbgrader autograde + generate_feedback ...", flush=True)
     plain_autograde, plain_feedback = run_plain_nbgrader(work / "submitted", work / "plain", args.source.resolve())
     plain = plain_autograde + plain_feedback
@@ -112,15 +137,17 @@ def main() -> None:
     rows = [
         ("plain nbgrader autograde only", 1, plain_autograde),
         ("plain nbgrader autograde + feedback", 1, plain),
-        ("python -m grader grade", 1, results[1][0]),
-        ("python -m grader grade", 2, results[2][0]),
+        *([(f"old runner ({args.old_runner})", 1, old)] if old is not None else []),
+        ("python -m grader grade --no-sandbox", 1, unsandboxed),
+        ("python -m grader grade (sandbox)", 1, results[1][0]),
+        ("python -m grader grade (sandbox)", 2, results[2][0]),
     ]
-    print(f"\n{'method':<38}{'workers':>8}{'wall s':>9}{'s/notebook':>12}{'notebooks/min':>15}"
+    print(f"\n{'method':<40}{'workers':>8}{'wall s':>9}{'s/notebook':>12}{'notebooks/min':>15}"
           f"{'vs plain+fb':>13}{'vs 1 worker':>13}")
     for name, workers, wall in rows:
         vs_plain = plain / wall
         vs_one = f"{results[1][0] / wall:.2f}x" if name.startswith("python") else "-"
-        print(f"{name:<38}{workers:>8}{wall:>9.1f}{wall / n:>12.2f}{60 * n / wall:>15.1f}"
+        print(f"{name:<40}{workers:>8}{wall:>9.1f}{wall / n:>12.2f}{60 * n / wall:>15.1f}"
               f"{vs_plain:>12.2f}x{vs_one:>13}")
     print(f"\nmedian time to grade one notebook (1 worker, inside the worker): {statistics.median(per_notebook):.2f} s "
           f"(max {max(per_notebook):.2f} s; goal <= 10 s)")
