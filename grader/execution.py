@@ -133,9 +133,9 @@ def _exit_reason(code: int | None, limits: sandbox.Limits) -> str:
 
 
 def memory_note(text: str, limits: sandbox.Limits) -> str:
-    """Name the memory limit when an error comes from running out of it."""
+    """`text`, with the memory limit named when it tells of running out of memory."""
     if "MemoryError" in text or "can't allocate memory" in text or "not enough memory" in text:
-        return f"{text.splitlines()[0][:200]} (memory limit of {limits.describe_memory()} exceeded)"
+        return f"{text}\n(The memory limit of {limits.describe_memory()} was exceeded.)"
     return text
 
 

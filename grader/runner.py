@@ -210,6 +210,7 @@ class SandboxRunner:
             cell_error = _cell_error(execution, cells, graded.name)
             if cell_error and verdict.fraction < 1:
                 message += f"\nThe cell `{graded.name}` raised {cell_error}"
+            message = memory_note(message, self.limits)
             scores.append(ItemScore(graded.name, graded.test_id, score, points, f"{score:g} of {points:g} points. {message}"))
         return scores
 
