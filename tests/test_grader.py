@@ -334,6 +334,34 @@ def test_outcomes_are_accepted_only_as_plain_data():
         load_outcomes(b"not a torch file", "f", 1)
 
 
+class DyingRunner:
+    """A runner whose worker process dies on the submissions of student "killer" (picklable: module level)."""
+
+    def run(self, job):
+        from grader.runner import Result
+
+        if job.student_id == "killer":
+            import os
+            os._exit(1)
+        return Result(job.student_id, job.assignment_id, "graded", score=1.0, max_score=1.0)
+
+    def failure(self, job, reason):
+        from grader.runner import Result
+
+        return Result(job.student_id, job.assignment_id, "failed", reason, 0.0, 1.0)
+
+
+def test_a_dying_worker_costs_only_its_own_submission(tmp_path):
+    from grader.cli import grade_jobs
+    from grader.runner import Job
+
+    jobs = [Job(s, BROKEN_ON, tmp_path) for s in ("ann", "killer", "bob", "cat", "dan")]
+    results = {r.student_id: r for r in grade_jobs(DyingRunner(), jobs, 2, tmp_path / "log", progress=False)}
+    assert set(results) == {"ann", "killer", "bob", "cat", "dan"}
+    assert results["killer"].status == "failed" and "died twice" in results["killer"].reason
+    assert all(results[s].status == "graded" for s in ("ann", "bob", "cat", "dan"))
+
+
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["grade", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"])
