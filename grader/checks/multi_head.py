@@ -107,12 +107,12 @@ def _mha_cases(g: torch.Generator, seed: int) -> list[Case]:
                     {"d_model": d_model, "num_heads": H}, state, group=group)
     self_attention = case("self-attention, x (2, 5, 8), 2 heads", "self-attention", 2, 5, 5, 8, 2, self_attention=True)
     cross = case("cross-attention, query (3, 2, 12), key/value (3, 6, 12), 3 heads", "cross-attention", 3, 2, 6, 12, 3)
-    one = case("batch 1, one query, one key, d_model 4, 4 heads", "self-attention", 1, 1, 1, 4, 4)
+    one = case("batch 1, one query, one key, d_model 4, 4 heads", "cross-attention", 1, 1, 1, 4, 4)
     masked = case("query (2, 4, 6), key (2, 5, 6), 2 heads, mask (2, 4, 5) with a fully masked row",
                   "masks and float64", 2, 4, 5, 6, 2, random_mask(g, 2, 4, 5))
     float64 = case("float64, self-attention (2, 5, 6), 3 heads, causal mask (5, 5)", "masks and float64",
                    2, 5, 5, 6, 3, causal(5), torch.float64, self_attention=True)
-    return [self_attention, one, cross, masked, float64]   # drawn in today's order, listed basic to advanced
+    return [self_attention, cross, one, masked, float64]
 
 
 class _MHAMistake(nn.Module):
