@@ -39,7 +39,7 @@ def _noam_cases(g: torch.Generator, seed: int) -> list[Case]:
 
     def case(step: int, d_model: int, warmup_steps: int) -> Case:
         return Case(f"step {step}, d_model {d_model}, warmup_steps {warmup_steps}", (step, d_model, warmup_steps),
-                    group="warm-up" if step < warmup_steps else "after the warm-up")
+                    group="steps in the warm-up" if step < warmup_steps else "steps after the warm-up")
     return ([case(s, 512, 4000) for s in (0, 1, 2, 100, 3999, 4000, 4001, 20000)]
             + [case(s, 64, warmup) for s in (1, warmup - 1, warmup, warmup + 1, 3 * warmup)])
 
@@ -94,7 +94,9 @@ def _warmup_decay_cases(g: torch.Generator, seed: int) -> list[Case]:
     total = warmup + int(torch.randint(10, 500, (1,), generator=g))
 
     def phase(step: int, warmup_steps: int, total_steps: int) -> str:
-        return "warm-up" if step < warmup_steps else "decay" if step < total_steps else "after total_steps"
+        if step < warmup_steps:
+            return "steps in the warm-up"
+        return "steps in the decay" if step < total_steps else "steps after total_steps"
     cases = [Case(f"step {s}, base_lr 0.001, warmup_steps 10, total_steps 110", (s, 1e-3, 10, 110),
                   group=phase(s, 10, 110))
              for s in (0, 1, 9, 10, 11, 35, 60, 109, 110, 150)]
