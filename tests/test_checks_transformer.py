@@ -1,0 +1,295 @@
+"""The checks of assignment 10_transformer (grader/checks/transformer.py): each catalogued mistake fails with
+its diagnostic, valid alternatives written the way a student might pass, calling the shortcut scores 0, and
+grade() gives partial credit per group (a mask mistake passes "basic shapes" and fails "masks")."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from torch import nn
+
+from grader.checks import transformer
+from grader.checks.cases import groups, make_cases
+from grader.checks.compare import compare, grade
+from grader.checks.report import CheckFailed, check
+from grader.checks.run import run_student
+from transformer_ref.layers import EncoderLayer, LayerNorm, PositionwiseFeedForward
+from transformer_ref.model import Transformer
+from transformer_ref.multihead import MultiHeadAttention
+
+ITEMS = transformer.ITEMS
+CHECKS = {"EncoderLayer": transformer.check_EncoderLayer, "DecoderLayer": transformer.check_DecoderLayer,
+          "greedy_decode": transformer.check_greedy_decode}
+
+# ---------------------------------------------------------------- valid alternatives
+
+
+class EncoderLayerRef(nn.Module):
+    """With the package's LayerNorm."""
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
+        self.norm1, self.norm2 = LayerNorm(d_model), LayerNorm(d_model)
+
+    def forward(self, x, mask=None):
+        h = self.norm1(x + self.self_attn(x, x, x, mask)[0])
+        return self.norm2(h + self.feed_forward(h))
+
+
+class EncoderLayerTorchLN(EncoderLayerRef):
+    """nn.LayerNorm, and the two residual blocks as a loop."""
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__(d_model, num_heads, d_ff)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+
+    def forward(self, x, mask=None):
+        for norm, sublayer in ((self.norm1, lambda y: self.self_attn(y, y, y, mask=mask)[0]),
+                               (self.norm2, self.feed_forward)):
+            x = norm(x + sublayer(x))
+        return x
+
+
+class EncoderLayerFused(EncoderLayerRef):
+    """MultiHeadAttention's fused path (need_weights=False)."""
+
+    def forward(self, x, mask=None):
+        h = self.norm1(x + self.self_attn(x, x, x, mask, need_weights=False)[0])
+        return self.norm2(h + self.feed_forward(h))
+
+
+class DecoderLayerLoop(nn.Module):
+    """The two attention blocks as a loop, with the package's LayerNorm."""
+
+    norm = LayerNorm
+    need_weights = True
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        self.self_attn, self.cross_attn = MultiHeadAttention(d_model, num_heads), MultiHeadAttention(d_model, num_heads)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
+        self.norm1, self.norm2, self.norm3 = self.norm(d_model), self.norm(d_model), self.norm(d_model)
+
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        for attn, norm, kv, mask in ((self.self_attn, self.norm1, None, self_mask),
+                                     (self.cross_attn, self.norm2, memory, memory_mask)):
+            source = x if kv is None else kv
+            x = norm(x + attn(x, source, source, mask, need_weights=self.need_weights)[0])
+        return self.norm3(x + self.feed_forward(x))
+
+
+class DecoderLayerTorchLN(DecoderLayerLoop):
+    norm = nn.LayerNorm
+
+
+class DecoderLayerFused(DecoderLayerLoop):
+    norm = nn.LayerNorm
+    need_weights = False
+
+
+@torch.no_grad()
+def greedy_lists(model, src, bos_id, eos_id, max_len):
+    memory = model.encode(src)
+    out = [[bos_id] for _ in range(src.size(0))]
+    done = [False] * src.size(0)
+    while len(out[0]) < max_len and not all(done):
+        logits = model.decode(torch.tensor(out, device=src.device), memory, src)
+        nxt = logits[:, -1].argmax(-1).tolist()
+        for b in range(len(out)):
+            out[b].append(model.pad_id if done[b] else nxt[b])
+            done[b] = done[b] or nxt[b] == eos_id
+    return torch.tensor(out, dtype=torch.long, device=src.device)
+
+
+@torch.no_grad()
+def greedy_prealloc(model, src, bos_id, eos_id, max_len):
+    memory = model.encode(src)
+    tokens = torch.full((src.size(0), max_len), model.pad_id, dtype=torch.long, device=src.device)
+    tokens[:, 0] = bos_id
+    alive = torch.ones(src.size(0), dtype=torch.bool, device=src.device)
+    for t in range(1, max_len):
+        nxt = model.decode(tokens[:, :t], memory, src)[:, t - 1].max(-1).indices
+        tokens[:, t] = torch.where(alive, nxt, model.pad_id)
+        alive &= nxt != eos_id
+        if not alive.any():
+            return tokens[:, :t + 1]
+    return tokens
+
+
+@torch.no_grad()
+def greedy_forward(model, src, bos_id, eos_id, max_len):
+    """Re-encodes at every step through model(src, tgt): slower, same tokens."""
+    tokens = torch.full((src.size(0), 1), bos_id, device=src.device)
+    finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+    for _ in range(max_len - 1):
+        nxt = model(src, tokens)[:, -1].argmax(-1)
+        nxt[finished] = model.pad_id
+        tokens = torch.cat([tokens, nxt[:, None]], 1)
+        finished = finished | (nxt == eos_id)
+        if bool(finished.all()):
+            break
+    return tokens
+
+
+ALTERNATIVES = {
+    "EncoderLayer": [EncoderLayerRef, EncoderLayerTorchLN, EncoderLayerFused],
+    "DecoderLayer": [DecoderLayerLoop, DecoderLayerTorchLN, DecoderLayerFused],
+    "greedy_decode": [greedy_lists, greedy_prealloc, greedy_forward],
+}
+
+# ---------------------------------------------------------------- shortcuts
+
+
+class EncoderLayerPackage(EncoderLayer):
+    pass
+
+
+class DecoderLayerTorch(nn.Module):
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        self.layer = nn.TransformerDecoderLayer(d_model, num_heads, d_ff, dropout=0.0, batch_first=True)
+
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        return self.layer(x, memory)
+
+
+def greedy_package(model, src, bos_id, eos_id, max_len):
+    return Transformer.greedy_decode(model, src, bos_id, eos_id, max_len)
+
+
+SHORTCUTS = [(transformer.ENCODER_LAYER, EncoderLayerPackage, "transformer_ref.layers.EncoderLayer"),
+             (transformer.DECODER_LAYER, DecoderLayerTorch, "torch.nn.TransformerDecoderLayer"),
+             (transformer.GREEDY_DECODE, greedy_package, "transformer_ref.model.Transformer.greedy_decode")]
+
+# ---------------------------------------------------------------- the tests
+
+MISTAKES = [(item, m) for item in ITEMS for m in item.mistakes]
+ALT = [(item, impl) for item in ITEMS for impl in ALTERNATIVES[item.name]]
+
+
+def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
+    assert transformer.ASSIGNMENT == "10_transformer"
+    assert [item.name for item in ITEMS] == ["EncoderLayer", "DecoderLayer", "greedy_decode"]
+    for item in ITEMS:
+        assert item.assignment == transformer.ASSIGNMENT and item.mistakes and len(ALTERNATIVES[item.name]) >= 2
+        names = groups(make_cases(item, 0))
+        assert 2 <= len(names) <= 4 and "basic" not in names, (item.name, names)  # every case names its group
+
+
+@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
+def test_the_reference_passes_and_scores_full_marks(item):
+    for seed in (0, 1):
+        cases = make_cases(item, seed)
+        outcomes = run_student(item, item.reference(), cases, watch=False)
+        assert compare(item, cases, outcomes).passed
+        result = grade(item, cases, outcomes)
+        assert result.fraction == 1.0 and all(g.passed for g in result.groups), result.message
+
+
+@pytest.mark.parametrize("item,mistake", MISTAKES, ids=[f"{i.name}-{m.key}" for i, m in MISTAKES])
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    report = check(item, mistake.impl)
+    assert not report.passed, f"the mistake {mistake.key!r} of {item.name} passes the check"
+    assert report.mistake == mistake.key, report.message
+    assert f"Likely mistake: {mistake.says}" in report.message
+    with pytest.raises(CheckFailed, match="Likely mistake"):
+        CHECKS[item.name](mistake.impl)
+
+
+@pytest.mark.parametrize("item,impl", ALT, ids=[f"{i.name}-{f.__name__}" for i, f in ALT])
+def test_valid_alternative_passes(item, impl):
+    report = check(item, impl, seeds=(0, 1))
+    assert report.passed, report.message
+    CHECKS[item.name](impl)  # no exception
+
+
+@pytest.mark.parametrize("item,impl,dotted", SHORTCUTS, ids=[i.name for i, _, _ in SHORTCUTS])
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    report = check(item, impl)
+    assert not report.passed and report.shortcut and report.mistake is None, report.message
+    assert dotted in report.message and "scores 0" in report.message
+    cases = make_cases(item, 0)
+    result = grade(item, cases, run_student(item, impl, cases))
+    assert result.fraction == 0.0 and result.shortcut and dotted in result.message
+
+
+@pytest.mark.parametrize("item,key", [(transformer.ENCODER_LAYER, "mask_ignored"),
+                                      (transformer.DECODER_LAYER, "self_mask_ignored")], ids=["encoder", "decoder"])
+def test_grade_an_ignored_mask_passes_basic_shapes_and_fails_masks(item, key):
+    mistake = next(m for m in item.mistakes if m.key == key)
+    cases = make_cases(item, 0)
+    result = grade(item, cases, run_student(item, mistake.impl, cases))
+    assert {g.group: g.passed for g in result.groups} == {"basic shapes": True, "masks": False}
+    assert result.fraction == 0.5 and result.mistake == key
+    assert result.message.startswith(f"{item.name}: right on basic shapes; wrong on masks.")
+    assert f"Likely mistake: {mistake.says}" in result.message
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_greedy_decode_cases_exercise_stopping_in_every_group(seed):
+    """One sequence stops before max_len; in the first batch every sequence stops, at different steps; in the
+    second some sequence runs to max_len while another stops."""
+    one, every, some = make_cases(transformer.GREEDY_DECODE, seed)
+    assert [c.group for c in (one, every, some)] == [
+        "one sequence", "a batch where every sequence stops", "a batch where some sequence runs to max_len"]
+    for case, all_stop in ((one, True), (every, True), (some, False)):
+        model, src, bos, eos, max_len = case.args
+        assert eos not in (bos, model.pad_id)
+        tokens = model.greedy_decode(src, bos, eos, max_len)
+        stopped = (tokens == eos).any(1)
+        assert bool(stopped.all()) == all_stop and stopped.any(), case.label
+        assert (tokens.size(1) < max_len) == all_stop, case.label
+        if len(src) > 1:
+            steps = [int((row == eos).nonzero()[0]) for row in tokens[stopped]]
+            assert len(set(steps)) > 1, case.label
+
+
+def test_grade_greedy_decode_mistakes_fail_the_groups_that_show_them():
+    item = transformer.GREEDY_DECODE
+    cases = make_cases(item, 0)
+    by_key = {m.key: m for m in item.mistakes}
+    assert groups(cases) == ["one sequence", "a batch where every sequence stops",
+                             "a batch where some sequence runs to max_len"]
+    one, every, some = groups(cases)
+    expected_passing = {"stop_when_any": [one], "never_stops": [some], "max_len_off_by_one": [one, every]}
+    for key, passing in expected_passing.items():
+        result = grade(item, cases, run_student(item, by_key[key].impl, cases))
+        assert [g.group for g in result.groups if g.passed] == passing, (key, result.message)
+        assert result.mistake == key
+
+
+def test_greedy_decode_cases_survive_a_round_trip_through_torch_save():
+    """The grader runs the submission in another process: the models in the cases must serialise."""
+    item = transformer.GREEDY_DECODE
+    buffer = io.BytesIO()
+    torch.save(make_cases(item, 0), buffer)
+    buffer.seek(0)
+    cases = torch.load(buffer, weights_only=False)
+    outcomes = run_student(item, greedy_lists, cases)
+    buffer = io.BytesIO()
+    torch.save(outcomes, buffer)
+    buffer.seek(0)
+    assert compare(item, cases, torch.load(buffer, weights_only=False)).passed
+
+
+def test_making_cases_leaves_the_global_random_state_alone():
+    state = torch.random.get_rng_state()
+    for item in ITEMS:
+        make_cases(item, 3)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
+def test_cuda_copies_pass_for_an_alternative(item):
+    impl = ALTERNATIVES[item.name][0]
+    cases = make_cases(item, 0, cuda=True)
+    assert "on the GPU" in groups(cases)
+    result = grade(item, cases, run_student(item, impl, cases))
+    assert result.fraction == 1.0, result.message
+
