@@ -266,15 +266,17 @@ def _greedy_case(g: torch.Generator, label: str, B: int, S: int, vocab: int, max
 
 def _pick_eos(free: torch.Tensor, finish: str) -> int | None:
     """A token id to use as eos, given the greedy outputs `free` (B, max_len) of a run that never stopped: with
-    finish "all" every row produces it before the last step, with "some" one row or more does and one or more
-    never does; when B > 1 the rows that produce it do so first at different steps. Of the tokens that fit, the
+    finish "all" every row produces it before the last step, with "some" one row or more does and the others
+    never do; when B > 1 the rows that produce it do so first at different steps. Of the tokens that fit, the
     one with the most different stopping steps, then the latest; None if no token fits."""
     max_len = free.size(1)
     best, best_score = None, None
     for token in free[:, 1:].unique().tolist():
-        steps = [int(hits[0]) + 1 if len(hits := (row[1:] == token).nonzero()) else max_len for row in free]
-        stopping = [s for s in steps if s <= max_len - 2]
-        if finish == "all" and len(stopping) < len(steps) or finish == "some" and not 0 < len(stopping) < len(steps):
+        steps = [int(hits[0]) + 1 if len(hits := (row[1:] == token).nonzero()) else None for row in free]
+        stopping = [s for s in steps if s is not None]
+        if max(stopping) > max_len - 2:      # a row that stops at the last step looks like one that runs on
+            continue
+        if finish == "all" and len(stopping) < len(steps) or finish == "some" and len(stopping) == len(steps):
             continue
         if len(steps) > 1 and len(set(stopping)) < 2:
             continue
