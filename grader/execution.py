@@ -134,6 +134,8 @@ def _exit_reason(code: int | None, limits: sandbox.Limits) -> str:
 
 def memory_note(text: str, limits: sandbox.Limits) -> str:
     """`text`, with the memory limit named when it tells of running out of memory."""
+    if "memory limit of" in text:   # noted already (a cell's error, then the item's message that quotes it)
+        return text
     if "MemoryError" in text or "can't allocate memory" in text or "not enough memory" in text:
         return f"{text}\n(The memory limit of {limits.describe_memory()} was exceeded.)"
     return text
@@ -156,7 +158,7 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
             return result
         result.attempts += 1
         job = {"items": remaining, "cells": [{"id": c.id, "source": c.source} for c in cells],
-               "skip": sorted(skip), "cases": {name: cases[name] for name in remaining},
+               "skip_cells": sorted(skip), "cases": {name: cases[name] for name in remaining},
                "import_transformers": import_transformers}
         buffer = io.BytesIO()
         torch.save(job, buffer)

@@ -2,10 +2,11 @@
 
     python -m grader.harness      (started by grader.sandbox; the job arrives on stdin)
 
-The job (a dict written by grader.execution with torch.save) names the assignment's graded items, the
-code cells to run, the cells and items to skip (they crashed or hung in an earlier attempt), and the
-cases for each item. The job is read whole before any student code runs; after that stdin is empty, so
-`input()` gets EOF.
+The job (a dict written by grader.execution with torch.save) names the graded items still to run, the
+code cells to run, the cells to skip (they crashed or hung in an earlier attempt), and the cases for
+each item (an item that hung or crashed is no longer among them; cells and items are kept apart, as a
+solution cell's id is its item's name). The job is read whole before any student code runs; after
+that stdin is empty, so `input()` gets EOF.
 
 Every trip-wire on a forbidden shortcut of the assignment is installed before the first cell runs, so a
 reference a cell saves under another name is already the trip-wire. Reports go to the grader on file
@@ -119,13 +120,11 @@ def main() -> None:
 
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     for cell in job["cells"]:
-        if cell["id"] in job["skip"]:
+        if cell["id"] in job["skip_cells"]:
             continue
         channel.event(b"S", cell=cell["id"])
         channel.event(b"E", cell=cell["id"], error=run_cell(cell, namespace))
     for item in items:
-        if item.name in job["skip"]:
-            continue
         channel.event(b"S", item=item.name)
         outcomes = run_item(item, namespace, job["cases"][item.name], wires)
         buffer = io.BytesIO()
