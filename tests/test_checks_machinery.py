@@ -271,7 +271,7 @@ FORBIDDEN = SDPA.forbidden + MHA.forbidden
      FUSED),
     ("from transformer_ref import attention as A\ndef f(q, k, v):\n    return A.scaled_dot_product_attention(q, k, v)\n",
      REF_SDPA),
-    ("from transformer_ref.attention import scaled_dot_product_attention as s\n", REF_SDPA),
+    ("from transformer_ref.attention import scaled_dot_product_attention as s\nfns = [s]\n", REF_SDPA),
     ("import transformer_ref.attention\ndef f(q):\n    return transformer_ref.attention.scaled_dot_product_attention\n",
      REF_SDPA),
     ("from transformer_ref.attention import *\ndef f(q, k, v):\n    return scaled_dot_product_attention(q, k, v)\n",
@@ -315,6 +315,8 @@ def test_find_shortcut_reads_the_source(source, found):
     "from torch.nn import Linear\nclass A(Linear):\n    pass\n",
     "def f(x):\n    scaled_dot_product_attention = 3\n    return scaled_dot_product_attention\n",
     "this is not Python (",
+    # an import alone (a notebook's imports cell serves several items): only using the name counts
+    "from transformer_ref.attention import scaled_dot_product_attention\nimport torch.nn.functional as F\n",
 ])
 def test_find_shortcut_leaves_ordinary_code_alone(source):
     assert find_shortcut(source, FORBIDDEN) is None
