@@ -269,7 +269,8 @@ FORBIDDEN = SDPA.forbidden + MHA.forbidden
      FUSED),
     ("from torch.nn.functional import scaled_dot_product_attention as sdpa\ndef f(q):\n    return sdpa(q, q, q)\n",
      FUSED),
-    ("from transformer_ref import attention as A\ndef f(q, k, v):\n    return A.scaled_dot_product_attention(q, k, v)\n",
+    ("from transformer_ref import attention as A\ndef f(q, k, v):\n"
+     "    return A.scaled_dot_product_attention(q, k, v)\n",
      REF_SDPA),
     ("from transformer_ref.attention import scaled_dot_product_attention as s\nfns = [s]\n", REF_SDPA),
     ("import transformer_ref.attention\ndef f(q):\n    return transformer_ref.attention.scaled_dot_product_attention\n",

@@ -3,7 +3,8 @@ reference, forbidden shortcuts, known mistakes, ``check_<item>``), over a few sh
 
     item.py       Item, Mistake                    cases.py    Case, make_cases, random inputs
     shortcuts.py  Tripwires, find_shortcut         run.py      Outcome, run_student
-    compare.py    compare, diagnose, grade         report.py   Report, Grade, assert_passes
+    compare.py    compare, diagnose, grade         report.py   Report, Grade, CheckFailed, assert_passes
+    results.py    (Report, GroupResult, Grade and describe/fmt, below compare.py and report.py)
 
 A notebook's test cell is ``from grader.checks.attention import check_scaled_dot_product_attention``.
 This package imports only torch, the standard library and transformer_ref: it runs inside the grading

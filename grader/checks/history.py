@@ -113,7 +113,8 @@ def _additive_cases(g: torch.Generator, seed: int) -> list[Case]:
             Case("batch 1, one key", _additive_args(g, 1, 1, 2, 3, 2, 4), group="basic shapes"),
             Case("query (3, 4), keys (3, 6, 4), mask (3, 6) with a fully masked row",
                  _additive_args(g, 3, 6, 4, 4, 3, 5), {"mask": random_mask(g, 3, 6)}, group="masks"),
-            Case("float64, query (2, 5), keys (2, 4, 3), mask (2, 4)", _additive_args(g, 2, 4, 5, 3, 2, 6, torch.float64),
+            Case("float64, query (2, 5), keys (2, 4, 3), mask (2, 4)",
+                 _additive_args(g, 2, 4, 5, 3, 2, 6, torch.float64),
                  {"mask": random_mask(g, 2, 4, empty_row=False)}, group="float64 with a mask")]
 
 

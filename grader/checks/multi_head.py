@@ -98,7 +98,8 @@ def check_merge_heads(impl, seeds=(0,), cuda=False):
 
 def _mha_cases(g: torch.Generator, seed: int) -> list[Case]:
     def case(label: str, group: str, B: int, T_q: int, T_k: int, d_model: int, H: int,
-             mask: torch.Tensor | None = None, dtype: torch.dtype = torch.float32, self_attention: bool = False) -> Case:
+             mask: torch.Tensor | None = None, dtype: torch.dtype = torch.float32,
+             self_attention: bool = False) -> Case:
         state = linear_state(g, ("W_q", "W_k", "W_v", "W_o"), d_model, d_model, dtype)
         query = randn(g, B, T_q, d_model, dtype=dtype)
         key = query if self_attention else randn(g, B, T_k, d_model, dtype=dtype)
