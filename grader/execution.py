@@ -33,11 +33,13 @@ _HEADER = struct.Struct(">cI")
 @dataclass
 class Execution:
     """outcomes: item -> its outcomes (one per case); failures: item -> why it has none;
-    cell_errors: cell id -> what the cell raised, or why it was stopped."""
+    cell_errors: cell id -> what the cell raised, or why it was stopped; stopped: the cells the grader
+    stopped (they hung, killed their process, or wrote to the grader's channel) and skipped after."""
 
     outcomes: dict[str, list[Outcome]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     cell_errors: dict[str, str] = field(default_factory=dict)
+    stopped: set[str] = field(default_factory=set)
     attempts: int = 0
 
 
@@ -165,7 +167,10 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
         process = sandbox.start(buffer.getvalue(), limits, isolate)
         try:
             _attempt(process, result, cases, limits, deadline)
-            return result                      # the harness finished normally
+            for name in remaining:             # the harness finished normally; "done" came from the notebook?
+                if name not in result.outcomes:
+                    result.failures.setdefault(name, "the notebook's code wrote to the grader's channel")
+            return result
         except _Stop as stop:
             process.kill()
             reason = stop.reason
@@ -176,6 +181,7 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
             kind, step_id = stop.step
             if kind == "cell":
                 result.cell_errors[step_id] = reason
+                result.stopped.add(step_id)
                 skip.add(step_id)
             else:
                 result.failures[step_id] = reason
@@ -221,13 +227,19 @@ def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list]
         try:
             event = json.loads(payload)
         except ValueError:
-            raise _Stop("the notebook's code wrote to the grader's channel", step) from None
-        if kind == b"S":
-            step = ("cell", str(event["cell"])) if "cell" in event else ("item", str(event["item"]))
+            event = None
+        # The harness opens a step only when none is open, ends only the open cell, and says "done" between
+        # steps; any other event was written by the notebook's code (it shares the harness's process).
+        if not isinstance(event, dict):
+            raise _Stop("the notebook's code wrote to the grader's channel", step)
+        opened = (("cell", event["cell"]) if isinstance(event.get("cell"), str) else
+                  ("item", event["item"]) if isinstance(event.get("item"), str) and event["item"] in cases else None)
+        if kind == b"S" and step is None and opened is not None:
+            step = opened
             step_deadline = time.monotonic() + limits.cell_seconds
-        elif kind == b"E" and event.get("done"):
+        elif kind == b"E" and step is None and event.get("done"):
             return
-        elif kind == b"E" and step is not None and step[0] == "cell":
+        elif kind == b"E" and step is not None and step[0] == "cell" and event.get("cell") == step[1]:
             if event.get("error"):
                 result.cell_errors[step[1]] = memory_note(str(event["error"]), limits)
             step, step_deadline = None, deadline

@@ -187,7 +187,7 @@ class SandboxRunner:
         execution = execute(cells, runnable, cases, self.limits, self.isolate,
                             import_transformers=any("transformers" in c.source for c in cells))
         for cell_id, error in execution.cell_errors.items():
-            if "was stopped" in error or "died" in error:
+            if cell_id in execution.stopped:
                 notes.append(f"{cell_id}: {error}")
         static = _static_shortcuts(cells, [i.name for i in source.items])
         scores = []
@@ -209,7 +209,7 @@ class SandboxRunner:
             message = verdict.message
             cell_error = _cell_error(execution, cells, graded.name)
             if cell_error and verdict.fraction < 1:
-                message += f"\nThe cell `{graded.name}` raised {cell_error}"
+                message += f"\nThe cell `{graded.name}` {cell_error}"
             message = memory_note(message, self.limits)
             scores.append(ItemScore(graded.name, graded.test_id, score, points, f"{score:g} of {points:g} points. {message}"))
         return scores
@@ -284,8 +284,9 @@ class SandboxRunner:
 
 
 def _cell_error(execution: Execution, cells: list[Cell], name: str) -> str | None:
-    return next((execution.cell_errors[c.id] for c in cells if c.solution_of == name and c.id in execution.cell_errors),
-                None)
+    """How the solution cell of `name` went wrong ("raised ValueError at line 3: ...", "did not finish: ..."), or None."""
+    return next((("did not finish: " if c.id in execution.stopped else "raised ") + execution.cell_errors[c.id]
+                 for c in cells if c.solution_of == name and c.id in execution.cell_errors), None)
 
 
 def _imports(source: str) -> str:
