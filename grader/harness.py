@@ -101,6 +101,23 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any) -> list[dict]:
             for o in outcomes]
 
 
+class _AnyCell:
+    """What the trip-wires watch while the cells run: the names that every item of the assignment forbids.
+
+    No item may use them, so no cell needs them; and a cell that could call one freely could compute the
+    reference's answers on the grader's cases (they are in this process's memory) for a function to look
+    up when it is graded.
+    """
+
+    name = "a cell of this notebook"
+
+    def __init__(self, items: list) -> None:
+        from grader.checks import ASSIGNMENTS, ITEMS
+
+        names = ASSIGNMENTS[items[0].assignment] if items else ()
+        self.forbidden = set.intersection(*(set(ITEMS[n].forbidden) for n in names)) if names else set()
+
+
 def main() -> None:
     channel = Channel()
     job = torch.load(io.BytesIO(sys.stdin.buffer.read()), weights_only=False)   # the grader's own data
@@ -119,11 +136,12 @@ def main() -> None:
     wires.install()
 
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    for cell in job["cells"]:
-        if cell["id"] in job["skip_cells"]:
-            continue
-        channel.event(b"S", cell=cell["id"])
-        channel.event(b"E", cell=cell["id"], error=run_cell(cell, namespace))
+    with wires.watching(_AnyCell(items)):
+        for cell in job["cells"]:
+            if cell["id"] in job["skip_cells"]:
+                continue
+            channel.event(b"S", cell=cell["id"])
+            channel.event(b"E", cell=cell["id"], error=run_cell(cell, namespace))
     for item in items:
         channel.event(b"S", item=item.name)
         outcomes = run_item(item, namespace, job["cases"][item.name], wires)

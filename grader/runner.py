@@ -187,7 +187,7 @@ class SandboxRunner:
         execution = execute(cells, runnable, cases, self.limits, self.isolate,
                             import_transformers=any("transformers" in c.source for c in cells))
         for cell_id, error in execution.cell_errors.items():
-            if cell_id in execution.stopped:
+            if cell_id in execution.stopped or error.startswith("ShortcutError"):
                 notes.append(f"{cell_id}: {error}")
         static = _static_shortcuts(cells, [i.name for i in source.items])
         scores = []
