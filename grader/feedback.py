@@ -1,11 +1,12 @@
 """What a student sees: hidden tests are redacted from the nbgrader feedback, failures get a page of their own.
 
-nbgrader keeps hidden tests in the gradebook and puts them back into the test cells before autograding,
-so an autograded notebook (and the stock `generate_feedback` HTML made from it) shows them. The
-`RedactHiddenTests` preprocessor, registered in nbgrader_config.py for `GenerateFeedback`, removes them again:
-the hidden region of each test cell, and every traceback frame that would quote it. A failing hidden test
-therefore shows as the error type and its message, which is where `transformer_ref.testing` puts its
-diagnosis ("your weights equal softmax(QK^T) without dividing by sqrt(d_k)").
+The feedback notebook the grader writes (grader.runner) is the instructor's notebook with the student's
+solution cells and the grader's report under each test cell; its test cells still hold the hidden tests.
+The `RedactHiddenTests` preprocessor, registered for `GenerateFeedback` (grader.course and
+nbgrader_config.py), removes them: the hidden region of each test cell, and every traceback frame that
+would quote it (for notebooks autograded by plain `nbgrader autograde`, whose test cells ran). What is
+left is the visible tests and the report, which names the likely mistake ("your weights equal
+softmax(QK^T) without dividing by sqrt(d_k)").
 """
 
 from __future__ import annotations
