@@ -30,6 +30,8 @@ c.ClearHiddenTests.begin_test_delimeter = "BEGIN HIDDEN TESTS"
 c.ClearHiddenTests.end_test_delimeter = "END HIDDEN TESTS"
 c.ClearHiddenTests.enforce_metadata = True
 
+# Plain `nbgrader autograde` (python -m grader does not use these: it runs student code in its sandbox with
+# its own limits, see `python -m grader grade --help`).
 # Autograding: every exercise cell runs in well under a few seconds on one CPU core; 60 s leaves room for
 # a slow CI machine while an infinite loop is still cut off (the cell gets a CellTimeoutError and the
 # rest of the notebook runs on). After the interrupt nbgrader would, by default, fail the whole notebook
