@@ -2,8 +2,8 @@
 
 Lifecycle: solutions/<id>/<id>.ipynb (instructor source) --`make exercises`--> exercises/<id>/<id>.ipynb
 (the released notebook, committed). Grading a class is `python -m grader grade ...` (see grader/), which
-reads this file for the execution and feedback settings below and points nbgrader at its own course
-directory; plain `nbgrader autograde` / `nbgrader generate_feedback` in this directory work too.
+reads this file for the feedback settings below and points nbgrader at its own course directory; plain
+`nbgrader autograde` / `nbgrader generate_feedback` in this directory work too.
 """
 
 import os
