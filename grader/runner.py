@@ -284,7 +284,8 @@ class SandboxRunner:
 
 
 def _cell_error(execution: Execution, cells: list[Cell], name: str) -> str | None:
-    """How the solution cell of `name` went wrong ("raised ValueError at line 3: ...", "did not finish: ..."), or None."""
+    """How the solution cell of `name` went wrong ("raised ValueError at line 3: ...", "did not finish: ..."),
+    or None."""
     return next((("did not finish: " if c.id in execution.stopped else "raised ") + execution.cell_errors[c.id]
                  for c in cells if c.solution_of == name and c.id in execution.cell_errors), None)
 
