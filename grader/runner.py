@@ -290,13 +290,20 @@ def _cell_error(execution: Execution, cells: list[Cell], name: str) -> str | Non
                  for c in cells if c.solution_of == name and c.id in execution.cell_errors), None)
 
 
-def _imports(source: str) -> str:
-    """The import statements of a cell (they give later cells' names their meaning)."""
+def _imports(cell: Cell) -> str:
+    """The import statements of a cell (they give later cells' names their meaning). A locked cell's imports
+    of the course's checks are the instructor's, not a way around them."""
     try:
-        tree = ast.parse(source)
+        tree = ast.parse(cell.source)
     except (SyntaxError, ValueError):
         return ""
-    return "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))
+                     and (cell.written_by_student or not _imports_grader(n)))
+
+
+def _imports_grader(node: ast.Import | ast.ImportFrom) -> bool:
+    modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+    return any(m == "grader" or m.startswith("grader.") for m in modules)
 
 
 def _static_shortcuts(cells: list[Cell], items: list[str]) -> dict[str, str]:
@@ -306,7 +313,7 @@ def _static_shortcuts(cells: list[Cell], items: list[str]) -> dict[str, str]:
     the checks (importlib, sys.modules, exec, ...) anywhere in code the student wrote counts for every
     item. Calls hidden elsewhere are caught at run time by the trip-wires in the sandbox.
     """
-    imports = "\n".join(_imports(c.source) for c in cells)
+    imports = "\n".join(_imports(c) for c in cells)
     evasion = next((found for c in cells if c.written_by_student
                     and (found := find_shortcut(c.source, ())) in EVASIONS), None)
     found: dict[str, str] = {}

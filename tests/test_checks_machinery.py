@@ -301,6 +301,11 @@ FORBIDDEN = SDPA.forbidden + MHA.forbidden
     ("def f(g):\n    return g.__globals__['x']\n", "__globals__"),
     ("import ctypes\n", "ctypes"),
     ("import builtins\n", "builtins"),
+    ("import inspect\nf = inspect.unwrap(g)\n", "inspect"),
+    ("import gc\njobs = gc.get_objects()\n", "gc"),
+    ("from grader.checks.attention import attend\n", "grader"),
+    ("import sys\ndef f(q):\n    return sys._getframe(1).f_locals\n", "f_locals"),
+    ("def f(err):\n    return err.__traceback__.tb_frame.f_back\n", "f_back"),
 ])
 def test_find_shortcut_reads_the_source(source, found):
     assert find_shortcut(source, FORBIDDEN) == found

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import importlib
 import inspect
+import weakref
 import sys
 import textwrap
 import types
@@ -37,10 +38,14 @@ class ShortcutError(RuntimeError):
 
 # Ways around the check that find_shortcut reports by these names.
 EVASIONS = ("importlib", "__import__", "sys.modules", "exec", "eval", "compile", "getattr", "vars", "globals",
-            "__dict__", "__closure__", "__wrapped__", "__globals__", "__builtins__", "ctypes", "builtins")
-_EVASIVE_MODULES = ("importlib", "ctypes", "builtins")
+            "__dict__", "__closure__", "__wrapped__", "__globals__", "__builtins__", "ctypes", "builtins",
+            "inspect", "gc", "grader", "_getframe", "f_back", "f_locals", "f_globals", "tb_frame", "gi_frame")
+# inspect and gc reach into live objects (a trip-wire's original, the grader's cases); grader is the course's
+# own checking code (its mistakes and helpers include correct implementations).
+_EVASIVE_MODULES = ("importlib", "ctypes", "builtins", "inspect", "gc", "grader")
 _EVASIVE_CALLS = ("__import__", "exec", "eval", "compile")
-_EVASIVE_ATTRIBUTES = ("__closure__", "__wrapped__", "__globals__", "__builtins__")
+_EVASIVE_ATTRIBUTES = ("__closure__", "__wrapped__", "__globals__", "__builtins__",   # and the frames of the
+                       "_getframe", "f_back", "f_locals", "f_globals", "tb_frame", "gi_frame")   # grader's code
 _CLASS_METHODS = ("forward", "__init__", "__call__")   # forbidding X.forward forbids the class X
 # Conventional names a submission's function body uses without importing them itself (the imports
 # sit in another notebook cell): used only when neither the source nor the namespace binds them.
@@ -95,9 +100,17 @@ def resolve(dotted: str) -> tuple[Any, str, Any] | None:
         return None
 
 
+# trip-wire -> the callable it stands for. Kept here rather than on the wrapper (no __wrapped__, no attribute),
+# so that student code cannot take the original back from a trip-wire it holds.
+_ORIGINALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _original(obj: Any) -> Any:
     """The callable a tripwire wrapper stands for (obj itself when it is not a wrapper)."""
-    return getattr(obj, "_tripwire_original", obj)
+    try:
+        return _ORIGINALS.get(obj, obj)
+    except TypeError:   # neither hashable nor weakly referable: not a wrapper
+        return obj
 
 
 # ---------------------------------------------------------------- tripwires
@@ -167,11 +180,12 @@ class Tripwires:
                 self._hits.append(dotted)
                 raise ShortcutError(shortcut_message(item, dotted))
             return fn(*args, **kwargs)
-        try:
-            functools.update_wrapper(wire, fn)
-        except (AttributeError, TypeError):
-            pass
-        wire._tripwire_original = fn
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):   # not __wrapped__: see _ORIGINALS
+            try:
+                setattr(wire, attr, getattr(fn, attr))
+            except (AttributeError, TypeError):
+                pass
+        _ORIGINALS[wire] = fn
         if isinstance(raw, staticmethod):
             return staticmethod(wire)
         if isinstance(raw, classmethod):
@@ -445,8 +459,11 @@ class _Reader(ast.NodeVisitor):
         root_dotted = self._root_dotted(root)
         if root_dotted is not None:
             full = ".".join([root_dotted, *attrs])
-            if full.split(".")[0] in _EVASIVE_MODULES:
-                return full.split(".")[0]
+            top = full.split(".")[0]
+            # The course's own checks count only when the source imports them itself: a notebook's namespace
+            # holds the check functions its imports cell brought in, and a catalogued mistake's module is grader's.
+            if top in _EVASIVE_MODULES and (top != "grader" or root in self.aliases):
+                return top
             if full == "sys.modules" or full.startswith("sys.modules."):
                 return "sys.modules"
             if (found := self._forbidden_dotted(full)):
