@@ -10,15 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from grader.checks import add_norm
-from grader.checks.cases import groups, make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
-from grader.checks.run import run_student
+from grader.checks.report import check
 from transformer_ref import layers
 
+import checks_contract as contract
+
 ITEMS = add_norm.ITEMS
-CHECKS = {"layer_norm": add_norm.check_layer_norm, "AddNorm": add_norm.check_AddNorm,
-          "PositionwiseFeedForward": add_norm.check_PositionwiseFeedForward}
+CHECKS = {add_norm.LAYER_NORM: add_norm.check_layer_norm, add_norm.ADD_NORM: add_norm.check_AddNorm,
+          add_norm.POSITIONWISE_FEED_FORWARD: add_norm.check_PositionwiseFeedForward}
 
 # ---------------------------------------------------------------- valid alternatives
 
@@ -102,9 +101,9 @@ class FFNEinsum(FFNClamp):
 
 
 ALTERNATIVES = {
-    "layer_norm": [ln_var_mean, ln_moments, ln_float64],
-    "AddNorm": [AddNormOwnNorm, AddNormFunctionalDropout, AddNormTorchLN],
-    "PositionwiseFeedForward": [FFNClamp, FFNFunctional, FFNEinsum],
+    add_norm.LAYER_NORM: [ln_var_mean, ln_moments, ln_float64],
+    add_norm.ADD_NORM: [AddNormOwnNorm, AddNormFunctionalDropout, AddNormTorchLN],
+    add_norm.POSITIONWISE_FEED_FORWARD: [FFNClamp, FFNFunctional, FFNEinsum],
 }
 
 # ---------------------------------------------------------------- shortcuts
@@ -131,63 +130,48 @@ SHORTCUTS = [(add_norm.LAYER_NORM, layer_norm_torch, "torch.nn.functional.layer_
              (add_norm.ADD_NORM, AddNormPackage, "transformer_ref.layers.AddNorm"),
              (add_norm.POSITIONWISE_FEED_FORWARD, FFNPackage, "transformer_ref.layers.PositionwiseFeedForward.forward")]
 
-# ---------------------------------------------------------------- the tests
-
-MISTAKES = [(item, m) for item in ITEMS for m in item.mistakes]
-ALT = [(item, impl) for item in ITEMS for impl in ALTERNATIVES[item.name]]
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    assert add_norm.ASSIGNMENT == "06_add_norm"
-    assert [item.name for item in ITEMS] == ["layer_norm", "AddNorm", "PositionwiseFeedForward"]
-    for item in ITEMS:
-        assert item.assignment == add_norm.ASSIGNMENT and item.mistakes and len(ALTERNATIVES[item.name]) >= 2
-        names = groups(make_cases(item, 0))
-        assert 2 <= len(names) <= 4 and "basic" not in names, (item.name, names)  # every case names its group
+    contract.assert_assignment_shape(add_norm, "06_add_norm", ["layer_norm", "AddNorm", "PositionwiseFeedForward"],
+                                     ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_the_reference_passes_and_scores_full_marks(item):
-    for seed in (0, 1):
-        cases = make_cases(item, seed)
-        outcomes = run_student(item, item.reference(), cases, watch=False)
-        assert compare(item, cases, outcomes).passed
-        result = grade(item, cases, outcomes)
-        assert result.fraction == 1.0 and all(g.passed for g in result.groups), result.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("item,mistake", MISTAKES, ids=[f"{i.name}-{m.key}" for i, m in MISTAKES])
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
 def test_mistake_fails_with_its_diagnostic(item, mistake):
-    report = check(item, mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {item.name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        CHECKS[item.name](mistake.impl)
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl", ALT, ids=[f"{i.name}-{f.__name__}" for i, f in ALT])
-def test_valid_alternative_passes(item, impl):
-    report = check(item, impl, seeds=(0, 1))
-    assert report.passed, report.message
-    CHECKS[item.name](impl)  # no exception
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl,dotted", SHORTCUTS, ids=[i.name for i, _, _ in SHORTCUTS])
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
 def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
-    report = check(item, impl)
-    assert not report.passed and report.shortcut and report.mistake is None, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 0.0 and result.shortcut and dotted in result.message
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_cuda_copies_pass_for_an_alternative(item):
+    contract.assert_cuda_copies_pass(item, ALTERNATIVES[item][0])
+
+
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_grade_a_missing_dropout_fails_only_the_dropout_group():
-    item = add_norm.ADD_NORM
-    no_dropout = next(m for m in item.mistakes if m.key == "no_dropout")
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, no_dropout.impl, cases))
+    no_dropout = contract.mistake(add_norm.ADD_NORM, "no_dropout")
+    result = contract.graded(add_norm.ADD_NORM, no_dropout.impl)
     assert {g.group: g.passed for g in result.groups} == {
         "basic shapes": True, "float64": True, "dropout in training and evaluation mode": False}
     assert result.fraction == pytest.approx(2 / 3) and result.mistake == "no_dropout"
@@ -196,9 +180,7 @@ def test_grade_a_missing_dropout_fails_only_the_dropout_group():
 
 
 def test_grade_eps_outside_the_square_root_fails_only_where_eps_matters():
-    item = add_norm.LAYER_NORM
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, add_norm._ln_eps_outside, cases))
+    result = contract.graded(add_norm.LAYER_NORM, add_norm._ln_eps_outside)
     passed = {g.group: g.passed for g in result.groups}
     assert passed["basic shapes"] and not passed["a tiny variance and eps"]   # (float64's tolerance sees it too)
     assert result.mistake == "eps_outside_sqrt" and 0 < result.fraction < 1
@@ -207,9 +189,7 @@ def test_grade_eps_outside_the_square_root_fails_only_where_eps_matters():
 def test_grade_a_float32_only_submission_fails_only_float64():
     def float32_inside(x, gamma, beta, eps=1e-5):
         return ln_var_mean(x.float(), gamma.float(), beta.float(), eps)
-    item = add_norm.LAYER_NORM
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, float32_inside, cases))
+    result = contract.graded(add_norm.LAYER_NORM, float32_inside)
     assert [g.group for g in result.groups if not g.passed] == ["float64"]
     assert "expected dtype torch.float64, got torch.float32" in result.message
 
@@ -224,14 +204,3 @@ def test_a_class_with_other_member_names_is_told_which_members_the_checker_sets(
             return self.ln(x + sublayer_out)
     message = check(add_norm.ADD_NORM, Renamed).message
     assert "has no parameter 'norm.weight'" in message and "norm (a LayerNorm" in message
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_cuda_copies_pass_for_an_alternative(item):
-    impl = ALTERNATIVES[item.name][0]
-    cases = make_cases(item, 0, cuda=True)
-    assert "on the GPU" in groups(cases)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 1.0, result.message

@@ -12,15 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from grader.checks import bert
-from grader.checks.cases import groups, make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
+from grader.checks.cases import make_cases
+from grader.checks.compare import compare
+from grader.checks.report import check
 from grader.checks.run import run_student
 from transformer_ref import bert as ref_bert
 
+import checks_contract as contract
+
 ITEMS = bert.ITEMS
-CHECKS = {"mask_tokens": bert.check_mask_tokens, "BertEmbeddings": bert.check_BertEmbeddings,
-          "masked_lm_loss": bert.check_masked_lm_loss}
+CHECKS = {bert.MASK_TOKENS: bert.check_mask_tokens, bert.BERT_EMBEDDINGS: bert.check_BertEmbeddings,
+          bert.MASKED_LM_LOSS: bert.check_masked_lm_loss}
 
 # ---------------------------------------------------------------- valid alternatives
 
@@ -138,9 +140,9 @@ def mlm_one_hot(logits, labels):
 
 
 ALTERNATIVES = {
-    "mask_tokens": [mask_tokens_bernoulli, mask_tokens_uniform, mask_tokens_rows],
-    "BertEmbeddings": [BertEmbeddingsOwn, BertEmbeddingsIndexing, BertEmbeddingsTorchLN],
-    "masked_lm_loss": [mlm_logsumexp, mlm_loop, mlm_one_hot],
+    bert.MASK_TOKENS: [mask_tokens_bernoulli, mask_tokens_uniform, mask_tokens_rows],
+    bert.BERT_EMBEDDINGS: [BertEmbeddingsOwn, BertEmbeddingsIndexing, BertEmbeddingsTorchLN],
+    bert.MASKED_LM_LOSS: [mlm_logsumexp, mlm_loop, mlm_one_hot],
 }
 
 # ---------------------------------------------------------------- shortcuts
@@ -163,56 +165,43 @@ SHORTCUTS = [(bert.MASK_TOKENS, mask_tokens_package, "transformer_ref.bert.mask_
              (bert.BERT_EMBEDDINGS, BertEmbeddingsPackage, "transformer_ref.bert.BertEmbeddings"),
              (bert.MASKED_LM_LOSS, mlm_cross_entropy, "torch.nn.functional.cross_entropy")]
 
-# ---------------------------------------------------------------- the tests
-
-MISTAKES = [(item, m) for item in ITEMS for m in item.mistakes]
-ALT = [(item, impl) for item in ITEMS for impl in ALTERNATIVES[item.name]]
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    assert bert.ASSIGNMENT == "07_bert"
-    assert [item.name for item in ITEMS] == ["mask_tokens", "BertEmbeddings", "masked_lm_loss"]
-    for item in ITEMS:
-        assert item.assignment == bert.ASSIGNMENT and item.mistakes and len(ALTERNATIVES[item.name]) >= 2
-        names = groups(make_cases(item, 0))
-        assert 2 <= len(names) <= 4 and "basic" not in names, (item.name, names)  # every case names its group
+    contract.assert_assignment_shape(bert, "07_bert", ["mask_tokens", "BertEmbeddings", "masked_lm_loss"],
+                                     ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_the_reference_passes_and_scores_full_marks(item):
-    for seed in (0, 1):
-        cases = make_cases(item, seed)
-        outcomes = run_student(item, item.reference(), cases, watch=False)
-        assert compare(item, cases, outcomes).passed
-        result = grade(item, cases, outcomes)
-        assert result.fraction == 1.0 and all(g.passed for g in result.groups), result.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("item,mistake", MISTAKES, ids=[f"{i.name}-{m.key}-{m.impl.__name__}" for i, m in MISTAKES])
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
 def test_mistake_fails_with_its_diagnostic(item, mistake):
-    report = check(item, mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {item.name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        CHECKS[item.name](mistake.impl)
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl", ALT, ids=[f"{i.name}-{f.__name__}" for i, f in ALT])
-def test_valid_alternative_passes(item, impl):
-    report = check(item, impl, seeds=(0, 1))
-    assert report.passed, report.message
-    CHECKS[item.name](impl)  # no exception
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl,dotted", SHORTCUTS, ids=[i.name for i, _, _ in SHORTCUTS])
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
 def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
-    report = check(item, impl)
-    assert not report.passed and report.shortcut and report.mistake is None, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 0.0 and result.shortcut and dotted in result.message
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_cuda_copies_pass_for_the_reference(item):
+    contract.assert_cuda_copies_pass(item, item.reference(), watch=False)
+
+
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_mask_tokens_statistics_pass_for_a_correct_solution_on_many_seeds():
@@ -235,9 +224,7 @@ def test_mask_tokens_invariant_messages():
 
 
 def test_grade_a_global_random_generator_fails_only_the_reproducibility_group():
-    item = bert.MASK_TOKENS
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, bert._mt_global_rng, cases))
+    result = contract.graded(bert.MASK_TOKENS, bert._mt_global_rng)
     assert {g.group: g.passed for g in result.groups} == {
         "small batches": True, "mlm_probability 0 and 1": True, "the same generator seed twice": False,
         "statistics of a large batch": True}
@@ -247,17 +234,13 @@ def test_grade_a_global_random_generator_fails_only_the_reproducibility_group():
 
 
 def test_grade_a_wrong_split_fails_only_the_statistics():
-    item = bert.MASK_TOKENS
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, bert._mt_all_masked, cases))
+    result = contract.graded(bert.MASK_TOKENS, bert._mt_all_masked)
     assert [g.group for g in result.groups if not g.passed] == ["statistics of a large batch"]
     assert result.mistake == "split" and "replaced by [MASK] is 100.00%" in result.message
 
 
 def test_grade_averaging_over_every_position_passes_where_every_label_is_used():
-    item = bert.MASKED_LM_LOSS
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, bert._mlm_mean_over_all, cases))
+    result = contract.graded(bert.MASKED_LM_LOSS, bert._mlm_mean_over_all)
     assert {g.group: g.passed for g in result.groups} == {
         "every label used": True, "some labels -100 (ignored)": False, "float64": False}
     assert result.mistake == "mean_over_all" and result.fraction == pytest.approx(1 / 3)
@@ -275,13 +258,3 @@ def test_mask_tokens_cases_and_outcomes_survive_a_round_trip_through_torch_save(
     torch.save(outcomes, buffer)
     buffer.seek(0)
     assert compare(item, cases, torch.load(buffer, weights_only=False)).passed
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_cuda_copies_pass_for_the_reference(item):
-    cases = make_cases(item, 0, cuda=True)
-    assert "on the GPU" in groups(cases)
-    result = grade(item, cases, run_student(item, item.reference(), cases, watch=False))
-    assert result.fraction == 1.0, result.message

@@ -13,15 +13,17 @@ from torch import nn
 from grader.checks import transformer
 from grader.checks.cases import groups, make_cases
 from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
 from grader.checks.run import run_student
 from transformer_ref.layers import EncoderLayer, LayerNorm, PositionwiseFeedForward
 from transformer_ref.model import Transformer
 from transformer_ref.multihead import MultiHeadAttention
 
+import checks_contract as contract
+
 ITEMS = transformer.ITEMS
-CHECKS = {"EncoderLayer": transformer.check_EncoderLayer, "DecoderLayer": transformer.check_DecoderLayer,
-          "greedy_decode": transformer.check_greedy_decode}
+CHECKS = {transformer.ENCODER_LAYER: transformer.check_EncoderLayer,
+          transformer.DECODER_LAYER: transformer.check_DecoderLayer,
+          transformer.GREEDY_DECODE: transformer.check_greedy_decode}
 
 # ---------------------------------------------------------------- valid alternatives
 
@@ -136,9 +138,9 @@ def greedy_forward(model, src, bos_id, eos_id, max_len):
 
 
 ALTERNATIVES = {
-    "EncoderLayer": [EncoderLayerRef, EncoderLayerTorchLN, EncoderLayerFused],
-    "DecoderLayer": [DecoderLayerLoop, DecoderLayerTorchLN, DecoderLayerFused],
-    "greedy_decode": [greedy_lists, greedy_prealloc, greedy_forward],
+    transformer.ENCODER_LAYER: [EncoderLayerRef, EncoderLayerTorchLN, EncoderLayerFused],
+    transformer.DECODER_LAYER: [DecoderLayerLoop, DecoderLayerTorchLN, DecoderLayerFused],
+    transformer.GREEDY_DECODE: [greedy_lists, greedy_prealloc, greedy_forward],
 }
 
 # ---------------------------------------------------------------- shortcuts
@@ -165,64 +167,50 @@ SHORTCUTS = [(transformer.ENCODER_LAYER, EncoderLayerPackage, "transformer_ref.l
              (transformer.DECODER_LAYER, DecoderLayerTorch, "torch.nn.TransformerDecoderLayer"),
              (transformer.GREEDY_DECODE, greedy_package, "transformer_ref.model.Transformer.greedy_decode")]
 
-# ---------------------------------------------------------------- the tests
-
-MISTAKES = [(item, m) for item in ITEMS for m in item.mistakes]
-ALT = [(item, impl) for item in ITEMS for impl in ALTERNATIVES[item.name]]
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    assert transformer.ASSIGNMENT == "10_transformer"
-    assert [item.name for item in ITEMS] == ["EncoderLayer", "DecoderLayer", "greedy_decode"]
-    for item in ITEMS:
-        assert item.assignment == transformer.ASSIGNMENT and item.mistakes and len(ALTERNATIVES[item.name]) >= 2
-        names = groups(make_cases(item, 0))
-        assert 2 <= len(names) <= 4 and "basic" not in names, (item.name, names)  # every case names its group
+    contract.assert_assignment_shape(transformer, "10_transformer", ["EncoderLayer", "DecoderLayer", "greedy_decode"],
+                                     ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_the_reference_passes_and_scores_full_marks(item):
-    for seed in (0, 1):
-        cases = make_cases(item, seed)
-        outcomes = run_student(item, item.reference(), cases, watch=False)
-        assert compare(item, cases, outcomes).passed
-        result = grade(item, cases, outcomes)
-        assert result.fraction == 1.0 and all(g.passed for g in result.groups), result.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("item,mistake", MISTAKES, ids=[f"{i.name}-{m.key}" for i, m in MISTAKES])
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
 def test_mistake_fails_with_its_diagnostic(item, mistake):
-    report = check(item, mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {item.name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        CHECKS[item.name](mistake.impl)
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl", ALT, ids=[f"{i.name}-{f.__name__}" for i, f in ALT])
-def test_valid_alternative_passes(item, impl):
-    report = check(item, impl, seeds=(0, 1))
-    assert report.passed, report.message
-    CHECKS[item.name](impl)  # no exception
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl,dotted", SHORTCUTS, ids=[i.name for i, _, _ in SHORTCUTS])
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
 def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
-    report = check(item, impl)
-    assert not report.passed and report.shortcut and report.mistake is None, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 0.0 and result.shortcut and dotted in result.message
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_cuda_copies_pass_for_an_alternative(item):
+    contract.assert_cuda_copies_pass(item, ALTERNATIVES[item][0])
+
+
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 @pytest.mark.parametrize("item,key", [(transformer.ENCODER_LAYER, "mask_ignored"),
                                       (transformer.DECODER_LAYER, "self_mask_ignored")], ids=["encoder", "decoder"])
 def test_grade_an_ignored_mask_passes_basic_shapes_and_fails_masks(item, key):
-    mistake = next(m for m in item.mistakes if m.key == key)
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, mistake.impl, cases))
+    mistake = contract.mistake(item, key)
+    result = contract.graded(item, mistake.impl)
     assert {g.group: g.passed for g in result.groups} == {"basic shapes": True, "masks": False}
     assert result.fraction == 0.5 and result.mistake == key
     assert result.message.startswith(f"{item.name}: right on basic shapes; wrong on masks.")
@@ -281,15 +269,3 @@ def test_making_cases_leaves_the_global_random_state_alone():
     for item in ITEMS:
         make_cases(item, 3)
     assert torch.equal(torch.random.get_rng_state(), state)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_cuda_copies_pass_for_an_alternative(item):
-    impl = ALTERNATIVES[item.name][0]
-    cases = make_cases(item, 0, cuda=True)
-    assert "on the GPU" in groups(cases)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 1.0, result.message
-

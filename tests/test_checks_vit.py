@@ -10,15 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from grader.checks import vit
-from grader.checks.cases import groups, make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
-from grader.checks.run import run_student
 from transformer_ref import vit as ref_vit
 
+import checks_contract as contract
+
 ITEMS = vit.ITEMS
-CHECKS = {"patchify": vit.check_patchify, "unpatchify": vit.check_unpatchify,
-          "PatchEmbedding": vit.check_PatchEmbedding}
+CHECKS = {vit.PATCHIFY: vit.check_patchify, vit.UNPATCHIFY: vit.check_unpatchify,
+          vit.PATCH_EMBEDDING: vit.check_PatchEmbedding}
 
 # ---------------------------------------------------------------- valid alternatives
 
@@ -97,9 +95,9 @@ class PatchEmbeddingLoops(PatchEmbeddingBase):
 
 
 ALTERNATIVES = {
-    "patchify": [patchify_unfold, patchify_loops, patchify_unfold_tensor],
-    "unpatchify": [unpatchify_fold, unpatchify_loops, unpatchify_einsum],
-    "PatchEmbedding": [PatchEmbeddingLinear, PatchEmbeddingConv, PatchEmbeddingLoops],
+    vit.PATCHIFY: [patchify_unfold, patchify_loops, patchify_unfold_tensor],
+    vit.UNPATCHIFY: [unpatchify_fold, unpatchify_loops, unpatchify_einsum],
+    vit.PATCH_EMBEDDING: [PatchEmbeddingLinear, PatchEmbeddingConv, PatchEmbeddingLoops],
 }
 
 # ---------------------------------------------------------------- shortcuts
@@ -126,61 +124,47 @@ SHORTCUTS = [(vit.PATCHIFY, patchify_package, "transformer_ref.vit.patchify"),
              (vit.UNPATCHIFY, unpatchify_through_patchify, "transformer_ref.vit.patchify"),
              (vit.PATCH_EMBEDDING, PatchEmbeddingPackage, "transformer_ref.vit.PatchEmbedding")]
 
-# ---------------------------------------------------------------- the tests
-
-MISTAKES = [(item, m) for item in ITEMS for m in item.mistakes]
-ALT = [(item, impl) for item in ITEMS for impl in ALTERNATIVES[item.name]]
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    assert vit.ASSIGNMENT == "08_vit"
-    assert [item.name for item in ITEMS] == ["patchify", "unpatchify", "PatchEmbedding"]
-    for item in ITEMS:
-        assert item.assignment == vit.ASSIGNMENT and item.mistakes and len(ALTERNATIVES[item.name]) >= 2
-        names = groups(make_cases(item, 0))
-        assert 2 <= len(names) <= 4 and "basic" not in names, (item.name, names)  # every case names its group
+    contract.assert_assignment_shape(vit, "08_vit", ["patchify", "unpatchify", "PatchEmbedding"], ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_the_reference_passes_and_scores_full_marks(item):
-    for seed in (0, 1):
-        cases = make_cases(item, seed)
-        outcomes = run_student(item, item.reference(), cases, watch=False)
-        assert compare(item, cases, outcomes).passed
-        result = grade(item, cases, outcomes)
-        assert result.fraction == 1.0 and all(g.passed for g in result.groups), result.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
+
+
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
+
+
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
+
+
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_cuda_copies_pass_for_an_alternative(item):
+    contract.assert_cuda_copies_pass(item, ALTERNATIVES[item][0])
+
+
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_the_unpatchify_reference_inverts_patchify():
     images = torch.randn(2, 3, 6, 9)
     assert torch.equal(vit._unpatchify(ref_vit.patchify(images, 3), 3, 6, 9), images)
-
-
-@pytest.mark.parametrize("item,mistake", MISTAKES, ids=[f"{i.name}-{m.key}" for i, m in MISTAKES])
-def test_mistake_fails_with_its_diagnostic(item, mistake):
-    report = check(item, mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {item.name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        CHECKS[item.name](mistake.impl)
-
-
-@pytest.mark.parametrize("item,impl", ALT, ids=[f"{i.name}-{f.__name__}" for i, f in ALT])
-def test_valid_alternative_passes(item, impl):
-    report = check(item, impl, seeds=(0, 1))
-    assert report.passed, report.message
-    CHECKS[item.name](impl)  # no exception
-
-
-@pytest.mark.parametrize("item,impl,dotted", SHORTCUTS, ids=[i.name for i, _, _ in SHORTCUTS])
-def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
-    report = check(item, impl)
-    assert not report.passed and report.shortcut and report.mistake is None, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 0.0 and result.shortcut and dotted in result.message
 
 
 def test_grade_a_patchify_for_square_images_only_passes_the_square_group():
@@ -189,9 +173,7 @@ def test_grade_a_patchify_for_square_images_only_passes_the_square_group():
         P = patch_size
         x = images.reshape(B, C, H // P, P, H // P, P).permute(0, 2, 4, 1, 3, 5)  # uses H for W too
         return x.reshape(B, (H // P) ** 2, C * P * P)
-    item = vit.PATCHIFY
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, square_only, cases))
+    result = contract.graded(vit.PATCHIFY, square_only)
     assert {g.group: g.passed for g in result.groups} == {
         "square images": True, "non-square images": False, "float64": False}
     assert result.fraction == pytest.approx(1 / 3)
@@ -203,19 +185,6 @@ def test_grade_an_embedding_that_drops_to_float32_fails_only_float64():
     class Float32Only(PatchEmbeddingLinear):
         def forward(self, images):
             return super().forward(images).float()
-    item = vit.PATCH_EMBEDDING
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, Float32Only, cases))
+    result = contract.graded(vit.PATCH_EMBEDDING, Float32Only)
     assert [g.group for g in result.groups if not g.passed] == ["float64"]
     assert result.fraction == pytest.approx(2 / 3) and "expected dtype torch.float64" in result.message
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_cuda_copies_pass_for_an_alternative(item):
-    impl = ALTERNATIVES[item.name][0]
-    cases = make_cases(item, 0, cuda=True)
-    assert "on the GPU" in groups(cases)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 1.0, result.message

@@ -11,14 +11,16 @@ import torch
 
 from grader.checks import warmup
 from grader.checks.cases import groups, make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
+from grader.checks.compare import grade
+from grader.checks.report import check
 from grader.checks.run import run_student
 from transformer_ref import schedules
 
+import checks_contract as contract
+
 ITEMS = warmup.ITEMS
-CHECKS = {"noam_lr": warmup.check_noam_lr, "warmup_linear_lr": warmup.check_warmup_linear_lr,
-          "warmup_cosine_lr": warmup.check_warmup_cosine_lr}
+CHECKS = {warmup.NOAM_LR: warmup.check_noam_lr, warmup.WARMUP_LINEAR_LR: warmup.check_warmup_linear_lr,
+          warmup.WARMUP_COSINE_LR: warmup.check_warmup_cosine_lr}
 
 # ---------------------------------------------------------------- valid alternatives
 
@@ -85,9 +87,9 @@ def cosine_torch(step, base_lr, warmup_steps, total_steps, min_lr=0.0):
 
 
 ALTERNATIVES = {
-    "noam_lr": [noam_sqrt, noam_branches, noam_tensor],
-    "warmup_linear_lr": [linear_branches, linear_factor, linear_interp],
-    "warmup_cosine_lr": [cosine_branches, cosine_squared, cosine_torch],
+    warmup.NOAM_LR: [noam_sqrt, noam_branches, noam_tensor],
+    warmup.WARMUP_LINEAR_LR: [linear_branches, linear_factor, linear_interp],
+    warmup.WARMUP_COSINE_LR: [cosine_branches, cosine_squared, cosine_torch],
 }
 
 # ---------------------------------------------------------------- shortcuts
@@ -113,56 +115,36 @@ SHORTCUTS = [(warmup.NOAM_LR, noam_package, "transformer_ref.schedules.noam_lr")
               "transformer_ref.schedules.warmup_linear_scheduler"),
              (warmup.WARMUP_COSINE_LR, cosine_package, "transformer_ref.schedules.warmup_cosine_lr")]
 
-# ---------------------------------------------------------------- the tests
-
-MISTAKES = [(item, m) for item in ITEMS for m in item.mistakes]
-ALT = [(item, impl) for item in ITEMS for impl in ALTERNATIVES[item.name]]
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    assert warmup.ASSIGNMENT == "09_warmup"
-    assert [item.name for item in ITEMS] == ["noam_lr", "warmup_linear_lr", "warmup_cosine_lr"]
-    for item in ITEMS:
-        assert item.assignment == warmup.ASSIGNMENT and item.mistakes and len(ALTERNATIVES[item.name]) >= 2
-        names = groups(make_cases(item, 0))
-        assert 2 <= len(names) <= 4 and "basic" not in names, (item.name, names)  # every case names its group
+    contract.assert_assignment_shape(warmup, "09_warmup", ["noam_lr", "warmup_linear_lr", "warmup_cosine_lr"],
+                                     ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.name)
-def test_the_reference_passes_and_scores_full_marks(item):
-    for seed in (0, 1):
-        cases = make_cases(item, seed)
-        outcomes = run_student(item, item.reference(), cases, watch=False)
-        assert compare(item, cases, outcomes).passed
-        result = grade(item, cases, outcomes)
-        assert result.fraction == 1.0 and all(g.passed for g in result.groups), result.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("item,mistake", MISTAKES, ids=[f"{i.name}-{m.key}" for i, m in MISTAKES])
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
 def test_mistake_fails_with_its_diagnostic(item, mistake):
-    report = check(item, mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {item.name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        CHECKS[item.name](mistake.impl)
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl", ALT, ids=[f"{i.name}-{f.__name__}" for i, f in ALT])
-def test_valid_alternative_passes(item, impl):
-    report = check(item, impl, seeds=(0, 1))
-    assert report.passed, report.message
-    CHECKS[item.name](impl)  # no exception
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-@pytest.mark.parametrize("item,impl,dotted", SHORTCUTS, ids=[i.name for i, _, _ in SHORTCUTS])
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
 def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
-    report = check(item, impl)
-    assert not report.passed and report.shortcut and report.mistake is None, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, impl, cases))
-    assert result.fraction == 0.0 and result.shortcut and dotted in result.message
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
+
+
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_scalar_outputs_are_compared_as_numbers():
@@ -172,16 +154,14 @@ def test_scalar_outputs_are_compared_as_numbers():
 
 
 def test_grade_a_wrong_warmup_exponent_passes_after_the_warmup():
-    item = warmup.NOAM_LR
-    cases = make_cases(item, 0)
-    result = grade(item, cases, run_student(item, warmup._noam_warmup_exponent, cases))
+    result = contract.graded(warmup.NOAM_LR, warmup._noam_warmup_exponent)
     passed = {g.group: g.passed for g in result.groups}
     assert passed == {"steps in the warm-up": False, "steps after the warm-up": True}
     assert result.fraction == 0.5 and result.mistake == "warmup_exponent"
     assert result.message.startswith("noam_lr: right on steps after the warm-up; wrong on steps in the warm-up.")
 
 
-@pytest.mark.parametrize("item", [warmup.WARMUP_LINEAR_LR, warmup.WARMUP_COSINE_LR], ids=lambda item: item.name)
+@pytest.mark.parametrize("item", [warmup.WARMUP_LINEAR_LR, warmup.WARMUP_COSINE_LR], ids=contract.item_id)
 def test_grade_each_phase_on_its_own(item):
     """A mistake in one phase of the schedule costs that phase only."""
     by_key = {m.key: m for m in item.mistakes}
