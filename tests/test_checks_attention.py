@@ -10,12 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from grader.checks import attention
-from grader.checks.cases import make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
-from grader.checks.run import run_student
+from transformer_ref import attention as ref_attention
+from transformer_ref.attention import dot_product_attention as ref_dpa
 
-ITEMS = {it.name: it for it in attention.ITEMS}
+import checks_contract as contract
+
+ITEMS = attention.ITEMS
+CHECKS = {attention.DOT_PRODUCT_ATTENTION: attention.check_dot_product_attention,
+          attention.SCALED_DOT_PRODUCT_ATTENTION: attention.check_scaled_dot_product_attention,
+          attention.SELF_ATTENTION: attention.check_self_attention}
 
 
 def _softmax_masked(scores, mask):
@@ -81,110 +84,82 @@ def self_attention_loop(x, W_q, W_k, W_v, mask=None):
 
 
 ALTERNATIVES = {
-    "dot_product_attention": [dpa_einsum, dpa_exp, dpa_matmul],
-    "scaled_dot_product_attention": [sdpa_einsum, sdpa_scale_first, sdpa_float64_inside],
-    "self_attention": [self_attention_einsum, self_attention_fused_qkv, self_attention_loop],
+    attention.DOT_PRODUCT_ATTENTION: [dpa_einsum, dpa_exp, dpa_matmul],
+    attention.SCALED_DOT_PRODUCT_ATTENTION: [sdpa_einsum, sdpa_scale_first, sdpa_float64_inside],
+    attention.SELF_ATTENTION: [self_attention_einsum, self_attention_fused_qkv, self_attention_loop],
 }
-ALT = [(name, impl) for name, impls in ALTERNATIVES.items() for impl in impls]
+
+# ---------------------------------------------------------------- shortcuts
 
 
-def _shortcuts():
-    """(item, submission, dotted name the message must give)."""
-    import transformer_ref.attention as reference
-    from transformer_ref.attention import dot_product_attention as ref_dpa
-
-    def dpa_package(x):
-        return ref_dpa(x)
-
-    def sdpa_fused(q, k, v, mask=None):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
-
-    return [("dot_product_attention", dpa_package, "transformer_ref.attention.dot_product_attention"),
-            ("scaled_dot_product_attention", sdpa_fused, "torch.nn.functional.scaled_dot_product_attention"),
-            ("self_attention", lambda x, W_q, W_k, W_v, mask=None: reference.self_attention(x, W_q, W_k, W_v, mask),
-             "transformer_ref.attention.self_attention")]
+def dpa_package(x):
+    return ref_dpa(x)
 
 
-MISTAKES = [(it.name, m) for it in attention.ITEMS for m in it.mistakes]
+def sdpa_fused(q, k, v, mask=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
 
 
-# ---------------------------------------------------------------- the tests
+SHORTCUTS = [(attention.DOT_PRODUCT_ATTENTION, dpa_package, "transformer_ref.attention.dot_product_attention"),
+             (attention.SCALED_DOT_PRODUCT_ATTENTION, sdpa_fused, "torch.nn.functional.scaled_dot_product_attention"),
+             (attention.SELF_ATTENTION,
+              lambda x, W_q, W_k, W_v, mask=None: ref_attention.self_attention(x, W_q, W_k, W_v, mask),
+              "transformer_ref.attention.self_attention")]
 
-def test_the_assignment_has_enough_items_mistakes_and_alternatives():
-    assert attention.ASSIGNMENT == "03_attention" and len(attention.ITEMS) == 3
-    assert len(MISTAKES) >= 5
-    for it in attention.ITEMS:
-        assert it.mistakes and len(ALTERNATIVES[it.name]) >= 2, it.name
-
-
-@pytest.mark.parametrize("name", ITEMS)
-def test_reference_passes_its_own_comparison(name):
-    it = ITEMS[name]
-    for seed in (0, 1):
-        cases = make_cases(it, seed)
-        report = compare(it, cases, run_student(it, it.reference(), cases, watch=False))
-        assert report.passed, report.message
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
-@pytest.mark.parametrize("name,mistake", MISTAKES, ids=[f"{n}-{m.key}" for n, m in MISTAKES])
-def test_mistake_fails_with_its_diagnostic(name, mistake):
-    report = check(ITEMS[name], mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        getattr(attention, f"check_{name}")(mistake.impl)
+def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
+    contract.assert_assignment_shape(
+        attention, "03_attention", ["dot_product_attention", "scaled_dot_product_attention", "self_attention"],
+        ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("name,impl", ALT, ids=[f"{n}-{f.__name__}" for n, f in ALT])
-def test_valid_alternative_passes(name, impl):
-    report = check(ITEMS[name], impl, seeds=(0, 1))
-    assert report.passed, report.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("index", range(len(_shortcuts())))
-def test_shortcut_fails_with_the_shortcut_message(index):
-    name, impl, dotted = _shortcuts()[index]
-    report = check(ITEMS[name], impl)
-    assert not report.passed and report.shortcut, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    assert report.mistake is None
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-def _grade(name, impl):
-    it = ITEMS[name]
-    cases = make_cases(it, 0)
-    return grade(it, cases, run_student(it, impl, cases))
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-def test_grade_a_correct_submission_scores_one():
-    for name in ITEMS:
-        assert _grade(name, ALTERNATIVES[name][0]).fraction == 1.0
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
 
 
-def _mistake(name, key):
-    return next(m.impl for m in ITEMS[name].mistakes if m.key == key)
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_grade_mask_mistakes_pass_basic_shapes_and_fail_masks():
-    result = _grade("scaled_dot_product_attention", _mistake("scaled_dot_product_attention", "mask_inverted"))
+    sdpa = attention.SCALED_DOT_PRODUCT_ATTENTION
+    result = contract.graded(sdpa, contract.mistake(sdpa, "mask_inverted").impl)
     assert {g.group: g.passed for g in result.groups} == {
         "basic shapes": True, "masks": False, "fully masked rows": False}
     assert result.fraction == pytest.approx(1 / 3) and result.mistake == "mask_inverted"
     assert result.message.startswith(
         "scaled_dot_product_attention: right on basic shapes; wrong on masks and fully masked rows.")
 
-    result = _grade("scaled_dot_product_attention", _mistake("scaled_dot_product_attention", "masked_row_uniform"))
+    result = contract.graded(sdpa, contract.mistake(sdpa, "masked_row_uniform").impl)
     assert [g.passed for g in result.groups] == [True, True, False] and result.mistake == "masked_row_uniform"
 
     def ignores_the_mask(x, W_q, W_k, W_v, mask=None):
         return self_attention_einsum(x, W_q, W_k, W_v)
-    result = _grade("self_attention", ignores_the_mask)
+    result = contract.graded(attention.SELF_ATTENTION, ignores_the_mask)
     assert {g.group: g.passed for g in result.groups} == {
         "basic shapes": True, "masks": False, "float64 and a fully masked row": False}
 
 
 def test_grade_a_mistake_everywhere_scores_zero():
-    result = _grade("scaled_dot_product_attention", _mistake("scaled_dot_product_attention", "no_scale"))
+    sdpa = attention.SCALED_DOT_PRODUCT_ATTENTION
+    result = contract.graded(sdpa, contract.mistake(sdpa, "no_scale").impl)
     assert result.fraction == 0.0 and not result.shortcut and result.mistake == "no_scale"
     assert "Likely mistake: your weights equal softmax(QK^T) without dividing by sqrt(d_k)." in result.message

@@ -12,12 +12,14 @@ import torch
 from torch import nn
 
 from grader.checks import history
-from grader.checks.cases import make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
-from grader.checks.run import run_student
+from transformer_ref import attention as ref_attention
+from transformer_ref.rnn import rnn_forward as ref_rnn
 
-ITEMS = {it.name: it for it in history.ITEMS}
+import checks_contract as contract
+
+ITEMS = history.ITEMS
+CHECKS = {history.RNN_FORWARD: history.check_rnn_forward, history.ADDITIVE_ATTENTION: history.check_additive_attention,
+          history.ADDITIVE_ATTENTION_MODULE: history.check_AdditiveAttention}
 
 
 def _softmax_masked(scores, mask):
@@ -101,107 +103,81 @@ class AdditiveLinearLayers(AdditiveEinsum):
 
 
 ALTERNATIVES = {
-    "rnn_forward": [rnn_einsum, rnn_unbind, rnn_float64_inside],
-    "additive_attention": [additive_einsum, additive_loop, additive_large_negative],
-    "AdditiveAttention": [AdditiveEinsum, AdditiveLinearLayers],
+    history.RNN_FORWARD: [rnn_einsum, rnn_unbind, rnn_float64_inside],
+    history.ADDITIVE_ATTENTION: [additive_einsum, additive_loop, additive_large_negative],
+    history.ADDITIVE_ATTENTION_MODULE: [AdditiveEinsum, AdditiveLinearLayers],
 }
-ALT = [(name, impl) for name, impls in ALTERNATIVES.items() for impl in impls]
+
+# ---------------------------------------------------------------- shortcuts
 
 
-def _shortcuts():
-    """(item, submission, dotted name the message must give)."""
-    import transformer_ref.attention as attention
-    from transformer_ref.rnn import rnn_forward as ref_rnn
-
-    def rnn_torch(x, h0, W_xh, W_hh, b_h):
-        rnn = nn.RNN(x.size(-1), W_xh.size(1), batch_first=True).to(x)
-        return rnn(x, None if h0 is None else h0[None])
-
-    def rnn_package(x, h0, W_xh, W_hh, b_h):  # bound at import time: caught by reading the source
-        return ref_rnn(x, h0, W_xh, W_hh, b_h)
-
-    class AdditivePackage(attention.AdditiveAttention):
-        pass
-
-    return [("rnn_forward", rnn_torch, "torch.nn.RNN"), ("rnn_forward", rnn_package, "transformer_ref.rnn.rnn_forward"),
-            ("additive_attention", lambda *a, **k: attention.additive_attention(*a, **k),
-             "transformer_ref.attention.additive_attention"),
-            ("AdditiveAttention", AdditivePackage, "transformer_ref.attention.AdditiveAttention")]
+def rnn_torch(x, h0, W_xh, W_hh, b_h):
+    rnn = nn.RNN(x.size(-1), W_xh.size(1), batch_first=True).to(x)
+    return rnn(x, None if h0 is None else h0[None])
 
 
-MISTAKES = [(it.name, m) for it in history.ITEMS for m in it.mistakes]
+def rnn_package(x, h0, W_xh, W_hh, b_h):  # bound at import time: caught by reading the source
+    return ref_rnn(x, h0, W_xh, W_hh, b_h)
 
 
-# ---------------------------------------------------------------- the tests
-
-def test_the_assignment_has_enough_items_mistakes_and_alternatives():
-    assert history.ASSIGNMENT == "01_history" and len(history.ITEMS) == 3
-    assert len(MISTAKES) >= 5
-    for it in history.ITEMS:
-        assert it.mistakes and len(ALTERNATIVES[it.name]) >= 2, it.name
+class AdditivePackage(ref_attention.AdditiveAttention):
+    pass
 
 
-@pytest.mark.parametrize("name", ITEMS)
-def test_reference_passes_its_own_comparison(name):
-    it = ITEMS[name]
-    for seed in (0, 1):
-        cases = make_cases(it, seed)
-        report = compare(it, cases, run_student(it, it.reference(), cases, watch=False))
-        assert report.passed, report.message
+SHORTCUTS = [(history.RNN_FORWARD, rnn_torch, "torch.nn.RNN"),
+             (history.RNN_FORWARD, rnn_package, "transformer_ref.rnn.rnn_forward"),
+             (history.ADDITIVE_ATTENTION, lambda *a, **k: ref_attention.additive_attention(*a, **k),
+              "transformer_ref.attention.additive_attention"),
+             (history.ADDITIVE_ATTENTION_MODULE, AdditivePackage, "transformer_ref.attention.AdditiveAttention")]
+
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
-@pytest.mark.parametrize("name,mistake", MISTAKES, ids=[f"{n}-{m.key}" for n, m in MISTAKES])
-def test_mistake_fails_with_its_diagnostic(name, mistake):
-    report = check(ITEMS[name], mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        getattr(history, f"check_{name}")(mistake.impl)
+def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
+    contract.assert_assignment_shape(history, "01_history", ["rnn_forward", "additive_attention", "AdditiveAttention"],
+                                     ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("name,impl", ALT, ids=[f"{n}-{f.__name__}" for n, f in ALT])
-def test_valid_alternative_passes(name, impl):
-    report = check(ITEMS[name], impl, seeds=(0, 1))
-    assert report.passed, report.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("index", range(len(_shortcuts())))
-def test_shortcut_fails_with_the_shortcut_message(index):
-    name, impl, dotted = _shortcuts()[index]
-    report = check(ITEMS[name], impl)
-    assert not report.passed and report.shortcut, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    assert report.mistake is None
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-def _grade(name, impl):
-    it = ITEMS[name]
-    cases = make_cases(it, 0)
-    return grade(it, cases, run_student(it, impl, cases))
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-def test_grade_a_correct_submission_scores_one():
-    for name in ITEMS:
-        assert _grade(name, ALTERNATIVES[name][0]).fraction == 1.0
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
+
+
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_grade_an_inverted_mask_passes_basic_shapes_and_fails_masks():
-    mistake = next(m for m in ITEMS["additive_attention"].mistakes if m.key == "mask_inverted")
-    result = _grade("additive_attention", mistake.impl)
+    item = history.ADDITIVE_ATTENTION
+    result = contract.graded(item, contract.mistake(item, "mask_inverted").impl)
     assert {g.group: g.passed for g in result.groups} == {"basic shapes": True, "masks": False,
                                                           "float64 with a mask": False}
     assert result.mistake == "mask_inverted" and "wrong on masks and float64 with a mask" in result.message
 
-    mistake = next(m for m in ITEMS["AdditiveAttention"].mistakes if m.key == "mask_inverted")
-    result = _grade("AdditiveAttention", mistake.impl)
+    item = history.ADDITIVE_ATTENTION_MODULE
+    result = contract.graded(item, contract.mistake(item, "mask_inverted").impl)
     assert {g.group: g.passed for g in result.groups} == {"basic shapes": True, "masks": False, "float64": True}
 
 
 def test_grade_an_rnn_that_needs_h0_loses_only_that_group():
     def needs_h0(x, h0, W_xh, W_hh, b_h):
         return rnn_einsum(x, h0 + 0, W_xh, W_hh, b_h)
-    result = _grade("rnn_forward", needs_h0)
+    result = contract.graded(history.RNN_FORWARD, needs_h0)
     assert {g.group: g.passed for g in result.groups} == {
         "basic shapes": True, "batch 1, one step and float64": True, "starting from h0 = None": False}
     assert result.fraction == pytest.approx(2 / 3) and "does not run yet" in result.message

@@ -8,12 +8,14 @@ import torch
 from torch import nn
 
 from grader.checks import masking
-from grader.checks.cases import make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
-from grader.checks.run import run_student
+from transformer_ref import masks
+from transformer_ref.masks import padding_mask as ref_padding
 
-ITEMS = {it.name: it for it in masking.ITEMS}
+import checks_contract as contract
+
+ITEMS = masking.ITEMS
+CHECKS = {masking.CAUSAL_MASK: masking.check_causal_mask, masking.PADDING_MASK: masking.check_padding_mask,
+          masking.DECODER_SELF_ATTENTION_MASK: masking.check_decoder_self_attention_mask}
 
 
 # ---------------------------------------------------------------- valid alternatives
@@ -64,106 +66,75 @@ def decoder_mask_logical(tokens, pad_id):
 
 
 ALTERNATIVES = {
-    "causal_mask": [causal_arange, causal_triu, causal_loops],
-    "padding_mask": [padding_ne, padding_view, padding_logical_not],
-    "decoder_self_attention_mask": [decoder_mask_and, decoder_mask_loops, decoder_mask_logical],
+    masking.CAUSAL_MASK: [causal_arange, causal_triu, causal_loops],
+    masking.PADDING_MASK: [padding_ne, padding_view, padding_logical_not],
+    masking.DECODER_SELF_ATTENTION_MASK: [decoder_mask_and, decoder_mask_loops, decoder_mask_logical],
 }
-ALT = [(name, impl) for name, impls in ALTERNATIVES.items() for impl in impls]
+
+# ---------------------------------------------------------------- shortcuts
 
 
-def _shortcuts():
-    """(item, submission, dotted name the message must give)."""
-    import transformer_ref.masks as masks
-    from transformer_ref.masks import padding_mask as ref_padding
-
-    def causal_torch(T_q, T_k=None, device=None):
-        return nn.Transformer.generate_square_subsequent_mask(T_q, device=device) == 0
-
-    def padding_package(tokens, pad_id):
-        return ref_padding(tokens, pad_id)
-
-    def decoder_combined(tokens, pad_id):
-        return masks.combine_masks(padding_ne(tokens, pad_id), causal_arange(tokens.size(1), device=tokens.device))
-
-    return [("causal_mask", lambda T_q, T_k=None, device=None: masks.causal_mask(T_q, T_k, device),
-             "transformer_ref.masks.causal_mask"),
-            ("causal_mask", causal_torch, "torch.nn.Transformer.generate_square_subsequent_mask"),
-            ("padding_mask", padding_package, "transformer_ref.masks.padding_mask"),
-            ("decoder_self_attention_mask", decoder_combined, "transformer_ref.masks.combine_masks")]
+def causal_torch(T_q, T_k=None, device=None):
+    return nn.Transformer.generate_square_subsequent_mask(T_q, device=device) == 0
 
 
-MISTAKES = [(it.name, m) for it in masking.ITEMS for m in it.mistakes]
+def padding_package(tokens, pad_id):
+    return ref_padding(tokens, pad_id)
 
 
-# ---------------------------------------------------------------- the tests
-
-def test_the_assignment_has_enough_items_mistakes_and_alternatives():
-    assert masking.ASSIGNMENT == "05_masking" and len(masking.ITEMS) == 3
-    assert len(MISTAKES) >= 5
-    for it in masking.ITEMS:
-        assert it.mistakes and len(ALTERNATIVES[it.name]) >= 2, it.name
+def decoder_combined(tokens, pad_id):
+    return masks.combine_masks(padding_ne(tokens, pad_id), causal_arange(tokens.size(1), device=tokens.device))
 
 
-@pytest.mark.parametrize("name", ITEMS)
-def test_reference_passes_its_own_comparison(name):
-    it = ITEMS[name]
-    for seed in (0, 1):
-        cases = make_cases(it, seed)
-        report = compare(it, cases, run_student(it, it.reference(), cases, watch=False))
-        assert report.passed, report.message
+SHORTCUTS = [(masking.CAUSAL_MASK, lambda T_q, T_k=None, device=None: masks.causal_mask(T_q, T_k, device),
+              "transformer_ref.masks.causal_mask"),
+             (masking.CAUSAL_MASK, causal_torch, "torch.nn.Transformer.generate_square_subsequent_mask"),
+             (masking.PADDING_MASK, padding_package, "transformer_ref.masks.padding_mask"),
+             (masking.DECODER_SELF_ATTENTION_MASK, decoder_combined, "transformer_ref.masks.combine_masks")]
+
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
-@pytest.mark.parametrize("name,mistake", MISTAKES, ids=[f"{n}-{m.key}" for n, m in MISTAKES])
-def test_mistake_fails_with_its_diagnostic(name, mistake):
-    report = check(ITEMS[name], mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        getattr(masking, f"check_{name}")(mistake.impl)
+def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
+    contract.assert_assignment_shape(
+        masking, "05_masking", ["causal_mask", "padding_mask", "decoder_self_attention_mask"], ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("name,impl", ALT, ids=[f"{n}-{f.__name__}" for n, f in ALT])
-def test_valid_alternative_passes(name, impl):
-    report = check(ITEMS[name], impl, seeds=(0, 1))
-    assert report.passed, report.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("index", range(len(_shortcuts())))
-def test_shortcut_fails_with_the_shortcut_message(index):
-    name, impl, dotted = _shortcuts()[index]
-    report = check(ITEMS[name], impl)
-    assert not report.passed and report.shortcut, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    assert report.mistake is None
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-def _grade(name, impl):
-    it = ITEMS[name]
-    cases = make_cases(it, 0)
-    return grade(it, cases, run_student(it, impl, cases))
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-def _mistake(name, key):
-    return next(m.impl for m in ITEMS[name].mistakes if m.key == key)
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
 
 
-def test_grade_a_correct_submission_scores_one():
-    for name in ITEMS:
-        assert _grade(name, ALTERNATIVES[name][0]).fraction == 1.0
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_grade_a_top_left_causal_mask_fails_only_where_T_q_differs_from_T_k():
-    result = _grade("causal_mask", _mistake("causal_mask", "top_left"))
+    result = contract.graded(masking.CAUSAL_MASK, contract.mistake(masking.CAUSAL_MASK, "top_left").impl)
     assert {g.group: g.passed for g in result.groups} == {
         "square masks": True, "T_q != T_k": False, "the device argument": True}
     assert result.fraction == pytest.approx(2 / 3) and result.mistake == "top_left"
 
 
 def test_grade_ignoring_pad_id_passes_pad_id_0_only():
-    for name in ("padding_mask", "decoder_self_attention_mask"):
-        def zero_as_pad(tokens, pad_id, _correct=ALTERNATIVES[name][0]):
+    for item in (masking.PADDING_MASK, masking.DECODER_SELF_ATTENTION_MASK):
+        def zero_as_pad(tokens, pad_id, _correct=ALTERNATIVES[item][0]):
             return _correct(tokens, 0)
-        result = _grade(name, zero_as_pad)
+        result = contract.graded(item, zero_as_pad)
         assert {g.group: g.passed for g in result.groups} == {
-            "pad_id 0": True, "another pad_id and int32 tokens": False}, name
+            "pad_id 0": True, "another pad_id and int32 tokens": False}, item.name

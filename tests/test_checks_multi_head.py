@@ -10,12 +10,14 @@ import torch
 from torch import nn
 
 from grader.checks import multi_head
-from grader.checks.cases import make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
-from grader.checks.run import run_student
+from transformer_ref import multihead as ref_multihead
+from transformer_ref.multihead import merge_heads as ref_merge
 
-ITEMS = {it.name: it for it in multi_head.ITEMS}
+import checks_contract as contract
+
+ITEMS = multi_head.ITEMS
+CHECKS = {multi_head.SPLIT_HEADS: multi_head.check_split_heads, multi_head.MERGE_HEADS: multi_head.check_merge_heads,
+          multi_head.MULTI_HEAD_ATTENTION: multi_head.check_MultiHeadAttention}
 
 
 def _softmax_masked(scores, mask):
@@ -112,109 +114,80 @@ class MHAFloat64(MHAChunks):
 
 
 ALTERNATIVES = {
-    "split_heads": [split_permute, split_chunks, split_loop],
-    "merge_heads": [merge_permute, merge_cat, merge_einsum],
-    "MultiHeadAttention": [MHAPerHead, MHAChunks, MHAFloat64],
+    multi_head.SPLIT_HEADS: [split_permute, split_chunks, split_loop],
+    multi_head.MERGE_HEADS: [merge_permute, merge_cat, merge_einsum],
+    multi_head.MULTI_HEAD_ATTENTION: [MHAPerHead, MHAChunks, MHAFloat64],
 }
-ALT = [(name, impl) for name, impls in ALTERNATIVES.items() for impl in impls]
+
+# ---------------------------------------------------------------- shortcuts
 
 
-def _shortcuts():
-    """(item, submission, dotted name the message must give)."""
-    import transformer_ref.multihead as multihead
-    from transformer_ref.multihead import merge_heads as ref_merge
-
-    def merge_package(x):
-        return ref_merge(x)
-
-    class MHATorch(nn.Module):
-        def __init__(self, d_model, num_heads):
-            super().__init__()
-            self.W_q, self.W_k, self.W_v, self.W_o = (nn.Linear(d_model, d_model) for _ in range(4))
-            self.h = num_heads
-
-        def forward(self, query, key, value, mask=None):
-            mha = nn.MultiheadAttention(query.size(-1), self.h, batch_first=True)
-            return mha(query, key, value)
-
-    class MHAPackage(multihead.MultiHeadAttention):
-        pass
-
-    return [("split_heads", lambda x, h: multihead.split_heads(x, h), "transformer_ref.multihead.split_heads"),
-            ("merge_heads", merge_package, "transformer_ref.multihead.merge_heads"),
-            ("MultiHeadAttention", MHATorch, "torch.nn.MultiheadAttention"),
-            ("MultiHeadAttention", MHAPackage, "transformer_ref.multihead.MultiHeadAttention")]
+def merge_package(x):
+    return ref_merge(x)
 
 
-MISTAKES = [(it.name, m) for it in multi_head.ITEMS for m in it.mistakes]
+class MHATorch(nn.Module):
+    def __init__(self, d_model, num_heads):
+        super().__init__()
+        self.W_q, self.W_k, self.W_v, self.W_o = (nn.Linear(d_model, d_model) for _ in range(4))
+        self.h = num_heads
+
+    def forward(self, query, key, value, mask=None):
+        mha = nn.MultiheadAttention(query.size(-1), self.h, batch_first=True)
+        return mha(query, key, value)
 
 
-# ---------------------------------------------------------------- the tests
-
-def test_the_assignment_has_enough_items_mistakes_and_alternatives():
-    assert multi_head.ASSIGNMENT == "04_multi_head" and len(multi_head.ITEMS) == 3
-    assert len(MISTAKES) >= 5
-    for it in multi_head.ITEMS:
-        assert it.mistakes and len(ALTERNATIVES[it.name]) >= 2, it.name
+class MHAPackage(ref_multihead.MultiHeadAttention):
+    pass
 
 
-@pytest.mark.parametrize("name", ITEMS)
-def test_reference_passes_its_own_comparison(name):
-    it = ITEMS[name]
-    for seed in (0, 1):
-        cases = make_cases(it, seed)
-        report = compare(it, cases, run_student(it, it.reference(), cases, watch=False))
-        assert report.passed, report.message
+SHORTCUTS = [(multi_head.SPLIT_HEADS, lambda x, h: ref_multihead.split_heads(x, h),
+              "transformer_ref.multihead.split_heads"),
+             (multi_head.MERGE_HEADS, merge_package, "transformer_ref.multihead.merge_heads"),
+             (multi_head.MULTI_HEAD_ATTENTION, MHATorch, "torch.nn.MultiheadAttention"),
+             (multi_head.MULTI_HEAD_ATTENTION, MHAPackage, "transformer_ref.multihead.MultiHeadAttention")]
+
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
-@pytest.mark.parametrize("name,mistake", MISTAKES, ids=[f"{n}-{m.key}" for n, m in MISTAKES])
-def test_mistake_fails_with_its_diagnostic(name, mistake):
-    report = check(ITEMS[name], mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        getattr(multi_head, f"check_{name}")(mistake.impl)
+def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
+    contract.assert_assignment_shape(multi_head, "04_multi_head", ["split_heads", "merge_heads", "MultiHeadAttention"],
+                                     ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("name,impl", ALT, ids=[f"{n}-{f.__name__}" for n, f in ALT])
-def test_valid_alternative_passes(name, impl):
-    report = check(ITEMS[name], impl, seeds=(0, 1))
-    assert report.passed, report.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("index", range(len(_shortcuts())))
-def test_shortcut_fails_with_the_shortcut_message(index):
-    name, impl, dotted = _shortcuts()[index]
-    report = check(ITEMS[name], impl)
-    assert not report.passed and report.shortcut, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    assert report.mistake is None
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-def _grade(name, impl):
-    it = ITEMS[name]
-    cases = make_cases(it, 0)
-    return grade(it, cases, run_student(it, impl, cases))
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-def _mistake(name, key):
-    return next(m.impl for m in ITEMS[name].mistakes if m.key == key)
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
 
 
-def test_grade_a_correct_submission_scores_one():
-    for name in ITEMS:
-        assert _grade(name, ALTERNATIVES[name][0]).fraction == 1.0
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_grade_keys_from_the_query_pass_self_attention_and_fail_cross_attention():
-    result = _grade("MultiHeadAttention", _mistake("MultiHeadAttention", "query_for_keys"))
+    item = multi_head.MULTI_HEAD_ATTENTION
+    result = contract.graded(item, contract.mistake(item, "query_for_keys").impl)
     assert {g.group: g.passed for g in result.groups} == {
         "self-attention": True, "cross-attention": False, "masks and float64": False}
     assert result.mistake == "query_for_keys" and "wrong on cross-attention" in result.message
 
 
 def test_grade_interleaved_heads_pass_only_where_one_head_or_d_k_1_hides_them():
-    result = _grade("split_heads", _mistake("split_heads", "interleaved"))
+    result = contract.graded(multi_head.SPLIT_HEADS, contract.mistake(multi_head.SPLIT_HEADS, "interleaved").impl)
     assert {g.group: g.passed for g in result.groups} == {
         "basic shapes": False, "one head or d_k = 1": True, "float64": False}

@@ -7,14 +7,18 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from grader.checks import positional_encoding
-from grader.checks.cases import make_cases
-from grader.checks.compare import compare, grade
-from grader.checks.report import CheckFailed, check
-from grader.checks.run import run_student
+from transformer_ref import positional as ref_positional
+from transformer_ref.positional import relative_position_index as ref_index
 
-ITEMS = {it.name: it for it in positional_encoding.ITEMS}
+import checks_contract as contract
+
+ITEMS = positional_encoding.ITEMS
+CHECKS = {positional_encoding.SINUSOIDAL_POSITIONAL_ENCODING: positional_encoding.check_sinusoidal_positional_encoding,
+          positional_encoding.RELATIVE_POSITION_INDEX: positional_encoding.check_relative_position_index,
+          positional_encoding.RELATIVE_ATTENTION: positional_encoding.check_relative_attention}
 
 
 def _softmax_masked(scores, mask):
@@ -81,88 +85,62 @@ def rel_attention_float64(q, k, v, rel_k, rel_v, mask=None):
 
 
 ALTERNATIVES = {
-    "sinusoidal_positional_encoding": [pe_exp_log, pe_loops, pe_stack],
-    "relative_position_index": [rel_index_loops, rel_index_clip_after_shift, rel_index_minimum],
-    "relative_attention": [rel_attention_einsum, rel_attention_broadcast, rel_attention_float64],
+    positional_encoding.SINUSOIDAL_POSITIONAL_ENCODING: [pe_exp_log, pe_loops, pe_stack],
+    positional_encoding.RELATIVE_POSITION_INDEX: [rel_index_loops, rel_index_clip_after_shift, rel_index_minimum],
+    positional_encoding.RELATIVE_ATTENTION: [rel_attention_einsum, rel_attention_broadcast, rel_attention_float64],
 }
-ALT = [(name, impl) for name, impls in ALTERNATIVES.items() for impl in impls]
+
+# ---------------------------------------------------------------- shortcuts
 
 
-def _shortcuts():
-    """(item, submission, dotted name the message must give)."""
-    import torch.nn.functional as F
-
-    import transformer_ref.positional as positional
-    from transformer_ref.positional import relative_position_index as ref_index
-
-    def index_package(q_len, k_len, max_distance):
-        return ref_index(q_len, k_len, max_distance)
-
-    def relative_fused(q, k, v, rel_k, rel_v, mask=None):
-        bias = torch.einsum("...qd,qkd->...qk", q, rel_k) / math.sqrt(q.size(-1))
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
-
-    return [("sinusoidal_positional_encoding", lambda n, d: positional.sinusoidal_positional_encoding(n, d),
-             "transformer_ref.positional.sinusoidal_positional_encoding"),
-            ("relative_position_index", index_package, "transformer_ref.positional.relative_position_index"),
-            ("relative_attention", relative_fused, "torch.nn.functional.scaled_dot_product_attention")]
+def index_package(q_len, k_len, max_distance):
+    return ref_index(q_len, k_len, max_distance)
 
 
-MISTAKES = [(it.name, m) for it in positional_encoding.ITEMS for m in it.mistakes]
+def relative_fused(q, k, v, rel_k, rel_v, mask=None):
+    bias = torch.einsum("...qd,qkd->...qk", q, rel_k) / math.sqrt(q.size(-1))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias), None
 
 
-# ---------------------------------------------------------------- the tests
+SHORTCUTS = [(positional_encoding.SINUSOIDAL_POSITIONAL_ENCODING,
+              lambda n, d: ref_positional.sinusoidal_positional_encoding(n, d),
+              "transformer_ref.positional.sinusoidal_positional_encoding"),
+             (positional_encoding.RELATIVE_POSITION_INDEX, index_package,
+              "transformer_ref.positional.relative_position_index"),
+             (positional_encoding.RELATIVE_ATTENTION, relative_fused,
+              "torch.nn.functional.scaled_dot_product_attention")]
 
-def test_the_assignment_has_enough_items_mistakes_and_alternatives():
-    assert positional_encoding.ASSIGNMENT == "02_positional_encoding" and len(positional_encoding.ITEMS) == 3
-    assert len(MISTAKES) >= 5
-    for it in positional_encoding.ITEMS:
-        assert it.mistakes and len(ALTERNATIVES[it.name]) >= 2, it.name
-
-
-@pytest.mark.parametrize("name", ITEMS)
-def test_reference_passes_its_own_comparison(name):
-    it = ITEMS[name]
-    for seed in (0, 1):
-        cases = make_cases(it, seed)
-        report = compare(it, cases, run_student(it, it.reference(), cases, watch=False))
-        assert report.passed, report.message
+# ---------------------------------------------------------------- the contract (tests/checks_contract.py)
 
 
-@pytest.mark.parametrize("name,mistake", MISTAKES, ids=[f"{n}-{m.key}" for n, m in MISTAKES])
-def test_mistake_fails_with_its_diagnostic(name, mistake):
-    report = check(ITEMS[name], mistake.impl)
-    assert not report.passed, f"the mistake {mistake.key!r} of {name} passes the check"
-    assert report.mistake == mistake.key, report.message
-    assert f"Likely mistake: {mistake.says}" in report.message
-    with pytest.raises(CheckFailed, match="Likely mistake"):
-        getattr(positional_encoding, f"check_{name}")(mistake.impl)
+def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
+    contract.assert_assignment_shape(
+        positional_encoding, "02_positional_encoding",
+        ["sinusoidal_positional_encoding", "relative_position_index", "relative_attention"], ALTERNATIVES, CHECKS)
 
 
-@pytest.mark.parametrize("name,impl", ALT, ids=[f"{n}-{f.__name__}" for n, f in ALT])
-def test_valid_alternative_passes(name, impl):
-    report = check(ITEMS[name], impl, seeds=(0, 1))
-    assert report.passed, report.message
+@pytest.mark.parametrize("seed", (0, 1))
+@pytest.mark.parametrize("item", ITEMS, ids=contract.item_id)
+def test_the_reference_passes_and_scores_full_marks(item, seed):
+    contract.assert_reference_scores_full_marks(item, seed)
 
 
-@pytest.mark.parametrize("index", range(len(_shortcuts())))
-def test_shortcut_fails_with_the_shortcut_message(index):
-    name, impl, dotted = _shortcuts()[index]
-    report = check(ITEMS[name], impl)
-    assert not report.passed and report.shortcut, report.message
-    assert dotted in report.message and "scores 0" in report.message
-    assert report.mistake is None
+@pytest.mark.parametrize("item,mistake", contract.mistake_params(ITEMS))
+def test_mistake_fails_with_its_diagnostic(item, mistake):
+    contract.assert_mistake_named(item, mistake, CHECKS[item])
 
 
-def _grade(name, impl):
-    it = ITEMS[name]
-    cases = make_cases(it, 0)
-    return grade(it, cases, run_student(it, impl, cases))
+@pytest.mark.parametrize("item,impl", contract.alternative_params(ALTERNATIVES))
+def test_valid_alternative_passes_and_scores_full_marks(item, impl):
+    contract.assert_alternative_passes(item, impl, CHECKS[item])
 
 
-def test_grade_a_correct_submission_scores_one():
-    for name in ITEMS:
-        assert _grade(name, ALTERNATIVES[name][0]).fraction == 1.0
+@pytest.mark.parametrize("item,impl,dotted", contract.shortcut_params(SHORTCUTS))
+def test_shortcut_fails_with_the_shortcut_message_and_scores_0(item, impl, dotted):
+    contract.assert_shortcut_scores_zero(item, impl, dotted)
+
+
+# ---------------------------------------------------------------- assignment-specific tests
 
 
 def test_grade_nan_on_a_fully_masked_row_loses_only_that_group():
@@ -172,8 +150,7 @@ def test_grade_nan_on_a_fully_masked_row_loses_only_that_group():
             scores = scores.masked_fill(~mask, float("-inf"))
         w = torch.softmax(scores, dim=-1)
         return w @ v + torch.einsum("...ij,ijd->...id", w, rel_v), w
-    result = _grade("relative_attention", nan_rows)
+    result = contract.graded(positional_encoding.RELATIVE_ATTENTION, nan_rows)
     assert {g.group: g.passed for g in result.groups} == {
         "basic shapes": True, "heads and a causal mask": True, "float64 and a fully masked row": False}
     assert "NaN at index" in result.message
-
