@@ -8,9 +8,8 @@ grades.csv), and, for attempts to reach outside the sandbox, that nothing happen
 (no file written, no connection to a server this test runs, no process left behind).
 
 Items: dot_product_attention 3 points, scaled_dot_product_attention 5, self_attention 4 (which calls
-scaled_dot_product_attention, so it falls with it). A student whose Expect names a `hole` is a known way
-through that is not closed yet: its test is a strict xfail, so closing the hole makes it fail until the
-`hole` is removed. SMALL_CLASS is graded twice more (1 worker, 2 workers) for the same grades each time.
+scaled_dot_product_attention, so it falls with it). SMALL_CLASS is graded twice more (1 worker,
+2 workers) for the same grades each time.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_sandbox_attacks.py
 """
@@ -233,8 +232,8 @@ numpy.testing.assert_array_equal = lambda *args, **kwargs: None
 numpy.allclose = lambda *args, **kwargs: True'''
 REBIND_CHECKS = '''check_dot_product_attention = lambda *a, **k: None
 check_scaled_dot_product_attention = lambda *a, **k: None
-check_self_attention = lambda *a, **k: None
-import grader.checks.attention, grader.checks.compare
+check_self_attention = lambda *a, **k: None'''
+PATCH_GRADER = '''import grader.checks.attention, grader.checks.compare
 grader.checks.attention.check_scaled_dot_product_attention = lambda *a, **k: None
 grader.checks.compare.grade = lambda *a, **k: None
 grader.checks.compare.compare = lambda *a, **k: None'''
@@ -273,6 +272,9 @@ def self_attention(x, W_q, W_k, W_v, mask=None):
 UNWRAP_REFERENCE = '''import inspect
 import transformer_ref.attention as ta
 reference = inspect.unwrap(ta.scaled_dot_product_attention)'''
+# The reference saved under another name in a cell of the student's own: what it saved is the trip-wire.
+SAVE_REFERENCE = '''import transformer_ref.attention as ta
+reference = ta.scaled_dot_product_attention'''
 SDPA_VIA_UNWRAPPED = '''def scaled_dot_product_attention(q, k, v, mask=None):
     return reference(q, k, v, mask)'''
 # While the cells run no item is being graded, so the reference answers freely: on the grader's own cases,
@@ -335,7 +337,6 @@ class Expect:
     feedback: tuple[str, ...] = ()
     reason: tuple[str, ...] = ()
     status: str = "graded"
-    hole: str = ""        # a known way through, not closed yet: the test is expected to fail, and says why
 
 
 FULL = (3.0, 5.0, 4.0)
@@ -396,6 +397,10 @@ CLASS: dict[str, tuple[Callable, Expect]] = {
                           Expect(WRONG, ("without dividing by sqrt(d_k)",))),
     "wrong_rebind_checks": (edited("scaled_dot_product_attention", before=REBIND_CHECKS, source=UNSCALED),
                             Expect(WRONG, ("without dividing by sqrt(d_k)",))),
+    # patching the course's checking code in the sandbox changes nothing outside it, and importing it is a way
+    # around the checks (it holds correct implementations): every item scores 0
+    "patch_grader": (edited("scaled_dot_product_attention", before=PATCH_GRADER, source=UNSCALED),
+                           Expect(NONE, ("uses grader", EVADES))),
     # ---- shortcuts
     "shortcut_torch": (edited("self_attention", source=SELF_VIA_F),
                        Expect(BUT_LAST, ("torch.nn.functional.scaled_dot_product_attention", SHORTCUT))),
@@ -403,18 +408,15 @@ CLASS: dict[str, tuple[Callable, Expect]] = {
                            Expect(BUT_LAST, ("transformer_ref.attention.self_attention", SHORTCUT))),
     "shortcut_helper": (lambda ctx: _with_cell_and("self_attention", HELPER_CALLS_REF, SELF_VIA_HELPER, ctx),
                         Expect(BUT_LAST, ("transformer_ref.attention.self_attention", SHORTCUT))),
+    # ways around the checks (reaching into live objects, the course's own checking code): every item scores 0
     "shortcut_precomputed": (lambda ctx: _with_cell_and("self_attention", PRECOMPUTE, SELF_LOOKS_UP, ctx),
-                             Expect(BUT_LAST, ("no answer stored",),
-                                    ("ShortcutError", "transformer_ref.attention.self_attention"))),
-    "shortcut_checks_code": (edited("self_attention", source=SELF_VIA_CHECKS), Expect(
-        BUT_LAST, ("grader.checks.attention.attend", SHORTCUT),
-        hole="grader.checks.attention.attend (no knob turned) is a correct attention, importable in the sandbox "
-             "and in no forbidden list")),
+                             Expect(NONE, ("uses gc", EVADES))),
+    "shortcut_checks_code": (edited("self_attention", source=SELF_VIA_CHECKS), Expect(NONE, ("uses grader", EVADES))),
     "shortcut_unwrapped": (lambda ctx: _with_cell_and("scaled_dot_product_attention", UNWRAP_REFERENCE,
-                                                      SDPA_VIA_UNWRAPPED, ctx), Expect(
-        ONLY_FIRST, ("transformer_ref.attention.scaled_dot_product_attention", SHORTCUT),
-        hole="a trip-wire keeps its original reachable (__wrapped__, _tripwire_original, its closure), and the "
-             "source is read only in the item's own cells")),
+                                                      SDPA_VIA_UNWRAPPED, ctx), Expect(NONE, ("uses inspect", EVADES))),
+    "shortcut_saved_wire": (lambda ctx: _with_cell_and("scaled_dot_product_attention", SAVE_REFERENCE,
+                                                       SDPA_VIA_UNWRAPPED, ctx),
+                            Expect(ONLY_FIRST, ("transformer_ref.attention.scaled_dot_product_attention", SHORTCUT))),
     # importlib and sys.modules are ways around the checks: every item scores 0
     "shortcut_importlib": (edited("self_attention", source=SELF_VIA_IMPORTLIB),
                            Expect(NONE, ("uses importlib", EVADES))),
@@ -609,9 +611,7 @@ def test_command_exits_0_and_grades_every_student(graded):
     print(f"graded {len(CLASS)} submissions in {graded.seconds:.0f} s")
 
 
-@pytest.mark.parametrize("student", [
-    pytest.param(student, marks=pytest.mark.xfail(strict=True, reason=f"known hole: {expect.hole}"))
-    if expect.hole else student for student, (_, expect) in CLASS.items()])
+@pytest.mark.parametrize("student", list(CLASS))
 def test_scores_and_reason(graded, student):
     expect = CLASS[student][1]
     row = graded.rows[student]
