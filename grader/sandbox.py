@@ -124,14 +124,15 @@ def command(argv: list[str], limits: Limits, seccomp_fd: int | None) -> list[str
             cmd += ["--ro-bind", str(target), f"/{link}"]
     cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
             "--ro-bind-try", "/etc/localtime", "/etc/localtime"]
+    # The scratch folders first: a runtime folder that lives under /tmp (a checkout there) is bound on top.
+    cmd += ["--size", str(limits.scratch), "--tmpfs", "/tmp",
+            "--size", str(limits.scratch), "--tmpfs", "/scratch", "--chdir", "/scratch"]
     for path in _runtime_paths():
         cmd += ["--ro-bind", path, path]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
     for dev in sorted(Path("/dev").glob("nvidia*")):   # the GPU, when the grading machine has one
         cmd += ["--dev-bind", str(dev), str(dev)]
-    cmd += ["--size", str(limits.scratch), "--tmpfs", "/tmp",
-            "--size", str(limits.scratch), "--tmpfs", "/scratch", "--chdir", "/scratch",
-            "--remount-ro", "/"]
+    cmd += ["--remount-ro", "/"]
     if seccomp_fd is not None:
         cmd += ["--seccomp", str(seccomp_fd)]
     return cmd + ["--"] + argv
