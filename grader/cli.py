@@ -6,23 +6,29 @@ import argparse
 import multiprocessing
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
 from grader.course import DEFAULT_CONFIG, DEFAULT_SOURCE, ensure_alembic_on_path, prepare_course, sqlite_url
-from grader.runner import Job, Result, SandboxRunner
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable, probe
+
+if TYPE_CHECKING:   # grader.runner imports torch: the main process imports it only once its workers are starting
+    from grader.runner import Job, Result, SandboxRunner
 
 MAX_ATTEMPTS = 2   # a submission whose worker process died is tried once more, then recorded as failed
 
 
 def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result]]:
     """Jobs for SUBMISSIONS/<student_id>/<assignment_id>/, and "skipped" results for unknown assignments."""
+    from grader.runner import Job, Result
+
     jobs, skipped = [], []
     for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for assignment in sorted(p for p in student.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -44,17 +50,27 @@ def _init_worker(log_file: str, threads: int) -> None:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    import grader.runner  # noqa: F401  (torch, the checks, nbgrader: seconds that overlap the course's set-up)
+    import nbgrader.converters  # noqa: F401
 
 
-def _run_pool(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: Path, threads: int,
+def start_pool(workers: int, log_file: Path) -> ProcessPoolExecutor:
+    """`workers` grading processes, started now: they import what they need while the caller goes on."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(str(log_file), threads))
+    for _ in range(workers):   # the executor starts a process per task while none is idle
+        pool.submit(int)
+    return pool
+
+
+def _run_pool(runner: SandboxRunner, jobs: list[Job], pool: ProcessPoolExecutor, workers: int,
               done: Callable[[Result], None]) -> list[tuple[Job, BaseException]]:
-    """Run jobs in a pool of `workers` processes, never more jobs in flight than workers, so that a worker
+    """Run jobs in `pool` (shut down at the end), never more jobs in flight than workers, so that a worker
     that dies takes down only the jobs it and its peers held. Returns those jobs with the error."""
-    context = multiprocessing.get_context("spawn")
     broken: list[tuple[Job, BaseException]] = []
     queue = list(jobs)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                             initializer=_init_worker, initargs=(str(log_file), threads)) as pool:
+    with pool:
         running: dict = {}
         while queue or running:
             while queue and len(running) < workers and not broken:
@@ -73,7 +89,8 @@ def _run_pool(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: Pa
     return broken
 
 
-def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: Path, progress: bool = True) -> list[Result]:
+def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: Path, progress: bool = True,
+               pool: ProcessPoolExecutor | None = None) -> list[Result]:
     """Run `runner.run` on every job in `workers` separate processes, with a progress bar.
 
     Results come back to this process as they finish. When a worker process dies, the pool is replaced
@@ -81,7 +98,6 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
     failed (with the reason) if its worker dies again. The rest of the class is graded as usual.
     """
     results: list[Result] = []
-    threads = max(1, (os.cpu_count() or 1) // workers)
     with tqdm(total=len(jobs), unit="submission", desc="grading", disable=not progress, file=sys.stderr) as bar:
         def done(result: Result) -> None:
             results.append(result)
@@ -91,12 +107,13 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
         pending = list(jobs)
         suspects: list[Job] = []
         while pending:                      # until a pool finishes without losing a worker
-            broken = _run_pool(runner, pending, workers, log_file, threads, done)
+            broken = _run_pool(runner, pending, pool or start_pool(workers, log_file), workers, done)
+            pool = None
             started = [job for job, err in broken if str(err) != "not started"]
             suspects += started
             pending = [job for job, err in broken if str(err) == "not started"]
         for job in suspects:                # each once more, alone
-            for _, err in _run_pool(runner, [job], 1, log_file, threads, done):
+            for _, err in _run_pool(runner, [job], start_pool(1, log_file), 1, done):
                 done(runner.failure(job, f"the grading process died twice ({type(err).__name__}: {err})"))
     return results
 
@@ -112,10 +129,17 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
 
     from grader.gradebook import record, write_csv
 
-    if isolate:
-        probe(limits)
-    ensure_alembic_on_path()
     submissions, out, source = Path(submissions).resolve(), Path(out).resolve(), Path(source).resolve()
+    log_file = Path(tempfile.mkstemp(prefix="grader-workers-", suffix=".log")[1])  # OUT/.work/workers.log at the end
+    pool = start_pool(workers, log_file)   # the workers start while the sandbox is probed and the course prepared
+    if isolate:
+        try:
+            probe(limits)
+        except SandboxUnavailable:
+            pool.shutdown(cancel_futures=True)
+            log_file.unlink(missing_ok=True)
+            raise
+    ensure_alembic_on_path()
     known = {p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))}
     if assignments:
         known &= set(assignments)
@@ -123,8 +147,11 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     db_url = db_url or sqlite_url(out / "gradebook.db")
     template = prepare_course(out, source, sorted({job.assignment_id for job in jobs}), db_url, config_file)
     seed = secrets.randbits(63) if seed is None else seed
+    from grader.runner import SandboxRunner
+
     runner = SandboxRunner(out, template, config_file, limits, isolate, seed)
-    results = grade_jobs(runner, jobs, workers, out / ".work" / "workers.log", progress)
+    results = grade_jobs(runner, jobs, workers, log_file, progress, pool)
+    shutil.move(str(log_file), str(out / ".work" / "workers.log"))
     with Gradebook(db_url) as gb:
         for result in results:
             record(gb, result)
