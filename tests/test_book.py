@@ -37,10 +37,10 @@ EXERCISE_OF_CHAPTER = {
     "book/04_multi_head": "04_multi_head",
     "book/05_masking": "05_masking",
     "book/06_add_norm": "06_add_norm",
-    "book/07_transformer": "10_transformer",
-    "book/08_bert": "07_bert",
-    "book/09_vit": "08_vit",
-    "book/10_warmup": "09_warmup",
+    "book/07_transformer": "07_transformer",
+    "book/08_bert": "08_bert",
+    "book/09_vit": "09_vit",
+    "book/10_warmup": "10_warmup",
 }
 """Each numbered chapter and the id of its exercise notebook exercises/<id>/<id>.ipynb."""
 

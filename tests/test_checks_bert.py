@@ -1,4 +1,4 @@
-"""The checks of assignment 07_bert (grader/checks/bert.py): each catalogued mistake fails with its diagnostic,
+"""The checks of assignment 08_bert (grader/checks/bert.py): each catalogued mistake fails with its diagnostic,
 valid alternatives written the way a student might pass (for mask_tokens: other random processes with the
 same distribution), calling the shortcut scores 0, and grade() gives partial credit per group."""
 
@@ -169,7 +169,7 @@ SHORTCUTS = [(bert.MASK_TOKENS, mask_tokens_package, "transformer_ref.bert.mask_
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    contract.assert_assignment_shape(bert, "07_bert", ["mask_tokens", "BertEmbeddings", "masked_lm_loss"],
+    contract.assert_assignment_shape(bert, "08_bert", ["mask_tokens", "BertEmbeddings", "masked_lm_loss"],
                                      ALTERNATIVES, CHECKS)
 
 

@@ -1,4 +1,4 @@
-"""The checks of assignment 10_transformer (grader/checks/transformer.py): each catalogued mistake fails with
+"""The checks of assignment 07_transformer (grader/checks/transformer.py): each catalogued mistake fails with
 its diagnostic, valid alternatives written the way a student might pass, calling the shortcut scores 0, and
 grade() gives partial credit per group (a mask mistake passes "basic shapes" and fails "masks")."""
 
@@ -171,7 +171,7 @@ SHORTCUTS = [(transformer.ENCODER_LAYER, EncoderLayerPackage, "transformer_ref.l
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    contract.assert_assignment_shape(transformer, "10_transformer", ["EncoderLayer", "DecoderLayer", "greedy_decode"],
+    contract.assert_assignment_shape(transformer, "07_transformer", ["EncoderLayer", "DecoderLayer", "greedy_decode"],
                                      ALTERNATIVES, CHECKS)
 
 

@@ -1,4 +1,4 @@
-"""The checks of assignment 08_vit (grader/checks/vit.py): each catalogued mistake fails with its diagnostic,
+"""The checks of assignment 09_vit (grader/checks/vit.py): each catalogued mistake fails with its diagnostic,
 valid alternatives written the way a student might pass (unfold, loops, einsum, a strided convolution),
 calling the shortcut scores 0, and grade() gives partial credit per group."""
 
@@ -128,7 +128,7 @@ SHORTCUTS = [(vit.PATCHIFY, patchify_package, "transformer_ref.vit.patchify"),
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    contract.assert_assignment_shape(vit, "08_vit", ["patchify", "unpatchify", "PatchEmbedding"], ALTERNATIVES, CHECKS)
+    contract.assert_assignment_shape(vit, "09_vit", ["patchify", "unpatchify", "PatchEmbedding"], ALTERNATIVES, CHECKS)
 
 
 @pytest.mark.parametrize("seed", (0, 1))

@@ -1,4 +1,4 @@
-"""The checks of assignment 09_warmup (grader/checks/warmup.py): each catalogued mistake fails with its
+"""The checks of assignment 10_warmup (grader/checks/warmup.py): each catalogued mistake fails with its
 diagnostic, valid alternatives written the way a student might pass (branches, other formulas, tensors),
 calling the shortcut scores 0, and grade() gives partial credit per phase of the schedule."""
 
@@ -119,7 +119,7 @@ SHORTCUTS = [(warmup.NOAM_LR, noam_package, "transformer_ref.schedules.noam_lr")
 
 
 def test_the_assignment_has_its_items_groups_mistakes_and_alternatives():
-    contract.assert_assignment_shape(warmup, "09_warmup", ["noam_lr", "warmup_linear_lr", "warmup_cosine_lr"],
+    contract.assert_assignment_shape(warmup, "10_warmup", ["noam_lr", "warmup_linear_lr", "warmup_cosine_lr"],
                                      ALTERNATIVES, CHECKS)
 
 

@@ -17,9 +17,9 @@ from grader.checks import (add_norm, attention, bert, history, masking, multi_he
                            transformer, vit, warmup)
 from grader.checks.item import Item
 
-# Notebook order. (`item` below is a function; the module is grader.checks.item: import names from it with
+# Chapter order. (`item` below is a function; the module is grader.checks.item: import names from it with
 # `from grader.checks.item import Item`, since `import grader.checks.item as m` would give the function.)
-_MODULES = (history, positional_encoding, attention, multi_head, masking, add_norm, bert, vit, warmup, transformer)
+_MODULES = (history, positional_encoding, attention, multi_head, masking, add_norm, transformer, bert, vit, warmup)
 
 ITEMS: dict[str, Item] = {it.name: it for module in _MODULES for it in module.ITEMS}
 ASSIGNMENTS: dict[str, tuple[str, ...]] = {module.ASSIGNMENT: tuple(it.name for it in module.ITEMS)

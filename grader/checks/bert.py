@@ -1,4 +1,4 @@
-"""Checks for assignment 07_bert: mask_tokens, BertEmbeddings, masked_lm_loss.
+"""Checks for assignment 08_bert: mask_tokens, BertEmbeddings, masked_lm_loss.
 
 Each graded item below has, in this order: the cases it is called on (every case in a group a student
 can read), its known mistakes (one small function or class each, next to what the student is told), the
@@ -21,7 +21,7 @@ from grader.checks.cases import Case, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import Report, assert_passes, describe
 
-ASSIGNMENT = "07_bert"
+ASSIGNMENT = "08_bert"
 
 # ---------------------------------------------------------------- forbidden shortcuts
 

@@ -1,4 +1,4 @@
-"""Checks for assignment 10_transformer: EncoderLayer, DecoderLayer, greedy_decode.
+"""Checks for assignment 07_transformer: EncoderLayer, DecoderLayer, greedy_decode.
 
 Each graded item below has, in this order: the cases it is called on (every case in a group a student
 can read), its known mistakes (one small class or function each, next to what the student is told), the
@@ -20,7 +20,7 @@ from transformer_ref.layers import DecoderLayer, EncoderLayer, LayerNorm, Positi
 from transformer_ref.model import Transformer
 from transformer_ref.multihead import MultiHeadAttention
 
-ASSIGNMENT = "10_transformer"
+ASSIGNMENT = "07_transformer"
 
 # ---------------------------------------------------------------- forbidden shortcuts
 

@@ -1,4 +1,4 @@
-"""Checks for assignment 08_vit: patchify, unpatchify, PatchEmbedding.
+"""Checks for assignment 09_vit: patchify, unpatchify, PatchEmbedding.
 
 Each graded item below has, in this order: the cases it is called on (every case in a group a student
 can read), its known mistakes (one small function or class each, next to what the student is told), the
@@ -15,7 +15,7 @@ from grader.checks.cases import Case, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
 
-ASSIGNMENT = "08_vit"
+ASSIGNMENT = "09_vit"
 
 # ---------------------------------------------------------------- forbidden shortcuts
 

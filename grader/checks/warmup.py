@@ -1,4 +1,4 @@
-"""Checks for assignment 09_warmup: noam_lr, warmup_linear_lr, warmup_cosine_lr.
+"""Checks for assignment 10_warmup: noam_lr, warmup_linear_lr, warmup_cosine_lr.
 
 Each graded item below has, in this order: the cases it is called on (steps grouped by the phase of the
 schedule they fall in), its known mistakes (one small function each, next to what the student is told),
@@ -18,7 +18,7 @@ from grader.checks.cases import Case
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
 
-ASSIGNMENT = "09_warmup"
+ASSIGNMENT = "10_warmup"
 
 # ---------------------------------------------------------------- forbidden shortcuts
 
