@@ -1,5 +1,6 @@
 """The book: it builds with warnings as errors, each chapter has the required parts, every
-chapter links an existing exercise notebook, and every cited key is in references.bib.
+chapter links its exercise notebook near the top and at the end (download, Binder, JupyterHub,
+from _config.yml's repository), and every cited key is in references.bib.
 
 The build goes into _build/html of the repository (the same place and command as `make book`),
 so `make book` afterwards reuses the execution cache and vice versa. It runs once per test
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -124,18 +126,153 @@ def test_toc_has_every_numbered_chapter():
                                          f"got {chapter_files()}")
 
 
+EXERCISE_BOX = re.compile(r"^(?::::|```)\{exercise\}[ \t]+(\S+)[ \t]*$", re.M)
+"""The `{exercise} <id>` directive of book/_ext/exercise_box.py (colon or backtick fence)."""
+
+TOP_LINES = 40
+"""The box near the top must start within this many lines of the chapter's title."""
+
+
+def exercise_boxes(text: str) -> list[tuple[int, str]]:
+    """(line number, exercise id) of every exercise box in a chapter's source."""
+    return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in EXERCISE_BOX.finditer(text)]
+
+
+def line_of(text: str, pattern: str, end: bool = False) -> int | None:
+    """Line number (from 1) where the first match of pattern starts (or ends, with end=True)."""
+    m = re.search(pattern, text, re.M)
+    return text.count("\n", 0, m.end() if end else m.start()) + 1 if m else None
+
+
 @pytest.mark.parametrize("doc", list(EXERCISE_OF_CHAPTER))
-def test_chapter_links_its_exercise_notebook(doc):
+def test_chapter_links_its_exercise_at_the_top_and_the_end(doc):
+    """The exercise box comes right after the learning goals (before the first section) and again
+    in the "Exercises" section, both for the chapter's own exercise, whose notebook exists."""
     path = ROOT / f"{doc}.md"
     if not path.is_file():
         pytest.fail(f"{doc}.md does not exist")
+    text, ex = source(doc), EXERCISE_OF_CHAPTER[doc]
+    boxes = exercise_boxes(text)
+    wanted = f":::{{exercise}} {ex}\n:::"
+    assert boxes, f"{doc}.md has no exercise box; put {wanted!r} right after the learning goals"
+    wrong = [(line, i) for line, i in boxes if i != ex]
+    assert not wrong, f"{doc}.md: exercise boxes for another exercise than {ex} at (line, id) {wrong}"
+
+    title, goals_end = line_of(text, r"^# "), line_of(text, r"Learning goals[^\n]*\n(?:.*\n)*?:::[ \t]*$", end=True)
+    first_section = line_of(text, r"^## ")
+    top = boxes[0][0]
+    assert goals_end and top > goals_end, f"{doc}.md: the first exercise box (line {top}) must follow the learning goals"
+    assert top < first_section, (f"{doc}.md: the first exercise box (line {top}) must come before the first "
+                                 f"section (line {first_section}), right after the learning goals")
+    assert top - title <= TOP_LINES, f"{doc}.md: the first exercise box is {top - title} lines below the title"
+
+    exercises, references = line_of(text, r"^## Exercises\s*$"), line_of(text, r"^## References\s*$")
+    assert exercises and any(exercises < line < (references or 10**9) for line, _ in boxes), (
+        f"{doc}.md: the 'Exercises' section needs the box too ({wanted!r} with :how-to:)")
+    notebook = ROOT / "exercises" / ex / f"{ex}.ipynb"
+    assert notebook.is_file(), f"{doc}.md links exercise {ex}, but {notebook.relative_to(ROOT)} does not exist"
+
+
+def test_chapter_without_exercise_has_no_box():
+    extra = [doc for doc in chapter_files() if doc not in EXERCISE_OF_CHAPTER]
+    assert extra == ["book/11_beyond"]
+    assert not exercise_boxes(source("book/11_beyond")), "11_beyond has no exercise notebook to link"
+
+
+def test_exercise_box_pattern_can_fail():
+    text = "# T\n:::{exercise} 03_attention\n:::\n```{exercise} 04_multi_head\n```\n{exercise}`x`"
+    assert exercise_boxes(text) == [(2, "03_attention"), (4, "04_multi_head")]
+    assert exercise_boxes("{download}`03_attention.ipynb <../exercises/03_attention/03_attention.ipynb>`") == []
+
+
+def config() -> dict:
+    return yaml.safe_load((ROOT / "_config.yml").read_text())
+
+
+def expected_launch_urls(ex: str) -> dict[str, str]:
+    """Binder and JupyterHub (nbgitpuller) links to exercises/<ex>/<ex>.ipynb, written out from
+    _config.yml's repository and launch_buttons independently of book/_ext/exercise_box.py."""
+    cfg = config()
+    repo_url = cfg["repository"]["url"].rstrip("/")
+    org, repo = repo_url.removeprefix("https://github.com/").split("/")
+    branch = cfg["repository"]["branch"]
+    book_dir = cfg["repository"].get("path_to_book", "").strip("/")
+    path = "/".join(p for p in (book_dir, f"exercises/{ex}/{ex}.ipynb") if p)
+    launch = cfg["launch_buttons"]
+    assert launch["notebook_interface"] == "jupyterlab"
+    return {
+        "Binder": f"{launch['binderhub_url'].rstrip('/')}/v2/gh/{org}/{repo}/{branch}?labpath={path}",
+        "JupyterHub": (f"{launch['jupyterhub_url'].rstrip('/')}/hub/user-redirect/git-pull?"
+                       f"repo={repo_url.replace('://', '%3A//')}&urlpath=lab/tree/{repo}/{path}&branch={branch}"),
+    }
+
+
+def test_launch_urls_are_built_from_the_config():
+    """The expected links name the configured repository and the exercise's notebook."""
+    urls = expected_launch_urls("03_attention")
+    repo_url = config()["repository"]["url"]
+    assert urls["Binder"].startswith(config()["launch_buttons"]["binderhub_url"])
+    assert urls["Binder"].endswith("?labpath=exercises/03_attention/03_attention.ipynb")
+    assert "/v2/gh/" + repo_url.removeprefix("https://github.com/") + "/" in urls["Binder"]
+    from urllib.parse import parse_qs, urlparse
+
+    query = parse_qs(urlparse(urls["JupyterHub"]).query)
+    assert query == {"repo": [repo_url], "branch": [config()["repository"]["branch"]],
+                     "urlpath": [f"lab/tree/{repo_url.rsplit('/', 1)[1]}/exercises/03_attention/03_attention.ipynb"]}
+
+
+class _ExerciseBoxes(HTMLParser):
+    """Collect the hrefs of the links inside each `div.exercise-box` of a built page."""
+
+    def __init__(self):
+        super().__init__()
+        self.boxes: list[list[dict[str, str]]] = []
+        self._depth = 0   # nesting depth of <div> inside the current box; 0 = outside any box
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "div":
+            if self._depth:
+                self._depth += 1
+            elif "exercise-box" in (attrs.get("class") or "").split():
+                self._depth = 1
+                self.boxes.append([])
+        elif tag == "a" and self._depth:
+            self.boxes[-1].append(attrs)
+
+    def handle_endtag(self, tag):
+        if tag == "div" and self._depth:
+            self._depth -= 1
+
+
+def built_exercise_boxes(doc: str) -> list[list[dict[str, str]]]:
+    parser = _ExerciseBoxes()
+    parser.feed((HTML / f"{doc}.html").read_text(encoding="utf-8"))
+    return parser.boxes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", list(EXERCISE_OF_CHAPTER))
+def test_built_exercise_boxes_link_download_binder_and_jupyterhub(doc):
+    """Each chapter page has two exercise boxes; each offers the notebook as a download (a copy
+    of exercises/<id>/<id>.ipynb inside the site) and the Binder and JupyterHub links that open
+    that notebook from the configured repository."""
+    build = build_book()
+    if build.returncode != 0:
+        pytest.skip("the build failed; see test_book_builds_with_warnings_as_errors")
     ex = EXERCISE_OF_CHAPTER[doc]
-    target = f"../exercises/{ex}/{ex}.ipynb"
-    links = re.findall(r"\{download\}`[^`<]*<([^>]+)>`", source(doc))
-    assert target in links, (f"{doc}.md must link its exercise notebook with "
-                             f"{{download}}`{ex}.ipynb <{target}>`; its download links are {links}")
-    notebook = (path.parent / target).resolve()
-    assert notebook.is_file(), f"{doc}.md links {target}, but {notebook.relative_to(ROOT)} does not exist"
+    boxes = built_exercise_boxes(doc)
+    assert len(boxes) == 2, f"{doc}.html: expected 2 exercise boxes (top and end), found {len(boxes)}"
+    notebook = ROOT / "exercises" / ex / f"{ex}.ipynb"
+    for links in boxes:
+        downloads = [a["href"] for a in links if "download" in (a.get("class") or "").split()]
+        assert len(downloads) == 1, f"{doc}.html: an exercise box needs one download link; links: {links}"
+        copy = (HTML / doc).parent / downloads[0]
+        assert copy.resolve().is_relative_to(HTML) and copy.name == f"{ex}.ipynb", downloads[0]
+        assert copy.is_file() and copy.read_bytes() == notebook.read_bytes(), (
+            f"{doc}.html: the download link {downloads[0]} is not a copy of {notebook.relative_to(ROOT)}")
+        launch = {a.get("href") for a in links if "exercise-launch" in (a.get("class") or "").split()}
+        assert launch == set(expected_launch_urls(ex).values()), f"{doc}.html: launch links {launch}"
 
 
 def bib_entries() -> dict[str, dict[str, str]]:

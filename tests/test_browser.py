@@ -4,7 +4,9 @@ Serves _build/html (built once by tests/test_book.py's build_book(), the same bu
 `make book`) on a local HTTP server and, for each page: no JavaScript console errors, every
 image loaded, MathJax output wherever there is math, the chapter's numbered figures, no
 internal link to a missing page or anchor, no horizontal scrolling on a phone-sized screen.
-A screenshot of each page goes to _build/screenshots/.
+On each chapter, the exercise box (download, Binder, JupyterHub) is on the first screen of a phone.
+A screenshot of each page goes to _build/screenshots/, of each chapter's first phone screen to
+_build/screenshots/phone/.
 
 Needs Debian's chromium and chromium-driver (`make browser` installs them); skipped otherwise.
 Selenium is given the driver and browser paths, so Selenium Manager never downloads anything.
@@ -24,13 +26,15 @@ from urllib.parse import unquote, urldefrag, urljoin, urlparse
 
 import pytest
 
-from test_book import EXERCISE_OF_CHAPTER, ROOT, build_book, toc_files
+from test_book import EXERCISE_OF_CHAPTER, ROOT, build_book, expected_launch_urls, toc_files
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 PAGES = ["index", *toc_files(), "search", "genindex"]
 PHONE_WIDTH = 412
+PHONE_HEIGHT = 915
+"""A common Android phone's viewport in CSS pixels (Pixel 7, Galaxy S20+)."""
 
 pytestmark = [
     pytest.mark.xdist_group("book"),
@@ -206,3 +210,62 @@ def test_link_checker_detects_missing_pages(tmp_path):
     assert not path.is_file() and fragment == "x"
     path, fragment = _local_target(site, site + "a.html", "a.html#here", tmp_path)
     assert path.is_file() and fragment in _ids(path)
+
+
+@pytest.mark.parametrize("page", list(EXERCISE_OF_CHAPTER))
+def test_exercise_box_on_a_phones_first_screen(page, site, browser):
+    """A reader on a phone sees the exercise box, links and all, without scrolling, and the page
+    does not scroll sideways; its download link serves the notebook, its launch links open the
+    notebook from the configured repository."""
+    ex = EXERCISE_OF_CHAPTER[page]
+    # The viewport of a phone (as DevTools' device mode sets it), not a window with browser chrome.
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": PHONE_WIDTH, "height": PHONE_HEIGHT, "deviceScaleFactor": 1, "mobile": True})
+    try:
+        browser.get(urljoin(site, f"{page}.html"))
+        _wait(browser, lambda d: d.execute_script("return document.readyState") == "complete",
+              message=f"{page}.html did not finish loading")
+        # Measure the final layout: after the web fonts and MathJax (the learning goals have math).
+        browser.execute_async_script("""
+            const done = arguments[0];
+            const math = window.MathJax && MathJax.startup ? MathJax.startup.promise : Promise.resolve();
+            Promise.all([document.fonts.ready, math]).then(() => done(true));""")
+        browser.execute_script("window.scrollTo(0, 0)")
+        view = browser.execute_script(
+            "return {width: document.documentElement.clientWidth, height: window.innerHeight,"
+            " scrollWidth: document.documentElement.scrollWidth}")
+        box = browser.execute_script("""
+            const box = document.querySelector('div.exercise-box');
+            if (!box) return null;
+            const r = box.getBoundingClientRect();
+            const links = Array.from(box.querySelectorAll('a')).map(a => {
+                const l = a.getBoundingClientRect();
+                return {href: a.href, cls: a.className, text: a.textContent.trim(),
+                        top: l.top, bottom: l.bottom, left: l.left, right: l.right};
+            });
+            return {top: r.top, bottom: r.bottom, left: r.left, right: r.right,
+                    title: box.querySelector('.admonition-title').textContent.trim(), links: links};""")
+        SCREENSHOTS.joinpath("phone").mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOTS / "phone" / f"{page.replace('/', '__')}.png"))
+    finally:
+        browser.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+    assert view["width"] <= PHONE_WIDTH, f"the window is {view['width']} px wide, not a phone's {PHONE_WIDTH}"
+    assert view["scrollWidth"] - view["width"] <= 1, (
+        f"{page}.html scrolls sideways by {view['scrollWidth'] - view['width']} px on a phone")
+    assert box is not None, f"{page}.html has no exercise box (div.exercise-box)"
+    assert box["title"] == f"Exercise {int(ex[:2])}", box["title"]
+    assert 0 <= box["top"] and box["bottom"] <= view["height"], (
+        f"the exercise box spans {box['top']:.0f}-{box['bottom']:.0f} px, not within the phone's first "
+        f"screen (0-{view['height']} px)")
+    assert 0 <= box["left"] and box["right"] <= view["width"], f"the exercise box is cut off sideways: {box}"
+    for link in box["links"]:
+        assert link["bottom"] <= view["height"] and link["right"] <= view["width"], f"link off screen: {link}"
+
+    downloads = [link["href"] for link in box["links"] if "download" in link["cls"].split()]
+    assert len(downloads) == 1, f"one download link expected in the box: {box['links']}"
+    target = _local_target(site, urljoin(site, f"{page}.html"), downloads[0], ROOT / "_build" / "html")
+    assert target is not None and target[0].is_file(), f"the download link {downloads[0]} leads nowhere"
+    assert target[0].read_bytes() == (ROOT / "exercises" / ex / f"{ex}.ipynb").read_bytes()
+    launch = {link["text"]: link["href"] for link in box["links"] if "exercise-launch" in link["cls"].split()}
+    assert launch == expected_launch_urls(ex), launch
