@@ -11,7 +11,7 @@ import torch
 
 from grader.checks.cases import Case, groups, single_threaded
 from grader.checks.item import Item, Mistake
-from grader.checks.results import Grade, GroupResult, Report, describe, fmt
+from grader.checks.results import Grade, GroupResult, Report, describe, row
 from grader.checks.run import Outcome, run_student
 
 TOLERANCES = {  # (rtol, atol): loose enough for any correct order of operations, tight enough
@@ -38,17 +38,20 @@ def _scalar(x: Any) -> float | None:
     return None
 
 
-def mismatch(item: Item, expected: Any, got: Any, where: str) -> str | None:
-    """None when got matches expected; otherwise a message for the student."""
+def mismatch(item: Item, expected: Any, got: Any, where: str = "") -> str | None:
+    """None when got matches expected; otherwise a short message for the student (its first line says what
+    is wrong; a wrong value adds two lines: the row of expected and of got values where it differs most).
+    `where`, when given, is put in front ("case 2 of 6 (...): weights: ...")."""
     names = item.outputs
+    prefix = f"{where}: " if where else ""
     if isinstance(expected, tuple):
         if not isinstance(got, (tuple, list)) or len(got) != len(expected):
             return f"{item.name} should return a tuple ({', '.join(names)}); it returned {describe(got)}"
         for name, e, o in zip(names, expected, got):
-            if (msg := _mismatch_leaf(item, e, o, f"{where}: {name}")):
+            if (msg := _mismatch_leaf(item, e, o, prefix + name)):
                 return msg
         return None
-    return _mismatch_leaf(item, expected, got, f"{where}: {names[0]}")
+    return _mismatch_leaf(item, expected, got, prefix + names[0])
 
 
 def _mismatch_leaf(item: Item, expected: Any, got: Any, where: str) -> str | None:
@@ -70,11 +73,13 @@ def _mismatch_leaf(item: Item, expected: Any, got: Any, where: str) -> str | Non
     if got.device != expected.device:
         return (f"{where}: expected the result on {expected.device}, got it on {got.device} "
                 f"(create new tensors with device=x.device)")
+    name = where.rsplit(": ", 1)[-1]
     if not expected.is_floating_point():
         if not torch.equal(got, expected):
-            bad = (got != expected).nonzero()[0].tolist()
-            return (f"{where}: wrong at index {tuple(bad)}: expected {expected[tuple(bad)].item()}, "
-                    f"got {got[tuple(bad)].item()}\nexpected:\n{fmt(expected)}\ngot:\n{fmt(got)}")
+            bad = tuple((got != expected).nonzero()[0].tolist())
+            n_bad = int((got != expected).sum())
+            return (f"{where}: {n_bad} of {expected.numel()} values differ, the first at index {bad}\n"
+                    + row(name, expected, got, bad))
         return None
     new_nan = got.isnan() & ~expected.isnan()
     if new_nan.any():
@@ -91,11 +96,10 @@ def _mismatch_leaf(item: Item, expected: Any, got: Any, where: str) -> str | Non
         n_bad = int((~close).sum())
         e, o = expected[bad].item(), got[bad].item()
         digits = next((d for d in range(6, 17) if f"{e:.{d}g}" != f"{o:.{d}g}"), 17)
-        msg = (f"{where}: {n_bad} of {close.numel()} values differ; the largest difference is at index "
-               f"{bad}: expected {e:.{digits}g}, got {o:.{digits}g}")
-        if expected.numel() <= 48:
-            msg += f"\nexpected:\n{fmt(expected)}\ngot:\n{fmt(got)}"
-        return msg
+        msg = f"{where}: {n_bad} of {close.numel()} values differ; the largest difference is at index {bad}"
+        if expected.dim() == 0 or expected.shape[-1] == 1:
+            return f"{msg}: expected {e:.{digits}g}, got {o:.{digits}g}"
+        return f"{msg}\n{row(name, expected, got, bad)}"
     return None
 
 
@@ -119,26 +123,31 @@ def diagnose(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> 
 
 def _case_problem(item: Item, cases: Sequence[Case], index: int, out: Outcome, ref: Outcome
                   ) -> tuple[str, bool] | None:
-    """(message, whether it is a wrong value) for one case, or None when the case passes."""
+    """(message, whether it is a wrong value) for one case, or None when the case passes. A wrong value's
+    message is "<verdict>\n<what differs>"; the likely mistake goes between the two (_with_diagnosis)."""
     case = cases[index]
     if ref.error is not None:  # a bug in the checks or the reference, not the student's
         raise RuntimeError(f"reference failed on case {case.label!r}: {ref.error}")
-    where = f"case {index + 1} of {len(cases)} ({case.label})"
+    where = f"case {index + 1} of {len(cases)}: {case.label}"
     if out.error is not None:
-        return f"{item.name} does not run yet.\n{where}: {out.error}", False
+        return f"{item.name} does not run yet ({where}).\n{out.error}", False
     if out.mutated:
-        return (f"{item.name} changed its input {', '.join(out.mutated)} in place ({where}); leave the inputs "
-                f"as they are (use out-of-place operations: x = x + 1, not x += 1)"), False
-    problem = mismatch(item, ref.value, out.value, where)
-    return None if problem is None else (problem, True)
+        return (f"{item.name} changed its input {', '.join(out.mutated)} in place ({where}).\n"
+                f"Leave the inputs as they are: use out-of-place operations (x = x + 1, not x += 1)."), False
+    problem = mismatch(item, ref.value, out.value)
+    return None if problem is None else (f"{item.name} is not right yet on {where}.\n{problem}", True)
 
 
 def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], problem: str
                     ) -> tuple[str, Mistake | None]:
     mistake = diagnose(item, cases, outcomes)
-    if mistake is not None:
-        problem += f"\nLikely mistake: {mistake.says}"
-    return f"{item.name} is not right yet.\n{problem}", mistake
+    return _message(problem, mistake), mistake
+
+
+def _message(problem: str, mistake: Mistake | None) -> str:
+    """The verdict, then the likely mistake, then what differs (report.for_student fits it to six lines)."""
+    verdict, _, detail = problem.partition("\n")
+    return "\n".join(line for line in (verdict, f"Likely mistake: {mistake.says}" if mistake else "", detail) if line)
 
 
 @single_threaded
@@ -215,9 +224,7 @@ def grade(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Gra
                     diagnosis.append(mistake)
                     mistake_key = mistake.key if mistake else None
                 else:
-                    mistake = diagnosis[0]
-                    message = f"{item.name} is not right yet.\n{problem}" + (
-                        f"\nLikely mistake: {mistake.says}" if mistake else "")
+                    message = _message(problem, diagnosis[0])
                 results.append(GroupResult(g, False, message))
             else:
                 results.append(GroupResult(g, False, problem))

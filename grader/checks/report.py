@@ -1,5 +1,7 @@
 """What a notebook's check does with a verdict: ``assert_passes`` runs the three steps and raises
-:class:`CheckFailed` with the message written for the student.
+:class:`CheckFailed` with the message written for the student (``for_student``: the verdict, the likely
+mistake, the failing case; six lines of 80 characters at most, shown without a traceback in a notebook).
+Importing it inside IPython installs the Jupyter state traps of grader.checks.notebook.
 
 Report, GroupResult and Grade (and the describe/fmt helpers) are defined in grader.checks.results
 and re-exported here, the module callers import them from.
@@ -10,17 +12,37 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from grader.checks import notebook
 from grader.checks.cases import make_cases
 from grader.checks.compare import compare
 from grader.checks.item import Item
-from grader.checks.results import Grade, GroupResult, Report, describe, fmt
+from grader.checks.results import Grade, GroupResult, Report, blocks, describe, fit, fmt
 from grader.checks.run import run_student
 
-__all__ = ["Report", "GroupResult", "Grade", "CheckFailed", "check", "assert_passes", "describe", "fmt"]
+__all__ = ["Report", "GroupResult", "Grade", "CheckFailed", "check", "assert_passes", "for_student", "describe",
+           "fmt"]
 
 
 class CheckFailed(AssertionError):
-    """A submission failed its check; the message is written for the student."""
+    """A submission failed its check; the message is written for the student.
+
+    In a notebook (IPython) it is shown as its message alone, no traceback of this package: verdict first,
+    then the likely mistake, at most six lines of at most 80 characters (what `nbgrader validate` keeps).
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self).strip("\n")]
+
+
+def for_student(message: str) -> str:
+    """A report's message as a notebook shows it: the verdict, then the "Likely mistake" line (moved up when
+    a check put it further down), then the rest, fitted to six lines of 80 characters."""
+    lines = blocks(message)
+    likely = [line for line in lines[1:] if line.startswith("Likely mistake:")]
+    rest = [line for line in lines[1:] if not line.startswith("Likely mistake:")]
+    if not likely:
+        return fit([*lines[:1], "", *rest])
+    return fit([lines[0], likely[0], *rest])
 
 
 def check(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool = False) -> Report:
@@ -38,6 +60,21 @@ def assert_passes(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool
     """Check a submission on every seed (and CUDA copies when cuda=True and a GPU is present);
     raise CheckFailed with the first failing report's message."""
     __tracebackhide__ = True  # noqa: F841  (pytest and IPython hide this frame)
+    problem = notebook.stale(item.name, impl) or _wrong_kind(item, impl)
+    if problem:
+        raise CheckFailed("\n" + fit([problem]))
     report = check(item, impl, seeds, cuda)
     if not report.passed:
-        raise CheckFailed("\n" + report.message)
+        raise CheckFailed("\n" + for_student(report.message))
+
+
+def _wrong_kind(item: Item, impl: Any) -> str | None:
+    """A one-line message when check_<item> was given something other than a function (or a class)."""
+    if item.kind == "class" and not isinstance(impl, type):
+        return f"check_{item.name} checks your class {item.name}; it was given {describe(impl)}."
+    if item.kind == "function" and (isinstance(impl, type) or not callable(impl)):
+        return f"check_{item.name} checks your function {item.name}; it was given {describe(impl)}."
+    return None
+
+
+notebook.install()   # the Jupyter state traps (grader.checks.notebook); nothing outside IPython

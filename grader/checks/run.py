@@ -14,6 +14,7 @@ import torch
 
 from grader.checks.cases import Case, clone, same, single_threaded, tree_map
 from grader.checks.item import Item
+from grader.checks.notebook import IMPORTED
 from grader.checks.results import describe
 from grader.checks.shortcuts import Tripwires, find_shortcut, find_shortcut_in, shortcut_message
 
@@ -30,6 +31,10 @@ class Outcome:
 
 class SetupError(Exception):
     """The submission could not be set up for a case (a class without the expected members...)."""
+
+
+class ArityError(TypeError):
+    """The submission's signature does not take the arguments a case passes."""
 
 
 @single_threaded
@@ -80,6 +85,8 @@ def _format_exception(item: Item, err: BaseException) -> str:
                 f"`raise NotImplementedError()` with your code.")
     if isinstance(err, SetupError):
         return str(err)
+    if isinstance(err, ArityError):
+        return str(err)
     frames = traceback.extract_tb(err.__traceback__)
     # The student's own frames: not this package, not torch.
     own = [f for f in frames if "/grader/checks/" not in f.filename and "site-packages" not in f.filename
@@ -89,11 +96,17 @@ def _format_exception(item: Item, err: BaseException) -> str:
         f = own[-1]
         line = f" `{f.line.strip()}`" if f.line else ""
         where = f" at line {f.lineno}{line}"
-    return f"{item.name} raised {type(err).__name__}{where}: {err}"
+    text = (str(err).strip().splitlines() or [""])[0]
+    text = text if len(text) <= 160 else text[:157] + "..."
+    hint = ""
+    if isinstance(err, NameError) and getattr(err, "name", None) in IMPORTED:
+        hint = " (run the imports cell at the top first; after a kernel restart, run the notebook from the top)"
+    return f"{item.name} raised {type(err).__name__}{where}: {text}{hint}"
 
 
 def _call(item: Item, impl: Any, case: Case) -> Any:
     if item.kind == "function":
+        _check_arity(item.name, impl, case.args, case.kwargs)
         return impl(*case.args, **case.kwargs)
     try:
         module = impl(**(case.init or {}))
@@ -107,7 +120,21 @@ def _call(item: Item, impl: Any, case: Case) -> Any:
     if case.state:
         _load_state(item, module, case.state)
     module.train(case.train)
+    _check_arity(f"{item.name}.forward", module.forward, case.args, case.kwargs)
     return module(*case.args, **case.kwargs)
+
+
+def _check_arity(name: str, fn: Any, args: tuple, kwargs: dict) -> None:
+    """Raise ArityError (one line) when `fn`'s signature cannot take `args` and `kwargs`."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as err:
+        given = ", ".join([f"{len(args)} positional argument{'s' * (len(args) != 1)}", *kwargs])
+        raise ArityError(f"{name}{signature} cannot be called with {given}: {err}") from None
 
 
 def _load_state(item: Item, module: torch.nn.Module, state: dict) -> None:
