@@ -6,6 +6,7 @@ the item's visible test cell. The output must name the mistake (its `says` text)
 80 characters (what `nbgrader validate` keeps) and show no frame of the checking package; the correct
 solution's test cell is silent. Also the Jupyter state traps (a test cell run before its definition, a
 definition cell with a syntax error after a good one, a kernel restart) and wrong return types and arity.
+The kernel tests are marked slow (about 40 s with two workers); the notebooks' chapter links are checked fast.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from pathlib import Path
 
 import nbformat
 import pytest
+import yaml
 
 import grader.checks as gc
-
-pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = sorted(gc.ASSIGNMENTS)
@@ -106,6 +106,7 @@ def student(request):
         kernel.close()
 
 
+@pytest.mark.slow
 def test_every_mistake_is_named_in_six_lines_and_the_solution_is_silent(student):
     assignment, released, kernel = student
     answers = cells(ROOT / "solutions" / assignment / f"{assignment}.ipynb")
@@ -193,6 +194,7 @@ WRONG = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(WRONG))
 def test_wrong_types_arity_dtype_and_in_place_get_their_own_line(attention_kernel, case):
     released, kernel = attention_kernel
@@ -204,6 +206,7 @@ def test_wrong_types_arity_dtype_and_in_place_get_their_own_line(attention_kerne
     assert_short(output, case)
 
 
+@pytest.mark.slow
 def test_after_a_kernel_restart_the_student_is_told_to_run_from_the_top(attention_kernel):
     released, kernel = attention_kernel
     kernel.run("%reset -f")
@@ -215,3 +218,28 @@ def test_after_a_kernel_restart_the_student_is_told_to_run_from_the_top(attentio
     output, raised = kernel.run("torch.zeros(1)")
     assert raised and "the kernel has forgotten the imports" in flat(output), output
     assert_short(output, "torch after a restart")
+
+
+def website() -> str:
+    """The published site's address, from _config.yml as the launch buttons get theirs: html.baseurl, or
+    else the GitHub Pages address of `repository.url` (https://<owner>.github.io/<name>/)."""
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    base = str((config.get("html") or {}).get("baseurl") or "")
+    if not base:
+        owner, name = config["repository"]["url"].rstrip("/").split("/")[-2:]
+        base = f"https://{owner}.github.io/{name}/"
+    return base.rstrip("/") + "/"
+
+
+@pytest.mark.parametrize("folder", ["solutions", "exercises"])
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_the_notebook_links_to_its_rendered_chapter(folder, assignment):
+    intro = nbformat.read(ROOT / folder / assignment / f"{assignment}.ipynb", as_version=4).cells[0].source
+    links = re.findall(r"\]\(([^)]+)\)", intro)
+    chapter = [url for url in links if "/book/" in url]
+    assert chapter, f"{assignment}: no link to its chapter in\n{intro}"
+    for url in chapter:
+        assert not url.endswith(".md"), f"{assignment} links to the chapter's source {url}"
+        page = url.removeprefix(website())
+        assert page != url and re.fullmatch(r"book/\w+\.html", page), f"{url} is not a page of {website()}"
+        assert (ROOT / page).with_suffix(".md").is_file(), f"{url}: no chapter {page}"

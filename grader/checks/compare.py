@@ -22,6 +22,10 @@ TOLERANCES = {  # (rtol, atol): loose enough for any correct order of operations
 }
 
 
+NAN_HINT = (" A softmax over a row of only -inf gives NaN: a query with nothing to attend to must get zero weights "
+            "and zero output.")   # left out when a catalogued mistake is named
+
+
 def reference_outcomes(item: Item, cases: Sequence[Case]) -> list[Outcome]:
     """The reference's outcomes on `cases` (unwatched: the reference may use anything)."""
     return run_student(item, item.reference(), cases, watch=False)
@@ -84,9 +88,9 @@ def _mismatch_leaf(item: Item, expected: Any, got: Any, where: str) -> str | Non
     new_nan = got.isnan() & ~expected.isnan()
     if new_nan.any():
         bad = new_nan.nonzero()[0].tolist()
+        hint = NAN_HINT if "weights" in item.outputs else ""
         return (f"{where}: NaN at index {tuple(bad)} where the reference has {expected[tuple(bad)].item():.4g}"
-                f" ({int(new_nan.sum())} NaN in all). A softmax over a row of only -inf gives NaN: "
-                f"a query with nothing to attend to must get zero weights and zero output.")
+                f" ({int(new_nan.sum())} NaN in all).{hint}")
     rtol, atol = item.tol.get(expected.dtype, TOLERANCES.get(expected.dtype, (1e-4, 1e-5)))
     close = torch.isclose(got, expected, rtol=rtol, atol=atol, equal_nan=True)
     if not close.all():
@@ -147,6 +151,8 @@ def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcom
 def _message(problem: str, mistake: Mistake | None) -> str:
     """The verdict, then the likely mistake, then what differs (report.for_student fits it to six lines)."""
     verdict, _, detail = problem.partition("\n")
+    if mistake is not None:
+        detail = detail.replace(NAN_HINT, "")
     return "\n".join(line for line in (verdict, f"Likely mistake: {mistake.says}" if mistake else "", detail) if line)
 
 

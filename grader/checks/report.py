@@ -40,9 +40,7 @@ def for_student(message: str) -> str:
     lines = blocks(message)
     likely = [line for line in lines[1:] if line.startswith("Likely mistake:")]
     rest = [line for line in lines[1:] if not line.startswith("Likely mistake:")]
-    if not likely:
-        return fit([*lines[:1], "", *rest])
-    return fit([lines[0], likely[0], *rest])
+    return fit([lines[0], *likely[:1], *rest], keep=1 + len(likely[:1]))
 
 
 def check(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool = False) -> Report:

@@ -76,12 +76,12 @@ def wrap(text: str, width: int = WIDTH) -> str:
 _SHORT_PARENS = re.compile(r"\([^()\n]{0,18}\)")
 
 
-def fit(blocks: list[str], limit: int = MAX_LINES) -> str:
-    """The blocks wrapped and joined in at most `limit` lines: the first (the verdict) and the second (the
-    likely mistake) stay; of the others the earlier ones are dropped first, the last one stays (cut)."""
+def fit(blocks: list[str], keep: int = 2, limit: int = MAX_LINES) -> str:
+    """The blocks wrapped and joined in at most `limit` lines: the first `keep` (the verdict, the likely
+    mistake) stay; of the others the earlier ones are dropped first; the last one stays (cut if need be)."""
     wrapped = [wrap(b) for b in blocks if b]
-    while len(wrapped) > 3 and sum(len(b.splitlines()) for b in wrapped) > limit:
-        del wrapped[2]
+    while len(wrapped) > keep + 1 and sum(len(b.splitlines()) for b in wrapped) > limit:
+        del wrapped[keep]
     lines = "\n".join(wrapped).splitlines()
     if len(lines) > limit:
         lines = lines[:limit - 1] + [lines[limit - 1][:WIDTH - 3] + "..."]
