@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine with Python >= 3.10 and make:
 #   make book   build the website into _build/html (warnings are errors)
 #   make test   run the whole test suite
-# Both create/update the virtual environment in .venv themselves and are idempotent.
+#   make lab    (students) JupyterLab on exercises/, with nbgrader's student tools only
+# Each creates/updates the virtual environment in .venv itself and is idempotent.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -10,11 +11,12 @@ STAMP  := $(VENV)/.installed
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9]*))
 PYTEST_WORKERS ?= 2
 
-.PHONY: book test venv browser sandbox exercises clean help
+.PHONY: book test venv browser sandbox exercises lab clean help
 
 help:
 	@echo "make book       build the website into _build/html"
 	@echo "make test       run the whole test suite (sets everything up itself)"
+	@echo "make lab        (students) open the exercises in JupyterLab (sets everything up itself)"
 	@echo "make exercises  regenerate exercises/ from solutions/ with nbgrader"
 	@echo "make clean      remove build output (keeps .venv)"
 
@@ -56,6 +58,25 @@ exercises: $(STAMP)
 	for a in $(ASSIGNMENTS); do \
 	  $(BIN)/nbgrader generate_assignment "$$a" --force --no-db --log-level=WARN || exit 1; \
 	done
+
+# Students: JupyterLab on exercises/ only (solutions/ is not in its file browser), with nbgrader's
+# Assignments panel and Validate button and without the instructor's Formgrader, Course List and Create
+# Assignment. lab/ holds those settings and the exchange settings below; it is put on JUPYTER_CONFIG_PATH
+# for this command only, so no one's own Jupyter configuration changes. The exchange directory is the one
+# the instructor releases into; it is created (world-writable, as nbgrader needs) when it is missing and
+# can be. JupyterLab runs in LAB_DIR (nbgrader's Assignments panel fetches into and submits from the
+# server's working directory, whatever its root_dir). As root (a container) --allow-root is added.
+# LAB_DIR and LAB_ARGS (more `jupyter lab` options) are for tests/test_lab.py.
+NBGRADER_EXCHANGE ?= /usr/local/share/nbgrader/exchange
+NBGRADER_COURSE   ?= transformer-course
+LAB_DIR  ?= exercises
+LAB_ARGS ?=
+lab: $(STAMP)
+	@test -d "$(NBGRADER_EXCHANGE)" || { mkdir -p "$(NBGRADER_EXCHANGE)" && chmod 0777 "$(NBGRADER_EXCHANGE)"; } 2>/dev/null || \
+	  echo "note: cannot create the exchange directory $(NBGRADER_EXCHANGE); the Assignments panel needs the one your instructor released into: make lab NBGRADER_EXCHANGE=..."
+	cd "$(LAB_DIR)" && \
+	  JUPYTER_CONFIG_PATH="$(CURDIR)/lab" NBGRADER_EXCHANGE="$(NBGRADER_EXCHANGE)" NBGRADER_COURSE="$(NBGRADER_COURSE)" \
+	  "$(abspath $(BIN))/jupyter" lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf _build autograded feedback submitted gradebook.db
