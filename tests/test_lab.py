@@ -1,14 +1,14 @@
 """A student's JupyterLab, started by `make lab`, in headless Chromium.
 
-`make lab` runs on a copy of exercises/ (LAB_DIR), a free loopback port and a known token (LAB_ARGS), with
-a temporary exchange directory holding a released 03_attention. In the copy, 03_attention's first function
-is right and scaled_dot_product_attention fills masked scores with -inf (a catalogued mistake: a fully
-masked row becomes NaN). The test runs every cell from the Run menu and checks that the mistake's message
-(taken from grader.checks, not written here) is shown under the test cell; that the Nbgrader menu offers the
-Assignment List but not Formgrader, Course List or Create Assignment, and the server has no formgrader; that
-the notebook has the Validate button; and that the Assignments panel lists the released assignment with no
-error, fetches it into <course>/<assignment>/ and submits it into the exchange's inbound folder.
-Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
+`make lab` runs on a copy of exercises/ (LAB_DIR), a free loopback port and a known token (LAB_ARGS), with a
+temporary exchange directory holding a released 03_attention. In the copy, 03_attention's first function is
+right and scaled_dot_product_attention fills masked scores with -inf (a catalogued mistake: a fully masked row
+becomes NaN). The test runs every cell from the Run menu and checks that the mistake's message (taken from
+grader.checks, not written here) is shown under the test cell; that the Nbgrader menu offers the Assignment
+List but not Formgrader, Course List or Create Assignment, and the server has no formgrader; that the
+notebook's Validate button shows the same message; and that the Assignments panel lists the released
+assignment with no error, fetches it into <course>/<assignment>/ and submits it into the exchange's inbound
+folder. Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
 
 Needs Debian's chromium and chromium-driver (`make browser`) and make; skipped otherwise.
 """
@@ -109,7 +109,8 @@ def lab(tmp_path_factory):
     args = (f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.port_retries=0 "
             f"--IdentityProvider.token={TOKEN} --LabApp.expose_app_in_browser=True "
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "NBGRADER_"))}
+    env = {k: v for k, v in os.environ.items()   # nothing from the caller's Jupyter, nbgrader or `make test`
+           if not k.startswith(("JUPYTER", "NBGRADER_")) and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     env.update(HOME=str(home), OMP_NUM_THREADS="1",
                PATH=os.pathsep.join([str(venv_bin), env.get("PATH", "")]))
     log = open(base / "lab.log", "w")
@@ -206,7 +207,9 @@ def _menu_labels(driver, top: str) -> list[str]:
 
 def test_a_wrong_solution_is_named_and_only_student_tools_are_there(lab, browser):
     from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
 
     from grader.checks import ITEMS
 
@@ -261,6 +264,19 @@ def test_a_wrong_solution_is_named_and_only_student_tools_are_there(lab, browser
         ".find(o => o.textContent.replace(/\\s+/g, ' ').includes(arguments[0]));"
         "if (o) o.scrollIntoView({block: 'center'});", expected)
     _screenshot(browser, "mistake")
+
+    # Validate runs the notebook again, outside this kernel, and lists the failing test cell with the message.
+    (validate,) = [b for b in browser.find_elements(
+        By.CSS_SELECTOR, ".jp-NotebookPanel-toolbar button, .jp-NotebookPanel-toolbar jp-button")
+        if b.text.strip() == "Validate"]
+    validate.click()
+    dialog = _wait(browser, lambda d: d.execute_script(
+        "const b = document.querySelector('.jp-Dialog .jp-Dialog-body'); return b ? b.innerText : ''"),
+        240, "Validate showed no result")
+    _screenshot(browser, "validate")
+    assert expected in _squash(dialog), dialog
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".jp-Dialog"), 15, "the Validate dialog stayed open")
 
     # The Assignments panel lists what the instructor released, without an exchange error.
     _click_menu(browser, "Nbgrader", "Assignment List")
