@@ -61,7 +61,7 @@ exercises: $(STAMP)
 
 # Students: JupyterLab on exercises/ only (solutions/ is not in its file browser), with nbgrader's
 # Assignments panel and Validate button and without the instructor's Formgrader, Course List and Create
-# Assignment. lab/ holds those settings and the exchange settings below; it is put on JUPYTER_CONFIG_PATH
+# Assignment. grader/lab/ holds those settings and the exchange settings below; it is put on JUPYTER_CONFIG_PATH
 # for this command only, so no one's own Jupyter configuration changes. The exchange directory is the one
 # the instructor releases into; it is created (world-writable, as nbgrader needs) when it is missing and
 # can be. JupyterLab runs in LAB_DIR (nbgrader's Assignments panel fetches into and submits from the
@@ -75,7 +75,7 @@ lab: $(STAMP)
 	@test -d "$(NBGRADER_EXCHANGE)" || { mkdir -p "$(NBGRADER_EXCHANGE)" && chmod 0777 "$(NBGRADER_EXCHANGE)"; } 2>/dev/null || \
 	  echo "note: cannot create the exchange directory $(NBGRADER_EXCHANGE); the Assignments panel needs the one your instructor released into: make lab NBGRADER_EXCHANGE=..."
 	cd "$(LAB_DIR)" && \
-	  JUPYTER_CONFIG_PATH="$(CURDIR)/lab" NBGRADER_EXCHANGE="$(NBGRADER_EXCHANGE)" NBGRADER_COURSE="$(NBGRADER_COURSE)" \
+	  JUPYTER_CONFIG_PATH="$(CURDIR)/grader/lab" NBGRADER_EXCHANGE="$(NBGRADER_EXCHANGE)" NBGRADER_COURSE="$(NBGRADER_COURSE)" \
 	  "$(abspath $(BIN))/jupyter" lab $$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 clean:

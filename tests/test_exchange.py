@@ -2,7 +2,7 @@
 
 The instructor (the repository's nbgrader_config.py, run from the repository root) generates and releases
 03_attention into a temporary exchange directory; two students, each with a HOME and a working folder of
-their own and the student settings in lab/ (what `make lab` uses), fetch it, fill it in and submit it; the
+their own and the student settings in grader/lab/ (what `make lab` uses), fetch it, fill it in and submit it; the
 instructor collects and grades the class. Both students are this OS user: nbgrader names a submission
 after `--student=ID` when it is given (CourseDirectory.student_id), otherwise after the login name, so
 `--student` stands for the two logins a real course would have. The instructor's commands add
@@ -28,7 +28,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENT = "03_attention"
-COURSE = "transformer-course"     # CourseDirectory.course_id in nbgrader_config.py and lab/nbgrader_config.py
+COURSE = "transformer-course"     # CourseDirectory.course_id in nbgrader_config.py and grader/lab/nbgrader_config.py
 SOLUTION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION\n?", re.S)
 STUB = re.compile(r"^[ \t]*# YOUR CODE HERE\n[ \t]*raise NotImplementedError\(\)", re.M)
 
@@ -101,11 +101,11 @@ def test_release_fetch_submit_collect_grade(tmp_path):
         work = tmp_path / student / "work"
         work.mkdir(parents=True)
         env = _clean_env(tmp_path / student / "home")
-        env.update(JUPYTER_CONFIG_PATH=str(ROOT / "lab"), NBGRADER_EXCHANGE=str(exchange))
+        env.update(JUPYTER_CONFIG_PATH=str(ROOT / "grader" / "lab"), NBGRADER_EXCHANGE=str(exchange))
         listed = _nbgrader(["list"], work, env)
         assert f"{COURSE} {ASSIGNMENT}" in listed.stdout + listed.stderr
         _nbgrader(["fetch_assignment", ASSIGNMENT], work, env)
-        notebook = work / COURSE / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"   # lab/: Exchange.path_includes_course
+        notebook = work / COURSE / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"   # grader/lab/: Exchange.path_includes_course
         _fill_in(notebook, bodies)
         _nbgrader(["submit", ASSIGNMENT, f"--student={student}"], work, env)
     assert len(list((exchange / COURSE / "inbound").iterdir())) == 2
