@@ -304,6 +304,9 @@ FORBIDDEN = SDPA.forbidden + MHA.forbidden
     ("import inspect\nf = inspect.unwrap(g)\n", "inspect"),
     ("import gc\njobs = gc.get_objects()\n", "gc"),
     ("from grader.checks.attention import attend\n", "grader"),
+    ("from grader.checks.attention import check_self_attention, attend\n", "grader"),
+    ("import grader.checks.attention as g\ng.check_self_attention(f)\n", "grader"),
+    ("from grader.checks.attention import check_self_attention as c\nx = c.__globals__\n", "__globals__"),
     ("import sys\ndef f(q):\n    return sys._getframe(1).f_locals\n", "f_locals"),
     ("def f(err):\n    return err.__traceback__.tb_frame.f_back\n", "f_back"),
 ])
@@ -323,6 +326,8 @@ def test_find_shortcut_reads_the_source(source, found):
     "this is not Python (",
     # an import alone (a notebook's imports cell serves several items): only using the name counts
     "from transformer_ref.attention import scaled_dot_product_attention\nimport torch.nn.functional as F\n",
+    # a test cell copied into a cell of one's own, to run the check again
+    "from grader.checks.attention import check_self_attention\n\ncheck_self_attention(self_attention)\n",
 ])
 def test_find_shortcut_leaves_ordinary_code_alone(source):
     assert find_shortcut(source, FORBIDDEN) is None

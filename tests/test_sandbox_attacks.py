@@ -272,6 +272,8 @@ def self_attention(x, W_q, W_k, W_v, mask=None):
 UNWRAP_REFERENCE = '''import inspect
 import transformer_ref.attention as ta
 reference = inspect.unwrap(ta.scaled_dot_product_attention)'''
+RECHECK = '''from grader.checks.attention import check_scaled_dot_product_attention
+check_scaled_dot_product_attention(scaled_dot_product_attention, seeds=(5,))'''
 # The reference saved under another name in a cell of the student's own: what it saved is the trip-wire.
 SAVE_REFERENCE = '''import transformer_ref.attention as ta
 reference = ta.scaled_dot_product_attention'''
@@ -379,6 +381,8 @@ CLASS: dict[str, tuple[Callable, Expect]] = {
                            Expect(BUT_LAST, ("memory limit of 2 GiB",))),
     # ---- noise is not an error
     "warnings_and_stderr": (edited("scaled_dot_product_attention", after=NOISY), Expect(FULL)),
+    # a student who runs a check again in code of their own (copied from a test cell) loses nothing
+    "check_run_again": (edited("scaled_dot_product_attention", after=RECHECK), Expect(FULL)),
     # ---- test cells and grading metadata are the instructor's, whatever the submission says
     "test_duplicated": (modified(_duplicate_test), Expect(FULL)),
     "test_renamed": (modified(_rename_test), Expect(FULL)),

@@ -52,6 +52,12 @@ _CLASS_METHODS = ("forward", "__init__", "__call__")   # forbidding X.forward fo
 _CONVENTIONAL = {"torch": "torch", "nn": "torch.nn", "F": "torch.nn.functional"}
 
 
+def _public_check(dotted: str) -> bool:
+    """grader.checks.<assignment>.check_<item>: what a test cell imports, and a student may copy to re-run."""
+    parts = dotted.split(".")
+    return len(parts) == 4 and parts[:2] == ["grader", "checks"] and parts[3].startswith("check_")
+
+
 def shortcut_message(item: Item, dotted: str) -> str:
     """What the student reads when `item`'s submission uses `dotted`."""
     if dotted in EVASIONS:
@@ -330,7 +336,7 @@ class _Reader(ast.NodeVisitor):
             self.report(self._evasive_module(a.name))
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-        if node.module and not node.level:
+        if node.module and not node.level and not all(_public_check(f"{node.module}.{a.name}") for a in node.names):
             self.report(self._evasive_module(node.module))
 
     def visit_Name(self, node: ast.Name) -> None:
@@ -462,7 +468,7 @@ class _Reader(ast.NodeVisitor):
             top = full.split(".")[0]
             # The course's own checks count only when the source imports them itself: a notebook's namespace
             # holds the check functions its imports cell brought in, and a catalogued mistake's module is grader's.
-            if top in _EVASIVE_MODULES and (top != "grader" or root in self.aliases):
+            if top in _EVASIVE_MODULES and (top != "grader" or root in self.aliases and not _public_check(full)):
                 return top
             if full == "sys.modules" or full.startswith("sys.modules."):
                 return "sys.modules"
