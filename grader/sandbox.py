@@ -161,11 +161,10 @@ def _set_limits(limits: Limits) -> None:
 
 @dataclass
 class Process:
-    """A started harness: its Popen, the read end of its report channel, where its output goes."""
+    """A started harness: its Popen and the read end of its report channel."""
 
     popen: subprocess.Popen
     channel: int          # file descriptor the grader reads frames from
-    output: object        # the temporary file that collects its stdout and stderr (bounded by the reader)
 
     def kill(self) -> None:
         """Kill the sandbox and everything in it (its own process group and PID namespace)."""
@@ -174,18 +173,17 @@ class Process:
         except ProcessLookupError:
             pass
         self.popen.wait()
-        for closer in (lambda: os.close(self.channel), self.output.close):
-            try:
-                closer()
-            except OSError:
-                pass
+        try:
+            os.close(self.channel)
+        except OSError:   # closed already (kill is called again in a finally)
+            pass
 
 
 def start(job: bytes, limits: Limits, isolate: bool = True) -> Process:
     """Start `python -m grader.harness` (in bwrap when `isolate`), hand it `job` on stdin, return at once.
 
     The harness reports on file descriptor 3 (grader.harness.Channel); stdout and stderr (the student's
-    prints) go to a temporary file that the grader never reads back into a grade.
+    prints, warnings) are discarded: they never cost points and never fill a disk.
     """
     read_end, write_end = os.pipe()
     argv = [sys.executable, "-s", "-B", "-m", "grader.harness"]
@@ -199,20 +197,19 @@ def start(job: bytes, limits: Limits, isolate: bool = True) -> Process:
             os.close(seccomp_write)
             fds.append(seccomp_read)
         argv = command(argv, limits, seccomp_read)
-    output = tempfile.TemporaryFile()
 
     def child_setup() -> None:
         _set_limits(limits)
         os.dup2(write_end, 3)
 
     stdin_read, stdin_write = os.pipe()
-    popen = subprocess.Popen(argv, stdin=stdin_read, stdout=output, stderr=subprocess.STDOUT,
+    popen = subprocess.Popen(argv, stdin=stdin_read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env=environment(limits), pass_fds=(3, *fds), preexec_fn=child_setup,
                              start_new_session=True, cwd="/" if isolate else tempfile.gettempdir())
     for fd in (write_end, stdin_read, *([seccomp_read] if seccomp_read is not None else [])):
         os.close(fd)
     _write_all(stdin_write, job)
-    return Process(popen, read_end, output)
+    return Process(popen, read_end)
 
 
 def _write_all(fd: int, data: bytes) -> None:
