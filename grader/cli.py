@@ -186,7 +186,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="run student code WITHOUT isolation (only for code you trust; recorded in grades.csv)")
     g.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from grader import export, release, similarity   # after grading: each module adds its command and its run(args)
+    for module in (export, release, similarity):
+        module.add_command(commands)
     args = parser.parse_args(argv)
+    if args.command != "grade":
+        return args.run(args)
     if args.workers < 1:
         parser.error(f"--workers must be at least 1; got {args.workers}")
     if not args.submissions.is_dir():

@@ -1,0 +1,444 @@
+"""`python -m grader similarity OUT-or-SUBMISSIONS --to REPORT_DIR`: solutions that look copied, for the instructor.
+
+A report only: it reads notebooks and writes REPORT_DIR/similarity.csv and REPORT_DIR/similarity.html; it never
+touches a grade. It lists two kinds of finding, per graded item (a solution cell, found by its nbgrader grade_id
+with grader.submission.code_cells, never by what a student wrote elsewhere):
+  - pair       two students' solutions of the same item share at least --threshold (default 0.8) of the
+               fingerprints of the smaller one;
+  - reference  at least --reference-threshold (default 0.8) of a student's fingerprints occur in the reference
+               implementation in transformer_ref (the function or class the item's check compares against,
+               which the book shows with inspect.getsource, plus the private helpers it calls).
+Solutions with fewer than --min-fingerprints (default 8) fingerprints after the stub is removed are too short to
+judge (a one-line `return scaled_dot_product_attention(x @ W_q, ...)` is what everyone writes) and are counted,
+not flagged. A flag is a reason to read the two solutions side by side, not a verdict.
+
+How code is compared:
+ 1. normalise (Python's ast): drop comments, docstrings and type annotations; name each function's parameters
+    by position (a0, a1, ...), every other variable it assigns `v`, helper functions the student defined `f`,
+    import aliases by the module's name; sort each run of consecutive simple statements (assignments,
+    expression statements) by their text. Renamed variables and reordered independent lines then give the same
+    text; the calls (torch.einsum vs @, softmax vs exp) and the structure stay. A cell that does not parse is
+    tokenised as it is, names other than keywords read as `v`.
+ 2. fingerprint with copydetect (PyPI, MIT; Stanford MOSS's winnowing, Schleimer, Wilkerson and Aiken 2003):
+    hashes of every k-gram of tokens (k = 5), of which winnowing keeps the smallest in each window of 4,
+    so any common run of 8 tokens or more is found, whatever surrounds it. copydetect's own tokenizer
+    (pygments) maps every name, `torch` and `softmax` included, to one letter, which makes independent short
+    solutions look alike; so it gets the normalised tokens (one character each) and does the fingerprinting.
+ 3. the boilerplate, every k-gram of the released stub (the exercise's solution cell: the `def` line, its
+    docstring, `raise NotImplementedError()`), is removed from every solution before comparing.
+
+Input: OUT (a `grade --out` directory: its autograded/<student>/<assignment>/ notebooks) or SUBMISSIONS
+(<student>/<assignment>/<notebook>.ipynb). --release (default exercises/) holds the released notebooks, which
+say which cells are solution cells and what their stubs are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import html
+import inspect
+import io
+import keyword
+import sys
+import tokenize
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_RELEASE = REPO_ROOT / "exercises"
+K = 5          # tokens per k-gram: shorter common runs are noise
+WINDOW = 4     # winnowing window: every common run of K + WINDOW - 1 = 8 tokens is found
+THRESHOLD = 0.8
+REFERENCE_THRESHOLD = 0.8
+MIN_FINGERPRINTS = 8
+CSV_COLUMNS = ["kind", "assignment", "item", "student_a", "student_b", "similarity", "shared", "fingerprints_a",
+               "fingerprints_b"]
+
+
+# ------------------------------------------------------------------------------------------------ normalising
+
+_SIMPLE = (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Expr)
+
+
+class _Canonical(ast.NodeTransformer):
+    """Rename what a student may rename (see the module docstring, step 1); keep what they call."""
+
+    def __init__(self, helpers: set[str], aliases: dict[str, str], top_level: set[str]):
+        self.helpers, self.aliases = helpers, aliases
+        self.scopes: list[dict[str, str]] = [{name: "v" for name in top_level}]
+
+    def _name(self, name: str) -> str:
+        for scope in reversed(self.scopes):
+            if name in scope:
+                return scope[name]
+        if name in self.helpers:
+            return "f"
+        return self.aliases.get(name, name)
+
+    def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> ast.AST:
+        a = node.args
+        params = a.posonlyargs + a.args + ([a.vararg] if a.vararg else []) + a.kwonlyargs + ([a.kwarg] if a.kwarg else [])
+        scope = {p.arg: f"a{i}" for i, p in enumerate(params)}
+        body = node.body if isinstance(node.body, list) else [node.body]
+        for sub in body:
+            for n in ast.walk(sub):
+                if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)) and n.id not in scope:
+                    scope[n.id] = "v"
+                elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name not in scope:
+                    scope[n.name] = "f"
+        for p in params:
+            p.arg, p.annotation = scope[p.arg], None
+        self.scopes.append(scope)
+        node.args.defaults = [self.visit(d) for d in a.defaults]
+        node.args.kw_defaults = [self.visit(d) if d is not None else None for d in a.kw_defaults]
+        if isinstance(node, ast.Lambda):
+            node.body = self.visit(node.body)
+        else:
+            node.returns, node.decorator_list = None, [self.visit(d) for d in node.decorator_list]
+            node.body = _clean_body([self.visit(s) for s in node.body])
+        self.scopes.pop()
+        if not isinstance(node, ast.Lambda) and (node.name in self.helpers or self._name(node.name) == "f"):
+            node.name = "f"
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> ast.AST:
+        self.generic_visit(node)
+        node.body = _clean_body(node.body)
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.AST:
+        node.id = self._name(node.id)
+        return node
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        value = self.visit(node.value) if node.value is not None else ast.Constant(None)
+        return ast.copy_location(ast.Assign([self.visit(node.target)], value), node)
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        return ast.Constant("S") if isinstance(node.value, str) else node
+
+    def visit_JoinedStr(self, node: ast.JoinedStr) -> ast.AST:
+        return ast.Constant("S")
+
+
+def _clean_body(body: list[ast.stmt]) -> list[ast.stmt]:
+    """A block without docstrings or other bare strings, its runs of simple statements sorted by their text."""
+    kept = [s for s in body if not (isinstance(s, ast.Expr) and isinstance(s.value, ast.Constant)
+                                    and isinstance(s.value.value, str))]
+    out: list[ast.stmt] = []
+    run: list[ast.stmt] = []
+    for s in kept + [None]:
+        if s is not None and isinstance(s, _SIMPLE):
+            run.append(s)
+            continue
+        out += sorted(run, key=ast.unparse)
+        run = []
+        if s is not None:
+            out.append(s)
+    return out or [ast.Pass()]
+
+
+def normalise(code: str) -> list[str]:
+    """The tokens of `code` after step 1 of the module docstring (a list of strings, no layout)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return _raw_tokens(code)
+    helpers = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    aliases = {}
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.Import, ast.ImportFrom)):
+            for alias in n.names:
+                if alias.asname:
+                    aliases[alias.asname] = alias.name
+    top_level = {t.id for s in tree.body if isinstance(s, _SIMPLE + (ast.For, ast.With))
+                 for t in ast.walk(s) if isinstance(t, ast.Name) and isinstance(t.ctx, ast.Store)}
+    # the graded item's own name is fixed by the stub; only other functions are helpers
+    tree = _Canonical(helpers - _defined_first(tree), aliases, top_level).visit(tree)
+    tree.body = _clean_body(tree.body)
+    return _raw_tokens(ast.unparse(tree), rename=False)
+
+
+def _defined_first(tree: ast.Module) -> set[str]:
+    """The name of the first function or class of a cell: the graded item (the stub's `def`)."""
+    first = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))), None)
+    return {first.name} if first is not None else set()
+
+
+def _raw_tokens(code: str, rename: bool = True) -> list[str]:
+    """Python tokens without comments and layout; strings read as S, and (rename) names other than keywords
+    as v: the fallback for a cell that does not parse."""
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.ENCODING, tokenize.ENDMARKER}
+    tokens = []
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if tok.type in skip:
+                continue
+            if tok.type == tokenize.STRING:
+                tokens.append("S")
+            elif tok.type == tokenize.NAME and rename and not keyword.iskeyword(tok.string):
+                tokens.append("v")
+            elif tok.type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+                tokens.append(tokenize.tok_name[tok.type])
+            else:
+                tokens.append(tok.string)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        pass   # keep the tokens read so far
+    return tokens
+
+
+# ------------------------------------------------------------------------------------------------ fingerprints
+
+class Fingerprinter:
+    """Token lists -> copydetect fingerprints (sets of k-gram hashes kept by winnowing), one vocabulary per run."""
+
+    def __init__(self, k: int = K, window: int = WINDOW):
+        self.k, self.window = k, window
+        self.vocabulary: dict[str, str] = {}
+
+    def text(self, tokens: list[str]) -> str:
+        """One character per token, so that copydetect's character k-grams are token k-grams."""
+        return "".join(self.vocabulary.setdefault(t, chr(0x100 + len(self.vocabulary))) for t in tokens)
+
+    def all_kgrams(self, tokens: list[str]) -> set[int]:
+        from copydetect.utils import hashed_kgrams
+
+        doc = self.text(tokens)
+        return set(hashed_kgrams(doc, self.k).tolist()) if len(doc) >= self.k else set()
+
+    def fingerprints(self, tokens: list[str], boilerplate: set[int] = frozenset()) -> set[int]:
+        from copydetect.utils import get_document_fingerprints
+
+        doc = self.text(tokens)
+        if len(doc) < self.k:
+            return set()
+        hashes, _ = get_document_fingerprints(doc, self.k, self.window)
+        return {int(h) for h in hashes} - boilerplate
+
+
+# ------------------------------------------------------------------------------------------------ the solutions
+
+@dataclass
+class Solution:
+    student: str
+    assignment: str
+    item: str
+    code: str
+    fingerprints: set[int]
+
+
+@dataclass
+class Finding:
+    kind: str            # "pair" or "reference"
+    assignment: str
+    item: str
+    student_a: str
+    student_b: str       # the other student, or the reference's dotted name
+    similarity: float
+    shared: int
+    fingerprints_a: int
+    fingerprints_b: int
+    code_a: str
+    code_b: str
+
+    def row(self) -> list[str]:
+        return [self.kind, self.assignment, self.item, self.student_a, self.student_b, f"{self.similarity:.2f}",
+                str(self.shared), str(self.fingerprints_a), str(self.fingerprints_b)]
+
+
+def submission_root(path: Path) -> Path:
+    """OUT/autograded when `path` is a grading run's OUT, else `path` itself (SUBMISSIONS)."""
+    return path / "autograded" if (path / "autograded").is_dir() else path
+
+
+def solution_cells(release: Path, root: Path, assignments: list[str] | None = None) -> dict[tuple[str, str], dict]:
+    """(assignment, item) -> {"stub": text, "students": {student: code}} for every notebook under `root`."""
+    from grader.submission import code_cells, load_source, read_notebook
+
+    found: dict[tuple[str, str], dict] = {}
+    students = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for assignment_dir in sorted(p for p in release.iterdir() if p.is_dir()):
+        assignment = assignment_dir.name
+        if assignments and assignment not in assignments:
+            continue
+        for released in sorted(assignment_dir.glob("*.ipynb")):
+            source = load_source(released)
+            stubs = {c.metadata.nbgrader.grade_id: c.source for c in source.notebook.cells
+                     if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+            for item in source.items:
+                found[(assignment, item.name)] = {"stub": stubs.get(item.name, ""), "students": {}}
+            for student in students:
+                nb, _ = read_notebook(student / assignment / released.name)
+                if nb is None:
+                    continue
+                cells, _ = code_cells(source, nb)
+                for item in source.items:
+                    code = "\n\n".join(c.source for c in cells if c.solution_of == item.name)
+                    if code:
+                        found[(assignment, item.name)]["students"][student.name] = code
+    return found
+
+
+def reference_source(item_name: str) -> tuple[str, str] | None:
+    """(dotted name, source) of the reference the item's check compares against, with the private helpers of
+    transformer_ref that it calls by name; None for an item without a plain reference."""
+    from grader.checks import ITEMS
+
+    item = ITEMS.get(item_name)
+    if item is None:
+        return None
+    try:
+        ref = item.reference()
+        source = inspect.getsource(ref)
+    except (TypeError, OSError, AttributeError, ImportError):
+        return None
+    module = sys.modules[ref.__module__]
+    parts = [source]
+    for n in ast.walk(ast.parse(source)):
+        if isinstance(n, ast.Name) and n.id.startswith("_"):
+            helper = getattr(module, n.id, None)
+            if callable(helper) and getattr(helper, "__module__", "").startswith("transformer_ref"):
+                try:
+                    parts.append(inspect.getsource(helper))
+                except (TypeError, OSError):
+                    pass
+    return f"{ref.__module__}.{ref.__qualname__}", "\n\n".join(dict.fromkeys(parts))
+
+
+def compare(release: Path, root: Path, threshold: float = THRESHOLD, reference_threshold: float = REFERENCE_THRESHOLD,
+            min_fingerprints: int = MIN_FINGERPRINTS, assignments: list[str] | None = None
+            ) -> tuple[list[Finding], dict[str, int]]:
+    """The findings (most similar first) and counts: solutions judged, too short to judge, items."""
+    fp = Fingerprinter()
+    findings: list[Finding] = []
+    counts = {"items": 0, "solutions": 0, "too_short": 0}
+    for (assignment, item), data in sorted(solution_cells(release, root, assignments).items()):
+        counts["items"] += 1
+        boilerplate = fp.all_kgrams(normalise(data["stub"])) if data["stub"] else set()
+        solutions = []
+        for student, code in sorted(data["students"].items()):
+            prints = fp.fingerprints(normalise(code), boilerplate)
+            if len(prints) < min_fingerprints:
+                counts["too_short"] += bool(prints)
+                continue
+            solutions.append(Solution(student, assignment, item, code, prints))
+        counts["solutions"] += len(solutions)
+        findings += _pairs(solutions, threshold)
+        ref = reference_source(item)
+        if ref is not None:
+            name, ref_code = ref
+            ref_prints = fp.fingerprints(normalise(ref_code), boilerplate)
+            for s in solutions:
+                shared = len(s.fingerprints & ref_prints)
+                if shared / len(s.fingerprints) >= reference_threshold:
+                    findings.append(Finding("reference", assignment, item, s.student, name, shared / len(s.fingerprints),
+                                            shared, len(s.fingerprints), len(ref_prints), s.code, ref_code))
+    findings.sort(key=lambda f: (-f.similarity, f.assignment, f.item, f.student_a, f.student_b))
+    return findings, counts
+
+
+def _pairs(solutions: list[Solution], threshold: float) -> list[Finding]:
+    """Pairs sharing at least `threshold` of the smaller one's fingerprints (an inverted index: only pairs that
+    share a fingerprint are looked at)."""
+    holders: dict[int, list[int]] = defaultdict(list)
+    for i, s in enumerate(solutions):
+        for h in s.fingerprints:
+            holders[h].append(i)
+    shared: dict[tuple[int, int], int] = defaultdict(int)
+    for members in holders.values():
+        for x in range(len(members)):
+            for y in range(x + 1, len(members)):
+                shared[(members[x], members[y])] += 1
+    out = []
+    for (i, j), n in shared.items():
+        a, b = solutions[i], solutions[j]
+        similarity = n / min(len(a.fingerprints), len(b.fingerprints))
+        if similarity >= threshold:
+            out.append(Finding("pair", a.assignment, a.item, a.student, b.student, similarity, n,
+                               len(a.fingerprints), len(b.fingerprints), a.code, b.code))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ the report
+
+def write_report(findings: list[Finding], counts: dict[str, int], to: Path, settings: dict[str, float]) -> None:
+    """REPORT_DIR/similarity.csv (one row per finding) and REPORT_DIR/similarity.html (the code side by side)."""
+    to.mkdir(parents=True, exist_ok=True)
+    with open(to / "similarity.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows(x.row() for x in findings)
+    e = html.escape
+    parts = [
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Similarity report</title>",
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+        "padding:4px 8px;vertical-align:top}pre{margin:0;font-size:12px;white-space:pre-wrap}"
+        ".code{width:50%}</style></head><body>",
+        "<h1>Similarity report</h1>",
+        "<p>A report for the instructor; no grade was changed. A flag means: read these solutions side by side. "
+        "Independent students do write alike code for short, standard functions, and the reference is what the "
+        "book shows.</p>",
+        f"<p>{counts['items']} graded items, {counts['solutions']} solutions compared, {counts['too_short']} too short "
+        f"to judge (fewer than {settings['min_fingerprints']:g} fingerprints). Flagged: pairs sharing at least "
+        f"{settings['threshold']:.0%} of the smaller solution's fingerprints; solutions with at least "
+        f"{settings['reference_threshold']:.0%} of their fingerprints in the reference.</p>",
+        f"<h2>{len(findings)} finding(s)</h2>",
+    ]
+    if findings:
+        parts.append("<table><tr><th>kind</th><th>item</th><th>similarity</th><th class=code>A</th>"
+                     "<th class=code>B</th></tr>")
+        for x in findings:
+            parts.append(f"<tr><td>{e(x.kind)}</td><td>{e(x.assignment)}<br>{e(x.item)}</td>"
+                         f"<td>{x.similarity:.0%}<br>({x.shared} of {min(x.fingerprints_a, x.fingerprints_b)})</td>"
+                         f"<td><b>{e(x.student_a)}</b><pre>{e(x.code_a)}</pre></td>"
+                         f"<td><b>{e(x.student_b)}</b><pre>{e(x.code_b)}</pre></td></tr>")
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    (to / "similarity.html").write_text("\n".join(parts))
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    """Register `similarity` on the `python -m grader` command line."""
+    p = commands.add_parser("similarity", help="report solutions that look copied (never changes a grade)",
+                            description=__doc__.split("\n\n")[0])
+    p.add_argument("path", type=Path, help="OUT of a grading run, or SUBMISSIONS/<student>/<assignment>/")
+    p.add_argument("--to", type=Path, required=True, help="report folder: similarity.csv and similarity.html")
+    p.add_argument("--release", type=Path, default=DEFAULT_RELEASE,
+                   help="released notebooks, for the solution cells and their stubs (default: exercises/)")
+    p.add_argument("--threshold", type=float, default=THRESHOLD,
+                   help=f"flag a pair sharing this fraction of the smaller solution's fingerprints (default {THRESHOLD})")
+    p.add_argument("--reference-threshold", type=float, default=REFERENCE_THRESHOLD,
+                   help="flag a solution with this fraction of its fingerprints in the reference "
+                        f"(default {REFERENCE_THRESHOLD})")
+    p.add_argument("--min-fingerprints", type=int, default=MIN_FINGERPRINTS,
+                   help=f"solutions with fewer fingerprints are too short to judge (default {MIN_FINGERPRINTS})")
+    p.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("threshold", "reference_threshold"):
+        if not 0 < getattr(args, name) <= 1:
+            print(f"python -m grader similarity: --{name.replace('_', '-')} must be in (0, 1]; got "
+                  f"{getattr(args, name)}", file=sys.stderr)
+            return 2
+    if args.min_fingerprints < 1:
+        print(f"python -m grader similarity: --min-fingerprints must be at least 1; got {args.min_fingerprints}",
+              file=sys.stderr)
+        return 2
+    for what, path in (("the submissions", args.path), ("--release", args.release)):
+        if not path.is_dir():
+            print(f"python -m grader similarity: {what} must be a directory; got {path}", file=sys.stderr)
+            return 2
+    findings, counts = compare(args.release, submission_root(args.path), args.threshold, args.reference_threshold,
+                               args.min_fingerprints, args.assignment)
+    write_report(findings, counts, args.to, vars(args))
+    pairs = sum(f.kind == "pair" for f in findings)
+    print(f"{pairs} similar pair(s), {len(findings) - pairs} solution(s) like the reference, in "
+          f"{counts['solutions']} solutions of {counts['items']} items; report: {args.to / 'similarity.html'}")
+    return 0
