@@ -180,7 +180,11 @@ def export(db_url: str, fmt: str, to: Path, roster: Path | None = None, missing:
     Raises ExportError when a graded student is not in the roster (unless `allow_unrostered`) or when the
     roster lacks an identity the format needs; nothing is written then.
     """
+    if db_url.startswith("sqlite:///") and not Path(db_url[len("sqlite:///"):]).is_file():
+        raise ExportError(f"no gradebook at {db_url} (nbgrader would create an empty one)")
     scores = read_scores(db_url)
+    if not scores.assignments:
+        raise ExportError(f"the gradebook at {db_url} has no assignments; grade the class into it first")
     if roster is not None:
         people = read_roster(roster)
         where = f"--roster {roster}"
