@@ -6,11 +6,15 @@ with grader.submission.code_cells, never by what a student wrote elsewhere):
   - pair       two students' solutions of the same item share at least --threshold (default 0.8) of the
                fingerprints of the smaller one;
   - reference  at least --reference-threshold (default 0.8) of a student's fingerprints occur in the reference
-               implementation in transformer_ref (the function or class the item's check compares against,
-               which the book shows with inspect.getsource, plus the private helpers it calls).
-Solutions with fewer than --min-fingerprints (default 8) fingerprints after the stub is removed are too short to
-judge (a one-line `return scaled_dot_product_attention(x @ W_q, ...)` is what everyone writes) and are counted,
-not flagged. A flag is a reason to read the two solutions side by side, not a verdict.
+               implementation: the function or class the item's check compares against, with the private
+               helpers it calls (inspect.getsource). That is transformer_ref, which the book shows, except for
+               greedy_decode, masked_lm_loss and unpatchify, whose references are in grader.checks, which
+               ships with the course package.
+A fingerprint found in more than --max-holders (default 10, like MOSS's -m) solutions of the same item is set
+aside as what everyone writes (in a class of 300, the three textbook lines of dot_product_attention), for pairs
+and for the reference alike. Solutions with fewer than --min-fingerprints (default 10) fingerprints left after
+the stub and those are removed are too short to judge (a one-line `return scaled_dot_product_attention(x @ W_q,
+...)`) and are counted, not flagged. A flag is a reason to read the two solutions side by side, not a verdict.
 
 How code is compared:
  1. normalise (Python's ast): drop comments, docstrings and type annotations; name each function's parameters
@@ -19,11 +23,12 @@ How code is compared:
     expression statements) by their text. Renamed variables and reordered independent lines then give the same
     text; the calls (torch.einsum vs @, softmax vs exp) and the structure stay. A cell that does not parse is
     tokenised as it is, names other than keywords read as `v`.
- 2. fingerprint with copydetect (PyPI, MIT; Stanford MOSS's winnowing, Schleimer, Wilkerson and Aiken 2003):
-    hashes of every k-gram of tokens (k = 5), of which winnowing keeps the smallest in each window of 4,
-    so any common run of 8 tokens or more is found, whatever surrounds it. copydetect's own tokenizer
-    (pygments) maps every name, `torch` and `softmax` included, to one letter, which makes independent short
-    solutions look alike; so it gets the normalised tokens (one character each) and does the fingerprinting.
+ 2. fingerprint with copydetect's winnowing (PyPI, MIT; the algorithm of Stanford's MOSS: Schleimer, Wilkerson
+    and Aiken 2003): of the hashes of every k-gram of tokens (k = 5), it keeps the smallest in each window of 4,
+    so any common run of 8 tokens or more is found, whatever surrounds it, and a pair is scored by the share of
+    fingerprints it has in common. copydetect's own tokenizer (pygments) maps every name, `torch` and `softmax`
+    included, to one letter, which makes independent short solutions look alike, and its k-gram hash is Python's
+    salted hash() (scores would change from run to run); so it gets the normalised tokens, hashed here.
  3. the boilerplate, every k-gram of the released stub (the exercise's solution cell: the `def` line, its
     docstring, `raise NotImplementedError()`), is removed from every solution before comparing.
 
@@ -37,13 +42,14 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import hashlib
 import html
 import inspect
 import io
 import keyword
 import sys
 import tokenize
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +59,8 @@ K = 5          # tokens per k-gram: shorter common runs are noise
 WINDOW = 4     # winnowing window: every common run of K + WINDOW - 1 = 8 tokens is found
 THRESHOLD = 0.8
 REFERENCE_THRESHOLD = 0.8
-MIN_FINGERPRINTS = 8
+MIN_FINGERPRINTS = 10
+MAX_HOLDERS = 10   # MOSS's -m: a passage in more solutions than this is what everyone writes, not copying
 CSV_COLUMNS = ["kind", "assignment", "item", "student_a", "student_b", "similarity", "shared", "fingerprints_a",
                "fingerprints_b"]
 
@@ -195,30 +202,30 @@ def _raw_tokens(code: str, rename: bool = True) -> list[str]:
 # ------------------------------------------------------------------------------------------------ fingerprints
 
 class Fingerprinter:
-    """Token lists -> copydetect fingerprints (sets of k-gram hashes kept by winnowing), one vocabulary per run."""
+    """Token lists -> fingerprints: the k-gram hashes that copydetect's winnowing keeps (step 2).
+
+    The k-grams are hashed here with BLAKE2b, not by copydetect's `hashed_kgrams`, which uses Python's `hash()`:
+    salted per process, it would make the kept fingerprints, and so the scores, change from run to run.
+    """
 
     def __init__(self, k: int = K, window: int = WINDOW):
         self.k, self.window = k, window
-        self.vocabulary: dict[str, str] = {}
 
-    def text(self, tokens: list[str]) -> str:
-        """One character per token, so that copydetect's character k-grams are token k-grams."""
-        return "".join(self.vocabulary.setdefault(t, chr(0x100 + len(self.vocabulary))) for t in tokens)
-
-    def all_kgrams(self, tokens: list[str]) -> set[int]:
-        from copydetect.utils import hashed_kgrams
-
-        doc = self.text(tokens)
-        return set(hashed_kgrams(doc, self.k).tolist()) if len(doc) >= self.k else set()
+    def all_kgrams(self, tokens: list[str]) -> list[int]:
+        """The hash of every k-gram, in order (52 bits: exact in the float buffer of copydetect's winnowing)."""
+        return [int.from_bytes(hashlib.blake2b("\x1f".join(tokens[i:i + self.k]).encode(), digest_size=8).digest(),
+                               "big") >> 12 for i in range(len(tokens) - self.k + 1)]
 
     def fingerprints(self, tokens: list[str], boilerplate: set[int] = frozenset()) -> set[int]:
-        from copydetect.utils import get_document_fingerprints
+        """The winnowed hashes of `tokens`, less those of the boilerplate."""
+        import numpy as np
+        from copydetect.utils import winnow
 
-        doc = self.text(tokens)
-        if len(doc) < self.k:
+        hashes = self.all_kgrams(tokens)
+        if not hashes:
             return set()
-        hashes, _ = get_document_fingerprints(doc, self.k, self.window)
-        return {int(h) for h in hashes} - boilerplate
+        kept, _ = winnow(np.array(hashes, dtype=np.int64), self.window)
+        return {int(h) for h in kept} - boilerplate
 
 
 # ------------------------------------------------------------------------------------------------ the solutions
@@ -286,7 +293,7 @@ def solution_cells(release: Path, root: Path, assignments: list[str] | None = No
 
 def reference_source(item_name: str) -> tuple[str, str] | None:
     """(dotted name, source) of the reference the item's check compares against, with the private helpers of
-    transformer_ref that it calls by name; None for an item without a plain reference."""
+    its package that it calls by name; None for an unknown item or a reference without source."""
     from grader.checks import ITEMS
 
     item = ITEMS.get(item_name)
@@ -298,11 +305,12 @@ def reference_source(item_name: str) -> tuple[str, str] | None:
     except (TypeError, OSError, AttributeError, ImportError):
         return None
     module = sys.modules[ref.__module__]
+    package = ref.__module__.split(".")[0]
     parts = [source]
     for n in ast.walk(ast.parse(source)):
         if isinstance(n, ast.Name) and n.id.startswith("_"):
             helper = getattr(module, n.id, None)
-            if callable(helper) and getattr(helper, "__module__", "").startswith("transformer_ref"):
+            if callable(helper) and getattr(helper, "__module__", "").split(".")[0] == package:
                 try:
                     parts.append(inspect.getsource(helper))
                 except (TypeError, OSError):
@@ -311,20 +319,26 @@ def reference_source(item_name: str) -> tuple[str, str] | None:
 
 
 def compare(release: Path, root: Path, threshold: float = THRESHOLD, reference_threshold: float = REFERENCE_THRESHOLD,
-            min_fingerprints: int = MIN_FINGERPRINTS, assignments: list[str] | None = None
-            ) -> tuple[list[Finding], dict[str, int]]:
-    """The findings (most similar first) and counts: solutions judged, too short to judge, items."""
+            min_fingerprints: int = MIN_FINGERPRINTS, max_holders: int = MAX_HOLDERS,
+            assignments: list[str] | None = None) -> tuple[list[Finding], dict[str, int]]:
+    """The findings (most similar first) and counts: items, solutions judged, too short to judge, and common
+    fingerprints (held by more than `max_holders` solutions of an item) set aside."""
     fp = Fingerprinter()
     findings: list[Finding] = []
-    counts = {"items": 0, "solutions": 0, "too_short": 0}
+    counts = {"items": 0, "solutions": 0, "too_short": 0, "common": 0}
     for (assignment, item), data in sorted(solution_cells(release, root, assignments).items()):
         counts["items"] += 1
-        boilerplate = fp.all_kgrams(normalise(data["stub"])) if data["stub"] else set()
+        boilerplate = set(fp.all_kgrams(normalise(data["stub"]))) if data["stub"] else set()
+        all_prints = {student: fp.fingerprints(normalise(code), boilerplate)
+                      for student, code in sorted(data["students"].items())}
+        holders = Counter(h for prints in all_prints.values() for h in prints)
+        common = {h for h, n in holders.items() if n > max_holders}
+        counts["common"] += len(common)
         solutions = []
         for student, code in sorted(data["students"].items()):
-            prints = fp.fingerprints(normalise(code), boilerplate)
+            prints = all_prints[student] - common
             if len(prints) < min_fingerprints:
-                counts["too_short"] += bool(prints)
+                counts["too_short"] += bool(all_prints[student])
                 continue
             solutions.append(Solution(student, assignment, item, code, prints))
         counts["solutions"] += len(solutions)
@@ -332,7 +346,7 @@ def compare(release: Path, root: Path, threshold: float = THRESHOLD, reference_t
         ref = reference_source(item)
         if ref is not None:
             name, ref_code = ref
-            ref_prints = fp.fingerprints(normalise(ref_code), boilerplate)
+            ref_prints = fp.fingerprints(normalise(ref_code), boilerplate) - common
             for s in solutions:
                 shared = len(s.fingerprints & ref_prints)
                 if shared / len(s.fingerprints) >= reference_threshold:
@@ -384,7 +398,8 @@ def write_report(findings: list[Finding], counts: dict[str, int], to: Path, sett
         "Independent students do write alike code for short, standard functions, and the reference is what the "
         "book shows.</p>",
         f"<p>{counts['items']} graded items, {counts['solutions']} solutions compared, {counts['too_short']} too short "
-        f"to judge (fewer than {settings['min_fingerprints']:g} fingerprints). Flagged: pairs sharing at least "
+        f"to judge (fewer than {settings['min_fingerprints']:g} fingerprints); {counts['common']} fingerprints found "
+        f"in more than {settings['max_holders']:g} solutions of an item set aside as common. Flagged: pairs sharing at least "
         f"{settings['threshold']:.0%} of the smaller solution's fingerprints; solutions with at least "
         f"{settings['reference_threshold']:.0%} of their fingerprints in the reference.</p>",
         f"<h2>{len(findings)} finding(s)</h2>",
@@ -417,6 +432,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                         f"(default {REFERENCE_THRESHOLD})")
     p.add_argument("--min-fingerprints", type=int, default=MIN_FINGERPRINTS,
                    help=f"solutions with fewer fingerprints are too short to judge (default {MIN_FINGERPRINTS})")
+    p.add_argument("--max-holders", type=int, default=MAX_HOLDERS,
+                   help="set aside fingerprints found in more solutions of an item than this: what everyone writes "
+                        f"(default {MAX_HOLDERS}, like MOSS's -m)")
     p.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
     p.set_defaults(run=run)
 
@@ -427,16 +445,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"python -m grader similarity: --{name.replace('_', '-')} must be in (0, 1]; got "
                   f"{getattr(args, name)}", file=sys.stderr)
             return 2
-    if args.min_fingerprints < 1:
-        print(f"python -m grader similarity: --min-fingerprints must be at least 1; got {args.min_fingerprints}",
-              file=sys.stderr)
-        return 2
+    for name in ("min_fingerprints", "max_holders"):
+        if getattr(args, name) < 1:
+            print(f"python -m grader similarity: --{name.replace('_', '-')} must be at least 1; got "
+                  f"{getattr(args, name)}", file=sys.stderr)
+            return 2
     for what, path in (("the submissions", args.path), ("--release", args.release)):
         if not path.is_dir():
             print(f"python -m grader similarity: {what} must be a directory; got {path}", file=sys.stderr)
             return 2
     findings, counts = compare(args.release, submission_root(args.path), args.threshold, args.reference_threshold,
-                               args.min_fingerprints, args.assignment)
+                               args.min_fingerprints, args.max_holders, args.assignment)
     write_report(findings, counts, args.to, vars(args))
     pairs = sum(f.kind == "pair" for f in findings)
     print(f"{pairs} similar pair(s), {len(findings) - pairs} solution(s) like the reference, in "
