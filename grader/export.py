@@ -2,6 +2,9 @@
 
 Scores come from nbgrader's gradebook (OUT/gradebook.db, or any SQLAlchemy URL with --db-url): one column per
 assignment, the submission's score (autograded, or the manual score where an instructor set one in formgrader).
+A column is named by the nbgrader assignment id unless --title ASSIGNMENT=TITLE gives the LMS's name (Canvas:
+"Title (ID)" names an existing Canvas assignment by its ID, as Canvas's own export does; a new title makes
+Canvas create the assignment, with the points of the "Points Possible" row).
 
 Who is who: a roster CSV (--roster) maps nbgrader student ids to LMS identities. Its columns (a header row;
 only `student_id` is required, other columns are ignored):
@@ -144,12 +147,15 @@ def _number(x: float) -> str:
     return "0" if text == "-0" else text
 
 
-def table(scores: Scores, people: list[Person], fmt: str, missing: str = "empty") -> list[list[str]]:
-    """The rows of the export file, header first, one row per person (in the given order)."""
+def table(scores: Scores, people: list[Person], fmt: str, missing: str = "empty",
+          titles: dict[str, str] | None = None) -> list[list[str]]:
+    """The rows of the export file, header first, one row per person (in the given order). `titles` renames
+    assignment columns (nbgrader id -> the LMS's title)."""
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
     if missing not in ("empty", "zero"):
         raise ValueError(f"missing must be 'empty' or 'zero'; got {missing!r}")
+    header = [(titles or {}).get(a, a) for a in scores.assignments]
 
     def cells(person: Person) -> list[str]:
         values = []
@@ -159,14 +165,14 @@ def table(scores: Scores, people: list[Person], fmt: str, missing: str = "empty"
         return values
 
     if fmt == "canvas":
-        rows = [CANVAS_COLUMNS + scores.assignments,
+        rows = [CANVAS_COLUMNS + header,
                 [CANVAS_POINTS_ROW] + [""] * (len(CANVAS_COLUMNS) - 1) + [_number(scores.points[a]) for a in scores.assignments]]
         rows += [[p.name, p.canvas_id, p.sis_user_id, p.sis_login_id, p.section] + cells(p) for p in people]
     elif fmt == "moodle":
-        rows = [MOODLE_COLUMNS + scores.assignments]
+        rows = [MOODLE_COLUMNS + header]
         rows += [[p.email, p.id_number] + cells(p) for p in people]
     else:
-        rows = [CSV_COLUMNS + scores.assignments + ["total"]]
+        rows = [CSV_COLUMNS + header + ["total"]]
         for p in people:
             total = sum(scores.scores.get((p.student_id, a), 0.0) for a in scores.assignments)
             rows.append([p.student_id, p.name, p.email] + cells(p) + [_number(total)])
@@ -174,7 +180,7 @@ def table(scores: Scores, people: list[Person], fmt: str, missing: str = "empty"
 
 
 def export(db_url: str, fmt: str, to: Path, roster: Path | None = None, missing: str = "empty",
-           allow_unrostered: bool = False) -> list[str]:
+           allow_unrostered: bool = False, titles: dict[str, str] | None = None) -> list[str]:
     """Write the export file `to` (atomically) and return the graded students left out (not in the roster).
 
     Raises ExportError when a graded student is not in the roster (unless `allow_unrostered`) or when the
@@ -197,7 +203,11 @@ def export(db_url: str, fmt: str, to: Path, roster: Path | None = None, missing:
         raise ExportError(f"{len(unrostered)} graded student(s) are not in {where}: {', '.join(unrostered)}. "
                           "Add them, or pass --allow-unrostered to export without them.")
     _check_identities(people, fmt, where)
-    rows = table(scores, people, fmt, missing)
+    unknown = sorted(set(titles or {}) - set(scores.assignments))
+    if unknown:
+        raise ExportError(f"--title names assignments the gradebook does not have: {', '.join(unknown)}; "
+                          f"it has {', '.join(scores.assignments)}")
+    rows = table(scores, people, fmt, missing, titles)
     to = Path(to)
     to.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=to.parent, prefix=f".{to.name}.", suffix=".tmp")
@@ -222,6 +232,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--missing", choices=("empty", "zero"), default="empty",
                    help="the cell of an assignment a student did not submit (default: empty, which leaves the "
                         "LMS's grade unchanged)")
+    p.add_argument("--title", action="append", default=[], metavar="ASSIGNMENT=TITLE",
+                   help="the LMS's name of an assignment's column (repeatable); for Canvas, 'Title (ID)' with the "
+                        "ID of an existing Canvas assignment updates that one, as in Canvas's own export")
     p.add_argument("--allow-unrostered", action="store_true",
                    help="export even if graded students are missing from the roster (they are listed on stderr)")
     p.set_defaults(run=run)
@@ -241,8 +254,15 @@ def run(args: argparse.Namespace) -> int:
     if args.roster is not None and not args.roster.is_file():
         print(f"python -m grader export: --roster must be a CSV file; got {args.roster}", file=sys.stderr)
         return 2
+    titles = {}
+    for pair in args.title:
+        assignment, sep, title = pair.partition("=")
+        if not sep or not assignment.strip() or not title.strip():
+            print(f"python -m grader export: --title must be ASSIGNMENT=TITLE; got {pair!r}", file=sys.stderr)
+            return 2
+        titles[assignment.strip()] = title.strip()
     try:
-        left_out = export(db_url, args.format, args.to, args.roster, args.missing, args.allow_unrostered)
+        left_out = export(db_url, args.format, args.to, args.roster, args.missing, args.allow_unrostered, titles)
     except ExportError as err:
         print(f"python -m grader export: {err}", file=sys.stderr)
         return 1

@@ -87,6 +87,14 @@ def test_canvas_file_has_the_documented_header_points_row_and_one_row_per_roster
     ]
 
 
+def test_assignment_columns_take_the_lms_titles(gradebook, roster, tmp_path):
+    export(sqlite_url(gradebook), "canvas", tmp_path / "canvas.csv", roster,
+           titles={"03_attention": "Exercise 3: attention (4711)"})
+    assert _rows(tmp_path / "canvas.csv")[0][5:] == ["01_history", "Exercise 3: attention (4711)"]
+    with pytest.raises(ExportError, match="--title names assignments the gradebook does not have: 99_x"):
+        export(sqlite_url(gradebook), "canvas", tmp_path / "canvas.csv", roster, titles={"99_x": "X"})
+
+
 def test_moodle_file_has_an_identifier_column_then_one_column_per_assignment(gradebook, roster, tmp_path):
     export(sqlite_url(gradebook), "moodle", tmp_path / "moodle.csv", roster, missing="zero")
     assert _rows(tmp_path / "moodle.csv") == [
@@ -156,10 +164,11 @@ def test_the_command_line_exports_and_reports_unrostered_students(gradebook, tmp
     refused = cli("--format", "moodle", "--roster", str(roster), "--to", str(tmp_path / "m.csv"))
     assert refused.returncode == 1 and "not in --roster" in refused.stderr and "dee" in refused.stderr
     assert not (tmp_path / "m.csv").exists()
-    done = cli("--format", "moodle", "--roster", str(roster), "--allow-unrostered", "--to", str(tmp_path / "m.csv"))
+    done = cli("--format", "moodle", "--roster", str(roster), "--allow-unrostered", "--to", str(tmp_path / "m.csv"),
+               "--title", "01_history=Exercise 1")
     assert done.returncode == 0, done.stderr
     assert "left out 1 graded student(s) not in the roster: dee" in done.stderr
-    assert _rows(tmp_path / "m.csv") == [["Email address", "ID number", "01_history", "03_attention"],
+    assert _rows(tmp_path / "m.csv") == [["Email address", "ID number", "Exercise 1", "03_attention"],
                                          ["ann@x", "", "7.5", "2.5"], ["bob@x", "", "1", ""]]
     missing = cli("--format", "csv", "--to", str(tmp_path / "x.csv"), "--db-url", sqlite_url(tmp_path / "none.db"))
     assert missing.returncode == 1 and "no gradebook at sqlite:///" in missing.stderr
