@@ -166,7 +166,8 @@ def table(scores: Scores, people: list[Person], fmt: str, missing: str = "empty"
 
     if fmt == "canvas":
         rows = [CANVAS_COLUMNS + header,
-                [CANVAS_POINTS_ROW] + [""] * (len(CANVAS_COLUMNS) - 1) + [_number(scores.points[a]) for a in scores.assignments]]
+                [CANVAS_POINTS_ROW] + [""] * (len(CANVAS_COLUMNS) - 1)
+                + [_number(scores.points[a]) for a in scores.assignments]]
         rows += [[p.name, p.canvas_id, p.sis_user_id, p.sis_login_id, p.section] + cells(p) for p in people]
     elif fmt == "moodle":
         rows = [MOODLE_COLUMNS + header]

@@ -87,7 +87,8 @@ class _Canonical(ast.NodeTransformer):
 
     def _function(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> ast.AST:
         a = node.args
-        params = a.posonlyargs + a.args + ([a.vararg] if a.vararg else []) + a.kwonlyargs + ([a.kwarg] if a.kwarg else [])
+        params = (a.posonlyargs + a.args + ([a.vararg] if a.vararg else []) + a.kwonlyargs
+                  + ([a.kwarg] if a.kwarg else []))
         scope = {p.arg: f"a{i}" for i, p in enumerate(params)}
         body = node.body if isinstance(node.body, list) else [node.body]
         for sub in body:
@@ -350,8 +351,9 @@ def compare(release: Path, root: Path, threshold: float = THRESHOLD, reference_t
             for s in solutions:
                 shared = len(s.fingerprints & ref_prints)
                 if shared / len(s.fingerprints) >= reference_threshold:
-                    findings.append(Finding("reference", assignment, item, s.student, name, shared / len(s.fingerprints),
-                                            shared, len(s.fingerprints), len(ref_prints), s.code, ref_code))
+                    findings.append(Finding("reference", assignment, item, s.student, name,
+                                            shared / len(s.fingerprints), shared, len(s.fingerprints),
+                                            len(ref_prints), s.code, ref_code))
     findings.sort(key=lambda f: (-f.similarity, f.assignment, f.item, f.student_a, f.student_b))
     return findings, counts
 
@@ -399,7 +401,8 @@ def write_report(findings: list[Finding], counts: dict[str, int], to: Path, sett
         "book shows.</p>",
         f"<p>{counts['items']} graded items, {counts['solutions']} solutions compared, {counts['too_short']} too short "
         f"to judge (fewer than {settings['min_fingerprints']:g} fingerprints); {counts['common']} fingerprints found "
-        f"in more than {settings['max_holders']:g} solutions of an item set aside as common. Flagged: pairs sharing at least "
+        f"in more than {settings['max_holders']:g} solutions of an item set aside as common. "
+        "Flagged: pairs sharing at least "
         f"{settings['threshold']:.0%} of the smaller solution's fingerprints; solutions with at least "
         f"{settings['reference_threshold']:.0%} of their fingerprints in the reference.</p>",
         f"<h2>{len(findings)} finding(s)</h2>",
@@ -426,7 +429,8 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--release", type=Path, default=DEFAULT_RELEASE,
                    help="released notebooks, for the solution cells and their stubs (default: exercises/)")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
-                   help=f"flag a pair sharing this fraction of the smaller solution's fingerprints (default {THRESHOLD})")
+                   help="flag a pair sharing this fraction of the smaller solution's fingerprints "
+                        f"(default {THRESHOLD})")
     p.add_argument("--reference-threshold", type=float, default=REFERENCE_THRESHOLD,
                    help="flag a solution with this fraction of its fingerprints in the reference "
                         f"(default {REFERENCE_THRESHOLD})")

@@ -102,7 +102,8 @@ DPA = {
     return torch.matmul(w, x), w""",
 }
 
-SELF_ATTENTION = {name: "\n    return scaled_dot_product_attention(x @ W_q, x @ W_k, x @ W_v, mask)" for name in ("ana", "ben")}
+SELF_ATTENTION = {name: "\n    return scaled_dot_product_attention(x @ W_q, x @ W_k, x @ W_v, mask)"
+                  for name in ("ana", "ben")}
 
 
 def _pasted_reference() -> str:
@@ -187,8 +188,8 @@ def test_what_everyone_writes_is_set_aside_in_a_large_class(tmp_path):
     for i in range(12):
         nb = copy.deepcopy(released)
         cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "dot_product_attention")
-        cell.source = cell.source.replace(STUB_BODY, f"    s{i} = x @ x.transpose(-2, -1)\n"
-                                                     f"    w{i} = torch.softmax(s{i}, dim=-1)\n    return w{i} @ x, w{i}")
+        body = f"    s{i} = x @ x.transpose(-2, -1)\n    w{i} = torch.softmax(s{i}, dim=-1)\n    return w{i} @ x, w{i}"
+        cell.source = cell.source.replace(STUB_BODY, body)
         (tmp_path / f"student{i:02d}" / ASSIGNMENT).mkdir(parents=True)
         nbformat.write(nb, tmp_path / f"student{i:02d}" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
     findings, counts = similarity.compare(ROOT / "exercises", tmp_path, assignments=[ASSIGNMENT])
