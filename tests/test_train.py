@@ -150,6 +150,28 @@ def test_checkpoint_round_trip_resumes_identically(tmp_path):
         train.load_checkpoint(path, model2, opt2)
 
 
+def test_grad_accum_over_a_list_of_batches_matches_one_concatenated_batch():
+    """4 batches of 16 rows accumulated per step give the steps of one batch of 64 (SGD with
+    momentum, clipping); tests/test_distributed.py covers sharded batches and several processes."""
+    x, y = _blobs(64)
+
+    def run(batches, grad_accum):
+        torch.manual_seed(0)
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        hist = train.fit(model, batches, train.classification_loss(), opt, steps=3, max_norm=1.0,
+                         grad_accum=grad_accum, progress=False)
+        return hist, model
+
+    whole, whole_model = run([(x, y)], 1)
+    parts, parts_model = run([(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)], 4)
+    torch.testing.assert_close(torch.tensor(parts.loss), torch.tensor(whole.loss))
+    torch.testing.assert_close(torch.tensor(parts.grad_norm), torch.tensor(whole.grad_norm))
+    for p, q in zip(parts_model.parameters(), whole_model.parameters()):
+        torch.testing.assert_close(p, q)
+    assert whole.loss[1] < whole.loss[0] - 1e-3                   # the steps did move the model
+
+
 def test_get_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
@@ -338,3 +360,31 @@ def test_vit_learns_the_shapes(device):
                               d_model=32, num_layers=2, num_heads=4, d_ff=64)
     _fit_and_check(model, BatchIterator(images, labels, batch_size=64, generator=0), train.classification_loss(),
                    steps=80, lr=3e-3, device=device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line (one process here; tests/test_distributed.py runs it under torchrun)
+# ---------------------------------------------------------------------------------------------
+
+_TINY = ["--steps", "3", "--batch-size", "16", "--num-examples", "64", "--d-model", "16", "--num-layers", "1",
+         "--d-ff", "32", "--warmup-steps", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("task", ["reverse", "lm"])
+def test_command_line_trains_each_task_and_resumes(task, tmp_path, capsys):
+    argv = ["--task", task, *_TINY, "--checkpoint", str(tmp_path / "run.pt")]
+    history = train.main(argv)
+    out = capsys.readouterr().out
+    assert len(history) == 3 and all(math.isfinite(v) for v in history.loss)
+    assert f"{task}: 3 steps, final loss {history.loss[-1]:.4f}" in out, out
+    again = train.main([*argv, "--resume"])                          # already at step 3: nothing to do
+    assert "resuming from" in capsys.readouterr().out
+    assert again.loss == history.loss
+
+
+def test_command_line_bad_input(tmp_path):
+    with pytest.raises(SystemExit, match=r"--batch-size \(10\) must be divisible by processes x --grad-accum "
+                                         r"= 1 x 4 = 4"):
+        train.main(["--task", "shapes", *_TINY, "--batch-size", "10", "--grad-accum", "4"])
+    with pytest.raises(SystemExit, match="--resume needs --checkpoint PATH"):
+        train.main(["--resume"])
