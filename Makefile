@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 ASSIGNMENTS := $(notdir $(wildcard solutions/[0-9]*))
 PYTEST_WORKERS ?= 2
 
-.PHONY: book test venv browser sandbox exercises lab clean help
+.PHONY: book test venv browser sandbox postgres exercises lab clean help
 
 help:
 	@echo "make book       build the website into _build/html"
@@ -44,13 +44,21 @@ sandbox:
 	    $$SUDO apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
 
+# PostgreSQL (Debian package) for the gradebook-server tests: they run initdb and pg_ctl (in
+# /usr/lib/postgresql/<version>/bin, not on PATH) on a server of their own in a temporary folder.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	    $$SUDO apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
 book: $(STAMP)
 	$(BIN)/jupyter-book build . --warningiserror --keep-going --builder html
 	@echo "website: _build/html/index.html"
 
 # One torch thread per xdist worker: two workers with two threads each on a 2-core machine
 # spend most of their time fighting over the cores.
-test: $(STAMP) browser sandbox
+test: $(STAMP) browser sandbox postgres
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -q -rs --timeout 1500
 
 exercises: $(STAMP)

@@ -49,6 +49,17 @@ c.OverwriteCells.add_missing_cells = True
 c.LimitOutput.max_lines = 200
 c.LimitOutput.max_traceback = 60
 
+# Late submissions: an assignment is late when its submission's timestamp (timestamp.txt, written by
+# `nbgrader submit` and kept by `nbgrader collect`) is past the assignment's due date in the gradebook (set with
+# `nbgrader db assignment add 03_attention --duedate="2026-12-01 17:00:00 Europe/Berlin"`, or in formgrader;
+# no due date, never late). The course-wide rule: 10% of each notebook's score per day or part of a day late,
+# never more than the score (grader.gradebook.LatePenaltyPerDay). nbgrader records it as the notebook's
+# late_submission_penalty; both `python -m grader grade` and plain `nbgrader autograde` apply it. For no penalty
+# use nbgrader's own plugin: plugin_class = "nbgrader.plugins.LateSubmissionPlugin" (penalty_method "none" or
+# "zero").
+c.AssignLatePenalties.plugin_class = "grader.gradebook.LatePenaltyPerDay"
+c.LatePenaltyPerDay.percent_per_day = 10.0
+
 # Feedback: the standard nbgrader feedback plus a pass that removes hidden test code from test cells and
 # from tracebacks, so the HTML a student receives shows visible tests and diagnostics only.
 c.GenerateFeedback.preprocessors = [

@@ -1,16 +1,26 @@
-"""`python -m grader grade SUBMISSIONS --out OUT [--workers N] [--db-url URL] ...`"""
+"""`python -m grader grade SUBMISSIONS --out OUT [--workers N] [--db-url URL] [--shard K/N] [--regrade] ...`
+
+Each submission is recorded in the gradebook as soon as it is graded, so a run that is killed (even with
+kill -9) and started again grades only the submissions it has not recorded, and those resubmitted since
+(another timestamp.txt); --regrade grades everything again. --shard K/N grades the K-th of N parts of the
+class (by student), so N processes, on one machine or N, grade one class into one shared gradebook.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import hashlib
 import multiprocessing
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -26,24 +36,67 @@ MAX_ATTEMPTS = 2   # a submission whose worker process died is tried once more, 
 
 
 def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result]]:
-    """Jobs for SUBMISSIONS/<student_id>/<assignment_id>/, and "skipped" results for unknown assignments."""
+    """Jobs for SUBMISSIONS/<student_id>/<assignment_id>/, and "skipped" results for unknown assignments.
+
+    A job's timestamp is its timestamp.txt (what nbgrader's submit writes and collect keeps with the
+    newest submission), as ISO in UTC; None without one, or when it cannot be read (then never late).
+    """
+    from nbgrader.utils import parse_utc
+
     from grader.runner import Job, Result
 
     jobs, skipped = [], []
     for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for assignment in sorted(p for p in student.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if assignment.name in known:
-                jobs.append(Job(student.name, assignment.name, assignment.resolve()))
+                stamp = assignment / "timestamp.txt"
+                try:
+                    when = parse_utc(stamp.read_text().strip()).isoformat() if stamp.is_file() else None
+                except (ValueError, OverflowError, OSError):
+                    print(f"python -m grader: {stamp} is not a timestamp; graded as not late", file=sys.stderr)
+                    when = None
+                jobs.append(Job(student.name, assignment.name, assignment.resolve(), when))
             else:
                 skipped.append(Result(student.name, assignment.name, "skipped",
                                       reason=f"no assignment {assignment.name!r} in the course source"))
     return jobs, skipped
 
 
-def _init_worker(log_file: str, threads: int) -> None:
+def in_shard(student_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether the student's submissions belong to shard (K, N), 1 <= K <= N (None: the whole class).
+
+    By student id, through SHA-256 (the same on every machine and Python, unlike hash()): all of a
+    student's submissions go to one shard, so two shards never create the same student, a student's
+    feedback folder has one writer, and a student's new assignment lands in the shard that has the rest.
+    """
+    if shard is None:
+        return True
+    k, n = shard
+    return int.from_bytes(hashlib.sha256(student_id.encode()).digest()[:8], "big") % n == k - 1
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N) with 1 <= K <= N."""
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must be K/N with whole numbers, e.g. 1/4; got {text!r}") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 1 <= K <= N; got {text!r}")
+    return k, n
+
+
+def _init_worker(log_file: str, threads: int, parent: int) -> None:
     """Set up a worker process: its kernels get `threads` CPU threads each (the exercises' tensors are small;
     N workers with all cores each would only fight over them), and its stdout/stderr (and the kernels'
-    chatter) go to a log file, away from the progress bar."""
+    chatter) go to a log file, away from the progress bar. It is killed when the main process dies (even
+    by kill -9), so a killed run leaves no worker behind writing into OUT while the next run grades."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:   # the main process died before the line above
+        os._exit(1)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -58,7 +111,7 @@ def start_pool(workers: int, log_file: Path) -> ProcessPoolExecutor:
     """`workers` grading processes, started now: they import what they need while the caller goes on."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_init_worker, initargs=(str(log_file), threads))
+                               initializer=_init_worker, initargs=(str(log_file), threads, os.getpid()))
     for _ in range(workers):   # the executor starts a process per task while none is idle
         pool.submit(int)
     return pool
@@ -89,17 +142,27 @@ def _run_pool(runner: SandboxRunner, jobs: list[Job], pool: ProcessPoolExecutor,
     return broken
 
 
-def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: Path, progress: bool = True,
-               pool: ProcessPoolExecutor | None = None) -> list[Result]:
-    """Run `runner.run` on every job in `workers` separate processes, with a progress bar.
+BAR_FORMAT = ("{desc}: {n_fmt}/{total_fmt} submissions |{bar:20}| {percentage:3.0f}% "
+              "[{elapsed} elapsed, {remaining} left, {rate_fmt}]{postfix}")
 
-    Results come back to this process as they finish. When a worker process dies, the pool is replaced
-    and grading goes on; each job the dead pool held is tried once more on its own, and recorded as
-    failed (with the reason) if its worker dies again. The rest of the class is graded as usual.
+
+def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: Path, progress: bool = True,
+               pool: ProcessPoolExecutor | None = None,
+               on_result: Callable[[Result], None] | None = None) -> list[Result]:
+    """Run `runner.run` on every job in `workers` separate processes, with a progress bar (the count, the
+    rate and the time left).
+
+    Results come back to this process as they finish and go to `on_result` at once (the caller records
+    them). When a worker process dies, the pool is replaced and grading goes on; each job the dead pool
+    held is tried once more on its own, and recorded as failed (with the reason) if its worker dies again.
+    The rest of the class is graded as usual.
     """
     results: list[Result] = []
-    with tqdm(total=len(jobs), unit="submission", desc="grading", disable=not progress, file=sys.stderr) as bar:
+    with tqdm(total=len(jobs), unit="submission", desc="grading", disable=not progress, file=sys.stderr,
+              bar_format=BAR_FORMAT) as bar:
         def done(result: Result) -> None:
+            if on_result is not None:
+                on_result(result)
             results.append(result)
             bar.set_postfix_str(f"{result.student_id}/{result.assignment_id}", refresh=False)
             bar.update()
@@ -118,19 +181,35 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
     return results
 
 
+@dataclass
+class Run:
+    """What `grade` did. rows: every submission of this shard (of the class without --shard) as the
+    gradebook has it, plus "skipped" (unknown assignment) and "pending" (not recorded yet) ones;
+    graded: the results of this run; already: how many were recorded before and not graded again."""
+
+    rows: list[Result] = field(default_factory=list)
+    graded: list[Result] = field(default_factory=list)
+    already: int = 0
+
+
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
           config_file: Path | None = DEFAULT_CONFIG, limits: Limits = Limits(), isolate: bool = True,
-          seed: int | None = None, assignments: list[str] | None = None, progress: bool = True) -> list[Result]:
-    """Grade every submission under `submissions` into the course directory `out`; see `main`.
+          seed: int | None = None, assignments: list[str] | None = None, progress: bool = True,
+          shard: tuple[int, int] | None = None, regrade: bool = False) -> Run:
+    """Grade the submissions under `submissions` into the course directory `out`; see `main`.
 
-    Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
+    Only the submissions of `shard` (see in_shard), and of those only the ones the gradebook has no result
+    for or has with another timestamp (a resubmission), unless `regrade`. Each result is committed to the
+    gradebook as it comes. OUT/grades.csv is then written from the gradebook for the whole class (a
+    submission no shard has recorded yet is "pending"); a shard also writes OUT/grades-K-of-N.csv with its
+    own submissions. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
     """
     from nbgrader.api import Gradebook
 
-    from grader.gradebook import record, write_csv
+    from grader.course import nbgrader_config
 
     submissions, out, source = Path(submissions).resolve(), Path(out).resolve(), Path(source).resolve()
-    log_file = Path(tempfile.mkstemp(prefix="grader-workers-", suffix=".log")[1])  # OUT/.work/workers.log at the end
+    log_file = Path(tempfile.mkstemp(prefix="grader-workers-", suffix=".log")[1])  # into OUT/.work at the end
     pool = start_pool(workers, log_file)   # the workers start while the sandbox is probed and the course prepared
     if isolate:
         try:
@@ -143,21 +222,56 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     known = {p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))}
     if assignments:
         known &= set(assignments)
-    jobs, skipped = discover(submissions, known)
+    everyone, skipped = discover(submissions, known)
+    mine = [job for job in everyone if in_shard(job.student_id, shard)]
     db_url = db_url or sqlite_url(out / "gradebook.db")
-    template = prepare_course(out, source, sorted({job.assignment_id for job in jobs}), db_url, config_file)
-    seed = secrets.randbits(63) if seed is None else seed
-    from grader.runner import SandboxRunner
+    work = out / ".work" / (f"shard-{shard[0]}-of-{shard[1]}" if shard else "")
+    for stale in work.glob("worker-*") if work.is_dir() else ():   # left by a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
+    template = prepare_course(out, source, sorted({job.assignment_id for job in everyone}), db_url, config_file, work)
+    from grader.gradebook import late_penalty_plugin, record, recorded, stored_results, write_csv  # imports torch
+    from grader.runner import Result, SandboxRunner
 
+    late = late_penalty_plugin(nbgrader_config(out, db_url, config_file))
+    seed = secrets.randbits(63) if seed is None else seed
     runner = SandboxRunner(out, template, config_file, limits, isolate, seed)
-    results = grade_jobs(runner, jobs, workers, log_file, progress, pool)
-    shutil.move(str(log_file), str(out / ".work" / "workers.log"))
+    run = Run()
     with Gradebook(db_url) as gb:
-        for result in results:
-            record(gb, result)
-    results += skipped
-    write_csv(out / "grades.csv", results)
-    return results
+        done = {} if regrade else recorded(gb)
+        todo = [job for job in mine if (job.student_id, job.assignment_id) not in done
+                or done[(job.student_id, job.assignment_id)] != job.timestamp]
+        run.already = len(mine) - len(todo)
+        if run.already:
+            print(f"resuming: {run.already} of {len(mine)} submissions are in the gradebook already; grading the "
+                  f"other {len(todo)} (--regrade grades them all)", flush=True)
+        run.graded = grade_jobs(runner, todo, workers, log_file, progress, pool,
+                                on_result=lambda result: record(gb, result, late))
+        stored = stored_results(gb)
+    shutil.move(str(log_file), str(work / f"workers-{os.getpid()}.log"))
+
+    def row(key: tuple[str, str]) -> Result:
+        return stored.get(key) or Result(*key, "pending", reason="not recorded yet (by another shard, or by a run "
+                                                                  "that stopped: run the command again)")
+    write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped)
+    run.rows = [row((j.student_id, j.assignment_id)) for j in mine] + [r for r in skipped
+                                                                       if in_shard(r.student_id, shard)]
+    if shard:
+        write_csv(out / f"grades-{shard[0]}-of-{shard[1]}.csv", run.rows)
+    return run
+
+
+def summary(run: Run, seconds: float, out: Path) -> str:
+    """The closing lines: counts, then every submission not graded normally, with its reason."""
+    bad = [r for r in run.rows if r.status != "graded"]
+    lines = [f"graded {len(run.graded)} submissions in {seconds:.1f} s"
+             + (f" ({run.already} were in the gradebook already)" if run.already else "")
+             + f"; {len(run.rows)} in all, {len(bad)} not graded normally; grades: {out / 'grades.csv'}, "
+               f"feedback: {out / 'feedback'}"]
+    if bad:
+        lines.append("not graded normally:")
+        lines += [f"  {r.student_id}/{r.assignment_id}: {r.status}: {r.reason or '(no reason given)'}"
+                  for r in sorted(bad, key=lambda r: (r.status, r.student_id, r.assignment_id))]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="run student code WITHOUT isolation (only for code you trust; recorded in grades.csv)")
     g.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--shard", type=parse_shard, default=None, metavar="K/N",
+                   help="grade only the K-th of N parts of the class (by student id); run K = 1..N at once, "
+                        "e.g. as a Slurm job array, into one --db-url gradebook")
+    g.add_argument("--regrade", action="store_true",
+                   help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
     from grader import export, release, similarity   # after grading: each module adds its command and its run(args)
     for module in (export, release, similarity):
         module.add_command(commands)
@@ -203,12 +322,10 @@ def main(argv: list[str] | None = None) -> int:
                     submission_seconds=args.submission_timeout)
     start = time.perf_counter()
     try:
-        results = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,
-                        not args.no_sandbox, args.seed, args.assignment, not args.no_progress)
+        run = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,
+                    not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade)
     except SandboxUnavailable as err:
         print(f"python -m grader: cannot start the sandbox: {err}\n{HOW_TO_FIX}", file=sys.stderr)
         return 2
-    failed = sum(r.status != "graded" for r in results)
-    print(f"graded {len(results)} submissions ({failed} not graded normally) in {time.perf_counter() - start:.1f} s; "
-          f"grades: {args.out / 'grades.csv'}, feedback: {args.out / 'feedback'}")
+    print(summary(run, time.perf_counter() - start, args.out))
     return 0

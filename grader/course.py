@@ -3,15 +3,26 @@
 OUT (the `--out` directory) is a complete nbgrader course: source/ (a copy of the instructor notebooks),
 release/, autograded/, feedback/, the gradebook and an nbgrader_config.py, so `nbgrader formgrader` or
 `nbgrader generate_feedback` can be run there afterwards. Each grading worker has a private course in
-OUT/.work/<name>/ with its own SQLite gradebook (a copy of a template holding the assignments), so
-parallel workers never write to the same database; the main process merges their grades.
+OUT/.work/<name>/ (OUT/.work/shard-K-of-N/<name>/ for a shard) with its own SQLite gradebook (a copy of a
+template holding the assignments), so parallel workers never write to the same database; the main process
+records their grades in the main gradebook as they finish.
+
+Several shards may prepare one course at once (one OUT on a shared file system, one gradebook server):
+`course_lock` makes them take turns, through a lock file in OUT/.work and, for PostgreSQL, an advisory
+lock in the database.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import filecmp
+import hashlib
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from traitlets.config import Config, PyFileConfigLoader
@@ -121,30 +132,118 @@ def generate_assignments(root: Path, db_url: str, assignments: list[str], config
         converter.start()
 
 
+def replace_dir(src: Path, dest: Path) -> None:
+    """Put the folder `src` at `dest` (same file system), replacing what is there by renames only: a reader,
+    or a run killed at any moment, sees the old folder, the new one or none, never a half-written one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        os.rename(dest, old)
+    os.rename(src, dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+@contextlib.contextmanager
+def course_lock(out: Path, db_url: str) -> Iterator[None]:
+    """Held while a course is prepared: a lock file OUT/.work/course.lock (shards sharing OUT) and, when
+    the gradebook is PostgreSQL, an advisory lock in it (shards on machines with an OUT each)."""
+    work = Path(out) / ".work"
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "course.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            if db_url.startswith("postgresql"):
+                from sqlalchemy import create_engine, text
+
+                key = int.from_bytes(hashlib.sha256(b"grader.course.prepare_course").digest()[:8], "big") >> 1
+                engine = create_engine(db_url)
+                try:
+                    with engine.connect() as connection:
+                        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                        connection.commit()
+                        try:
+                            yield
+                        finally:
+                            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+                            connection.commit()
+                finally:
+                    engine.dispose()
+            else:
+                yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _same_tree(a: Path, b: Path) -> bool:
+    cmp = filecmp.dircmp(a, b, ignore=[".ipynb_checkpoints", "__pycache__"])
+    if cmp.left_only or cmp.right_only or cmp.funny_files:
+        return False
+    if filecmp.cmpfiles(a, b, cmp.common_files, shallow=False)[1:] != ([], []):
+        return False
+    return all(_same_tree(a / d, b / d) for d in cmp.common_dirs)
+
+
+def copy_sources(out: Path, source: Path, assignments: list[str]) -> None:
+    """OUT/source/<assignment> = SOURCE/<assignment>, replaced whole (by a rename) only when it differs."""
+    for assignment in assignments:
+        dest = out / "source" / assignment
+        if dest.exists() and _same_tree(source / assignment, dest):
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{assignment}.new-", dir=dest.parent)) / assignment
+        shutil.copytree(source / assignment, tmp, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        replace_dir(tmp, dest)
+        tmp.parent.rmdir()
+
+
+def due_dates(db_url: str) -> dict:
+    """assignment -> due date (naive UTC datetime, or None) in a gradebook."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(db_url) as gb:
+        return {a.name: a.duedate for a in gb.assignments}
+
+
 def prepare_course(
-    out: Path, source: Path, assignments: list[str], db_url: str, config_file: Path | None
+    out: Path, source: Path, assignments: list[str], db_url: str, config_file: Path | None, work: Path | None = None
 ) -> Path:
     """Make OUT a course for `assignments` and return the template gradebook for the workers.
 
-    The template (OUT/.work/template.db) and, when it does not exist yet, a SQLite main gradebook are
-    generated once; an existing main gradebook (or any other database URL) gets the assignments
-    added or updated in place, so grading again into the same OUT keeps earlier results.
+    The template (WORK/template.db, WORK = OUT/.work unless given) and, when it does not exist yet, a
+    SQLite main gradebook are generated once; an existing main gradebook (or any other database URL)
+    gets the assignments added or updated in place, so grading again into the same OUT keeps earlier
+    results. Due dates are the main gradebook's (set with `nbgrader db assignment add ID --duedate=...`
+    or in formgrader) and are copied into the template, so the workers' feedback shows late penalties.
+    Safe to run from several shards at once (course_lock).
     """
+    from nbgrader.api import Gradebook
+    from sqlalchemy import create_engine
+
+    from grader.gradebook import create_results_table
+
     out.mkdir(parents=True, exist_ok=True)
-    work = out / ".work"
-    work.mkdir(exist_ok=True)
-    for assignment in assignments:
-        dest = out / "source" / assignment
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.copytree(source / assignment, dest, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    work = work or out / ".work"
+    work.mkdir(parents=True, exist_ok=True)
     template = work / "template.db"
     template.unlink(missing_ok=True)
-    generate_assignments(out, sqlite_url(template), assignments, config_file)
     main_db = out / "gradebook.db"
-    if db_url == sqlite_url(main_db) and not main_db.exists():
-        shutil.copyfile(template, main_db)
-    else:
-        generate_assignments(out, db_url, assignments, config_file)
-    write_course_config(out, db_url, config_file)
+    with course_lock(out, db_url):
+        copy_sources(out, source, assignments)
+        generate_assignments(out, sqlite_url(template), assignments, config_file)
+        if db_url == sqlite_url(main_db) and not main_db.exists():
+            shutil.copyfile(template, main_db)
+        else:
+            generate_assignments(out, db_url, assignments, config_file)
+        for url in (sqlite_url(template), db_url):
+            engine = create_engine(url)
+            try:
+                create_results_table(engine)
+            finally:
+                engine.dispose()
+        dates = {name: date for name, date in due_dates(db_url).items() if name in assignments and date is not None}
+        with Gradebook(sqlite_url(template)) as gb:
+            for name, date in dates.items():
+                gb.update_or_create_assignment(name, duedate=date)
+        write_course_config(out, db_url, config_file)
     return template

@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from grader.checks import ITEMS
 from grader.checks.cases import make_cases
 from grader.checks.compare import grade
 from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
-from grader.course import ensure_alembic_on_path, nbgrader_config, sqlite_url
+from grader.course import ensure_alembic_on_path, nbgrader_config, replace_dir, sqlite_url
 from grader.execution import Execution, execute, memory_note
 from grader.feedback import failure_page
 from grader.submission import Cell, SourceNotebook, code_cells, load_source, read_notebook
@@ -48,6 +49,7 @@ class Job:
     student_id: str
     assignment_id: str
     directory: Path
+    timestamp: str | None = None   # the contents of its timestamp.txt (nbgrader's submission time), if any
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,10 @@ class Result:
     max_score: float = 0.0
     grades: list[CellGrade] = field(default_factory=list)
     comments: dict[tuple[str, str], str] = field(default_factory=dict)
-    timestamp: str | None = None
+    timestamp: str | None = None     # the submission's timestamp.txt (nbgrader's), as written there
     seconds: float = 0.0
     sandbox: str = ""
+    late_penalty: float = 0.0        # points off for lateness (nbgrader's late-submission plugin), in the gradebook
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,8 @@ class SandboxRunner:
 
     # -- the pieces ----------------------------------------------------------------------------------
     def _workspace(self) -> Path:
-        ws = self.out / ".work" / f"worker-{os.getpid()}"
+        """This worker process's private course, beside the template (in OUT/.work or a shard's folder there)."""
+        ws = self.template.parent / f"worker-{os.getpid()}"
         if not (ws / "gradebook.db").exists():
             ws.mkdir(parents=True, exist_ok=True)
             if not (ws / "source").exists():
@@ -149,11 +153,10 @@ class SandboxRunner:
 
     def _run(self, job: Job) -> Result:
         ws = self._workspace()
-        for step in ("autograded", "feedback"):
-            for root in (ws, self.out):
-                stale = root / step / job.student_id / job.assignment_id
-                if stale.exists():
-                    shutil.rmtree(stale)
+        for step in ("autograded", "feedback"):   # OUT's copies stay until the new ones replace them (replace_dir)
+            stale = ws / step / job.student_id / job.assignment_id
+            if stale.exists():
+                shutil.rmtree(stale)
         result = Result(job.student_id, job.assignment_id, "graded", sandbox=self.mode)
         notes: list[str] = []
         readable = 0
@@ -240,14 +243,14 @@ class SandboxRunner:
         from nbgrader.converters import GenerateFeedback
         from nbgrader.coursedir import CourseDirectory
 
-        from grader.gradebook import record
+        from grader.gradebook import late_penalty_plugin, record
 
         ensure_alembic_on_path()
-        with Gradebook(sqlite_url(ws / "gradebook.db")) as gb:
-            record(gb, result)
-            submission = gb.find_submission(job.assignment_id, job.student_id)
-            result.timestamp = submission.timestamp.isoformat() if submission.timestamp else None
         cfg = nbgrader_config(ws, sqlite_url(ws / "gradebook.db"), self.config_file)
+        result.timestamp = job.timestamp
+        with Gradebook(sqlite_url(ws / "gradebook.db")) as gb:   # the feedback page shows these scores and penalty
+            record(gb, result, late_penalty_plugin(cfg))
+            result.late_penalty = gb.find_submission(job.assignment_id, job.student_id).late_submission_penalty or 0.0
         log = logging.getLogger(f"grader.nbgrader.{os.getpid()}")
         log.propagate = False
         coursedir = CourseDirectory(config=cfg, log=log)
@@ -255,14 +258,12 @@ class SandboxRunner:
         converter = GenerateFeedback(coursedir=coursedir, config=cfg, log=log)
         converter.force = True
         converter.start()
+        if not (ws / "feedback" / job.student_id / job.assignment_id).exists():
+            raise RuntimeError("nbgrader generate_feedback produced no feedback")
         for step in ("autograded", "feedback"):
             src = ws / step / job.student_id / job.assignment_id
-            dest = self.out / step / job.student_id / job.assignment_id
-            dest.parent.mkdir(parents=True, exist_ok=True)
             if src.exists():
-                shutil.move(str(src), str(dest))
-        if not (self.out / "feedback" / job.student_id / job.assignment_id).exists():
-            raise RuntimeError("nbgrader generate_feedback produced no feedback")
+                replace_dir(src, self.out / step / job.student_id / job.assignment_id)
 
     def _max_score(self, assignment_id: str) -> float:
         return float(sum(s.max_score for s in self._sources(assignment_id)))
@@ -270,16 +271,15 @@ class SandboxRunner:
     def failure(self, job: Job, reason: str) -> Result:
         """The result (and the feedback page) of a submission that could not be graded at all."""
         result = Result(job.student_id, job.assignment_id, "failed", reason, 0.0, self._max_score(job.assignment_id),
-                        sandbox=self.mode)
-        for step in ("autograded", "feedback"):
-            stale = self.out / step / job.student_id / job.assignment_id
-            if stale.exists():
-                shutil.rmtree(stale)
-        dest = self.out / "feedback" / job.student_id / job.assignment_id
-        dest.mkdir(parents=True)
+                        timestamp=job.timestamp, sandbox=self.mode)
+        stale = self.out / "autograded" / job.student_id / job.assignment_id
+        if stale.exists():
+            shutil.rmtree(stale)
+        pages = Path(tempfile.mkdtemp(prefix="failed-", dir=self.template.parent))
         page = failure_page(job.student_id, job.assignment_id, result.reason, result.max_score)
         for source in self._sources(job.assignment_id):
-            (dest / f"{source.name}.html").write_text(page)
+            (pages / f"{source.name}.html").write_text(page)
+        replace_dir(pages, self.out / "feedback" / job.student_id / job.assignment_id)
         return result
 
 

@@ -131,7 +131,7 @@ def test_command_exits_0_and_grades_every_submission(graded):
     expected |= {(s, BROKEN_ON) for s in partial_submissions()}
     assert set(graded.rows) == expected
     assert list(next(iter(graded.rows.values()))) == \
-        ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox"]
+        ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox", "late_penalty"]
     assert {r["sandbox"] for r in graded.rows.values()} == {"bwrap"}
     assert (graded.out / "gradebook.db").exists()
     for student, assignment in expected:
