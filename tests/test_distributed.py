@@ -315,7 +315,7 @@ def _worker(out_dir):
     batches per step, checkpointing every 3 steps; then an interrupted run resumed from its
     step-3 checkpoint. Each rank saves what it saw and where it ended to OUT_DIR/rank<r>.pt."""
     out = Path(out_dir)
-    ctx = distributed.init_distributed()
+    ctx = distributed.init_distributed("gloo")                     # on CPU even where there is a GPU
     assert ctx.backend == "gloo" and ctx.world_size == 2, ctx
     recorder = _Recorder()
     hist, model = _fit(distributed.wrap_model(_model(), ctx), 2, recorder,
@@ -367,7 +367,7 @@ def test_two_processes_match_one_process_over_the_same_global_batches(tmp_path):
 
 CLI = ["-m", "transformer_ref.train", "--task", "shapes", "--steps", "6", "--batch-size", "32",
        "--num-examples", "256", "--d-model", "16", "--num-layers", "1", "--d-ff", "32", "--warmup-steps", "2",
-       "--no-progress", "--log-every", "3"]
+       "--no-progress", "--log-every", "3", "--device", "cpu"]
 
 
 def test_command_line_under_torchrun_matches_one_process(tmp_path, capsys):

@@ -388,3 +388,5 @@ def test_command_line_bad_input(tmp_path):
         train.main(["--task", "shapes", *_TINY, "--batch-size", "10", "--grad-accum", "4"])
     with pytest.raises(SystemExit, match="--resume needs --checkpoint PATH"):
         train.main(["--resume"])
+    with pytest.raises(SystemExit, match="--backend nccl needs GPUs; with --device cpu use --backend gloo"):
+        train.main(["--device", "cpu", "--backend", "nccl"])

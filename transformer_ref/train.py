@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import random
@@ -572,8 +573,11 @@ def _parser() -> "argparse.ArgumentParser":
                    help="print a log line every N steps on rank 0 (default: 50)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-amp", action="store_true", help="float32 on CUDA instead of bf16 autocast")
+    p.add_argument("--device", choices=["cuda", "mps", "cpu"],
+                   help="default: cuda, then mps, then cpu; under torchrun cuda (NCCL) or cpu (gloo)")
     p.add_argument("--backend", choices=["nccl", "gloo"],
-                   help="process group backend under torchrun (default: nccl on GPUs, gloo on CPU)")
+                   help="process group backend under torchrun (default: nccl on GPUs, gloo with --device cpu "
+                        "or without GPUs)")
     return p
 
 
@@ -591,7 +595,14 @@ def main(argv: list[str] | None = None) -> History:
     args = _parser().parse_args(argv)
     if args.resume and args.checkpoint is None:
         raise SystemExit("--resume needs --checkpoint PATH (the file to continue from)")
-    ctx = distributed.init_distributed(args.backend)
+    if args.backend == "nccl" and args.device == "cpu":
+        raise SystemExit("--backend nccl needs GPUs; with --device cpu use --backend gloo")
+    ctx = distributed.init_distributed(args.backend or ("gloo" if args.device == "cpu" else None))
+    if ctx.backend is None and args.device is not None:          # one process: the device asked for
+        ctx = dataclasses.replace(ctx, device=torch.device(args.device))
+    elif args.device is not None and ctx.device.type != args.device:
+        raise SystemExit(f"--device {args.device} does not fit the {ctx.backend} backend, which trains on "
+                         f"{ctx.device.type}")
     try:
         per_step = ctx.world_size * args.grad_accum
         if args.batch_size % per_step:
