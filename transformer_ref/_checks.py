@@ -126,3 +126,17 @@ def check_token_id(value: object, name: str, vocab_size: int, vocab_name: str) -
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size:
         raise ValueError(f"{name} must be an int in [0, {vocab_name} = {vocab_size}); got {value!r}")
     return value
+
+
+def check_values(ok: torch.Tensor, message: str) -> None:
+    """Raise ValueError(message) unless the bool tensor ``ok`` holds True, without a GPU-to-CPU sync.
+
+    On the CPU (eager) the check runs at once. On a GPU, and while torch.compile traces, it becomes an
+    asynchronous device assertion (``torch._assert_async``): reading the result back here would stall
+    the GPU every step. A failure there surfaces as a RuntimeError (a device-side assert) at the next sync.
+    """
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
+        if not bool(ok):
+            raise ValueError(message)
+    else:
+        torch._assert_async(ok, message)

@@ -22,8 +22,10 @@ from transformer_ref._checks import (check_floating, check_mask, check_min_ndim,
                                      check_positive_int, check_same_device, check_same_dtype, check_size)
 
 
-def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, ...]:
-    """Validate q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v); return the scores' shape."""
+def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               mask: torch.Tensor | None = None) -> tuple[int, ...]:
+    """Validate q (..., T_q, d_k), k (..., T_k, d_k), v (..., T_k, d_v) and a bool mask broadcastable to
+    (..., T_q, T_k); return the scores' shape."""
     for name, x, hint in (("q", q, "(..., T_q, d_k)"), ("k", k, "(..., T_k, d_k)"), ("v", v, "(..., T_k, d_v)")):
         check_floating(x, name)
         check_min_ndim(x, name, 2, hint)
@@ -36,7 +38,52 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, 
     except RuntimeError:
         raise ValueError(f"the leading (batch/head) dimensions of q {tuple(q.shape)}, k {tuple(k.shape)} "
                          f"and v {tuple(v.shape)} do not broadcast together") from None
-    return (*batch, q.size(-2), k.size(-2))
+    scores_shape = (*batch, q.size(-2), k.size(-2))
+    check_mask(mask, "mask", scores_shape, device=q.device)
+    return scores_shape
+
+
+def _check_sequence_input(x: torch.Tensor) -> None:
+    """x must be a floating-point (..., T, d) tensor."""
+    check_floating(x, "x")
+    check_min_ndim(x, "x", 2, "(..., T, d)")
+
+
+def _check_self_attention(x: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, W_v: torch.Tensor) -> None:
+    """x: (B, T, d_model); W_q, W_k: (d_model, d_k); W_v: (d_model, d_v); all floating, on one device."""
+    check_floating(x, "x")
+    check_min_ndim(x, "x", 2, "(B, T, d_model)")
+    d_model = x.size(-1)
+    for name, W, hint in (("W_q", W_q, "(d_model, d_k)"), ("W_k", W_k, "(d_model, d_k)"),
+                          ("W_v", W_v, "(d_model, d_v)")):
+        check_floating(W, name)
+        check_ndim(W, name, 2, hint)
+        check_size(W, name, 0, d_model, "d_model = x.shape[-1]")
+    check_same_device(("x", x), ("W_q", W_q), ("W_k", W_k), ("W_v", W_v))
+
+
+def _check_additive(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, W_q: torch.Tensor,
+                    W_k: torch.Tensor, w_v: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """The shapes of :func:`additive_attention`: query (B, d_q), keys (B, T, d_kk), values (B, T, d_v),
+    W_q (d_q, d_a), W_k (d_kk, d_a), w_v (d_a,), mask bool broadcastable to (B, T)."""
+    check_ndim(query, "query", 2, "(B, d_q)")
+    check_ndim(keys, "keys", 3, "(B, T, d_kk)")
+    check_ndim(values, "values", 3, "(B, T, d_v)")
+    check_ndim(W_q, "W_q", 2, "(d_q, d_a)")
+    check_ndim(W_k, "W_k", 2, "(d_kk, d_a)")
+    check_ndim(w_v, "w_v", 1, "(d_a,)")
+    for name, x in (("query", query), ("keys", keys), ("values", values), ("W_q", W_q), ("W_k", W_k), ("w_v", w_v)):
+        check_floating(x, name)
+    check_same_device(("query", query), ("keys", keys), ("values", values), ("W_q", W_q), ("W_k", W_k), ("w_v", w_v))
+    B, T = keys.shape[:2]
+    check_size(query, "query", 0, B, "B = keys.shape[0]")
+    check_size(values, "values", 0, B, "B = keys.shape[0]")
+    check_size(values, "values", 1, T, "T = keys.shape[1]")
+    check_size(W_q, "W_q", 0, query.size(1), "d_q = query.shape[1]")
+    check_size(W_k, "W_k", 0, keys.size(2), "d_kk = keys.shape[2]")
+    check_size(W_k, "W_k", 1, W_q.size(1), "d_a = W_q.shape[1]")
+    check_size(w_v, "w_v", 0, W_q.size(1), "d_a = W_q.shape[1]")
+    check_mask(mask, "mask", (B, T), "(B, T)", device=keys.device)
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -59,8 +106,7 @@ def dot_product_attention(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     x: (..., T, d). Returns (output (..., T, d), weights (..., T, T)); each row of weights sums to 1.
     """
-    check_floating(x, "x")
-    check_min_ndim(x, "x", 2, "(..., T, d)")
+    _check_sequence_input(x)  # arguments checked here
     scores = x @ x.transpose(-2, -1)  # (..., T, T)
     weights = torch.softmax(scores, dim=-1)
     return weights @ x, weights  # (..., T, d), (..., T, T)
@@ -78,8 +124,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     used (after dropout), so output == weights @ v always.
     A query row with nothing to attend to gets zero weights and zero output, not NaN.
     """
-    scores_shape = _check_qkv(q, k, v)
-    check_mask(mask, "mask", scores_shape, device=q.device)
+    _check_qkv(q, k, v, mask)  # arguments checked here
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (..., T_q, T_k)
     weights = _masked_softmax(scores, mask)
     if training and dropout_p > 0.0:
@@ -91,12 +136,19 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     mask: torch.Tensor | None = None, dropout_p: float = 0.0) -> torch.Tensor:
     """The same as :func:`scaled_dot_product_attention`, through PyTorch's fused kernel.
 
-    Shapes and mask convention as there; returns only the output (..., T_q, d_v) -- the fused
-    kernel never materialises the weights. dropout_p is applied whenever it is > 0 (pass 0.0 in
-    evaluation). Fully masked query rows give zero output here too, whatever the backend.
+    Shapes and mask convention as there; returns only the output (..., T_q, d_v). The kernel
+    (``F.scaled_dot_product_attention``: flash or memory-efficient attention where the backend has
+    one) never materialises the (T_q, T_k) weights, so its memory grows linearly in T, not
+    quadratically. dropout_p is applied whenever it is > 0 (pass 0.0 in evaluation). Fully masked
+    query rows give zero output here too, whatever the backend.
     """
-    scores_shape = _check_qkv(q, k, v)
-    check_mask(mask, "mask", scores_shape, device=q.device)
+    _check_qkv(q, k, v, mask)  # arguments checked here
+    return _fused_attention(q, k, v, mask, dropout_p)
+
+
+def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                     dropout_p: float) -> torch.Tensor:
+    """:func:`fused_attention` without the argument checks (for callers that checked them once)."""
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     mask = torch.atleast_2d(mask)  # the kernel wants the (T_q, T_k) axes present, if only as size 1
@@ -114,15 +166,7 @@ def self_attention(x: torch.Tensor, W_q: torch.Tensor, W_k: torch.Tensor, W_v: t
     mask: bool, broadcastable to (B, T, T); True = may attend.
     Returns (output (B, T, d_v), weights (B, T, T)).
     """
-    check_floating(x, "x")
-    check_min_ndim(x, "x", 2, "(B, T, d_model)")
-    d_model = x.size(-1)
-    for name, W, hint in (("W_q", W_q, "(d_model, d_k)"), ("W_k", W_k, "(d_model, d_k)"),
-                          ("W_v", W_v, "(d_model, d_v)")):
-        check_floating(W, name)
-        check_ndim(W, name, 2, hint)
-        check_size(W, name, 0, d_model, "d_model = x.shape[-1]")
-    check_same_device(("x", x), ("W_q", W_q), ("W_k", W_k), ("W_v", W_v))
+    _check_self_attention(x, W_q, W_k, W_v)  # arguments checked here (the mask in the call below)
     return scaled_dot_product_attention(x @ W_q, x @ W_k, x @ W_v, mask)  # Q, K: (B, T, d_k); V: (B, T, d_v)
 
 
@@ -163,24 +207,7 @@ def additive_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Te
     Returns (context (B, d_v), weights (B, T)); context = sum_j weights_j values_j.
     A row with nothing to attend to gets zero weights and a zero context.
     """
-    check_ndim(query, "query", 2, "(B, d_q)")
-    check_ndim(keys, "keys", 3, "(B, T, d_kk)")
-    check_ndim(values, "values", 3, "(B, T, d_v)")
-    check_ndim(W_q, "W_q", 2, "(d_q, d_a)")
-    check_ndim(W_k, "W_k", 2, "(d_kk, d_a)")
-    check_ndim(w_v, "w_v", 1, "(d_a,)")
-    for name, x in (("query", query), ("keys", keys), ("values", values), ("W_q", W_q), ("W_k", W_k), ("w_v", w_v)):
-        check_floating(x, name)
-    check_same_device(("query", query), ("keys", keys), ("values", values), ("W_q", W_q), ("W_k", W_k), ("w_v", w_v))
-    B, T = keys.shape[:2]
-    check_size(query, "query", 0, B, "B = keys.shape[0]")
-    check_size(values, "values", 0, B, "B = keys.shape[0]")
-    check_size(values, "values", 1, T, "T = keys.shape[1]")
-    check_size(W_q, "W_q", 0, query.size(1), "d_q = query.shape[1]")
-    check_size(W_k, "W_k", 0, keys.size(2), "d_kk = keys.shape[2]")
-    check_size(W_k, "W_k", 1, W_q.size(1), "d_a = W_q.shape[1]")
-    check_size(w_v, "w_v", 0, W_q.size(1), "d_a = W_q.shape[1]")
-    check_mask(mask, "mask", (B, T), "(B, T)", device=keys.device)
+    _check_additive(query, keys, values, W_q, W_k, w_v, mask)  # arguments checked here
     hidden = torch.tanh((query @ W_q).unsqueeze(1) + keys @ W_k)  # (B, T, d_a)
     scores = hidden @ w_v  # (B, T)
     weights = _masked_softmax(scores, mask)  # (B, T)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from transformer_ref._checks import check_ndim, check_positive_int, check_same_device, check_tensor
+from transformer_ref._checks import check_ndim, check_positive_int, check_same_device, check_tensor, check_values
 from transformer_ref._convert import load_converted_state_dict
 from transformer_ref.layers import LayerNorm
 from transformer_ref.model import Encoder
@@ -109,16 +109,10 @@ class BertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        _check_token_ids(input_ids, "input_ids")
-        T = input_ids.size(1)
-        if T > self.max_len:
-            raise ValueError(f"input_ids has T = {T} tokens but the position table has max_len = {self.max_len}; "
-                             f"shorten the input or build the model with a larger max_len")
+        _check_embedding_inputs(input_ids, token_type_ids, self.max_len)  # arguments checked here
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        else:
-            _check_token_ids(token_type_ids, "token_type_ids", like=input_ids, like_name="input_ids")
-        positions = torch.arange(T, device=input_ids.device)                         # (T,)
+            token_type_ids = torch.zeros_like(input_ids)                              # segment A everywhere
+        positions = torch.arange(input_ids.size(1), device=input_ids.device)         # (T,)
         x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
              + self.token_type_embeddings(token_type_ids))                            # (B, T, d_model)
         return self.dropout(self.norm(x))
@@ -252,14 +246,7 @@ def mask_tokens(input_ids: torch.Tensor, mask_token_id: int, vocab_size: int,
     ``input_ids.device``. So a CPU generator works for CUDA inputs and gives the same result as for
     the same inputs on the CPU; a CUDA generator works too (and draws on the GPU).
     """
-    check_tensor(input_ids, "input_ids")
-    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
-        raise TypeError(f"input_ids must be an integer tensor of token ids; got {input_ids.dtype}")
-    check_positive_int(vocab_size, "vocab_size")
-    if not 0 <= mask_token_id < vocab_size:
-        raise ValueError(f"mask_token_id must be in [0, vocab_size = {vocab_size}); got {mask_token_id}")
-    if not 0.0 <= mlm_probability <= 1.0:
-        raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
+    _check_mask_tokens_args(input_ids, mask_token_id, vocab_size, mlm_probability)  # arguments checked here
     device = input_ids.device
     rng_device = generator.device if generator is not None else device
 
@@ -332,13 +319,7 @@ def load_hf_bert(model: BertModel | BertForMaskedLM | BertForSequenceClassificat
                 return re.sub(pattern, replacement, hf_key)
         return None
 
-    tied = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
-            "cls.predictions.decoder.bias": "cls.predictions.bias"}
-    for tied_key, source_key in tied.items():
-        if tied_key in hf_state_dict and source_key in hf_state_dict and not torch.equal(
-                hf_state_dict[tied_key].cpu(), hf_state_dict[source_key].cpu()):
-            raise ValueError(f"hf_state_dict[{tied_key!r}] differs from hf_state_dict[{source_key!r}]; this BERT "
-                             f"ties them, so an untied checkpoint (tie_word_embeddings=False) cannot be loaded")
+    _check_tied_decoder(hf_state_dict)  # the MLM decoder must equal what this BERT ties it to
     kept = {k: v for k, v in hf_state_dict.items() if not _HF_BERT_SKIP.match(k)}
     return load_converted_state_dict(model, kept, rename, "hf_state_dict (Hugging Face BERT)", strict)
 
@@ -354,6 +335,40 @@ def _init_bert_weights(module: nn.Module) -> None:
     if isinstance(module, nn.Embedding) and module.padding_idx is not None:
         with torch.no_grad():
             module.weight[module.padding_idx].zero_()
+
+
+def _check_embedding_inputs(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None, max_len: int) -> None:
+    """input_ids: (B, T) integer, T <= max_len; token_type_ids: None or integer, shaped like input_ids."""
+    _check_token_ids(input_ids, "input_ids")
+    T = input_ids.size(1)
+    if T > max_len:
+        raise ValueError(f"input_ids has T = {T} tokens but the position table has max_len = {max_len}; "
+                         f"shorten the input or build the model with a larger max_len")
+    if token_type_ids is not None:
+        _check_token_ids(token_type_ids, "token_type_ids", like=input_ids, like_name="input_ids")
+
+
+def _check_mask_tokens_args(input_ids: torch.Tensor, mask_token_id: int, vocab_size: int,
+                            mlm_probability: float) -> None:
+    check_tensor(input_ids, "input_ids")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must be an integer tensor of token ids; got {input_ids.dtype}")
+    check_positive_int(vocab_size, "vocab_size")
+    if not 0 <= mask_token_id < vocab_size:
+        raise ValueError(f"mask_token_id must be in [0, vocab_size = {vocab_size}); got {mask_token_id}")
+    if not 0.0 <= mlm_probability <= 1.0:
+        raise ValueError(f"mlm_probability must be in [0, 1]; got {mlm_probability}")
+
+
+def _check_tied_decoder(hf_state_dict: Mapping[str, torch.Tensor]) -> None:
+    """The checkpoint's MLM decoder weight and bias must equal the word embeddings and cls.predictions.bias."""
+    tied = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+            "cls.predictions.decoder.bias": "cls.predictions.bias"}
+    for tied_key, source_key in tied.items():
+        if tied_key in hf_state_dict and source_key in hf_state_dict and not torch.equal(
+                hf_state_dict[tied_key].cpu(), hf_state_dict[source_key].cpu()):
+            raise ValueError(f"hf_state_dict[{tied_key!r}] differs from hf_state_dict[{source_key!r}]; this BERT "
+                             f"ties them, so an untied checkpoint (tie_word_embeddings=False) cannot be loaded")
 
 
 def _check_token_ids(ids: torch.Tensor, name: str, like: torch.Tensor | None = None, like_name: str = "") -> None:
@@ -373,7 +388,8 @@ def _to_key_mask(attention_mask: torch.Tensor, input_ids: torch.Tensor) -> torch
         raise ValueError(f"attention_mask must have shape (B, T) = {tuple(input_ids.shape)} like input_ids "
                          f"(1 = real token, 0 = padding); got {tuple(attention_mask.shape)}")
     check_same_device(("input_ids", input_ids), ("attention_mask", attention_mask))
-    if attention_mask.dtype != torch.bool and not ((attention_mask == 0) | (attention_mask == 1)).all():
-        raise ValueError("attention_mask must hold 1 (real token) and 0 (padding) only; got other values "
-                         "(an additive mask with -inf / -10000? pass the 0/1 mask instead)")
+    if attention_mask.dtype != torch.bool:  # checked without a GPU-to-CPU sync (see check_values)
+        check_values(((attention_mask == 0) | (attention_mask == 1)).all(),
+                     "attention_mask must hold 1 (real token) and 0 (padding) only; got other values "
+                     "(an additive mask with -inf / -10000? pass the 0/1 mask instead)")
     return attention_mask.bool()[:, None, :]                                          # (B, 1, T)

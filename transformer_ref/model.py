@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from transformer_ref._checks import (check_integer, check_module_device, check_ndim, check_positive_int,
-                                     check_size, check_token_id)
+                                     check_size, check_token_id, check_values)
 from transformer_ref.layers import DecoderLayer, EncoderLayer, LayerNorm
 from transformer_ref.masks import causal_mask, decoder_self_attention_mask, padding_mask
 from transformer_ref.positional import SinusoidalPositionalEncoding
@@ -110,14 +110,46 @@ class TokenEmbedding(nn.Module):
 
     def forward(self, tokens: torch.Tensor, name: str = "tokens") -> torch.Tensor:
         """tokens: (B, T) integer ids in [0, vocab_size); ``name`` is used in error messages."""
-        check_integer(tokens, name)
-        check_ndim(tokens, name, 2, "(B, T)")
-        check_module_device(tokens, name, self)
-        if tokens.numel() and not (0 <= tokens.min().item() and tokens.max().item() < self.vocab_size):
-            raise ValueError(f"{name} must hold token ids in [0, vocab_size = {self.vocab_size}); got values in "
-                             f"[{tokens.min().item()}, {tokens.max().item()}]")
+        _check_tokens(self, tokens, name)  # arguments checked here (on a GPU without a sync)
         d_model = self.embedding.embedding_dim
         return self.positional_encoding(self.embedding(tokens) * math.sqrt(d_model))  # (B, T, d_model)
+
+
+def _check_tokens(embedding: TokenEmbedding, tokens: torch.Tensor, name: str) -> None:
+    """tokens: (B, T) integer ids in [0, vocab_size), on the embedding's device.
+
+    The range check needs the values: on the CPU it raises at once and names the range found; on a GPU
+    it is an asynchronous device assertion (no GPU-to-CPU sync every step).
+    """
+    check_integer(tokens, name)
+    check_ndim(tokens, name, 2, "(B, T)")
+    check_module_device(tokens, name, embedding)
+    vocab_size = embedding.vocab_size
+    if tokens.numel() == 0:
+        return
+    if tokens.device.type == "cpu" and not torch.compiler.is_compiling():
+        low, high = tokens.min().item(), tokens.max().item()
+        if not (0 <= low and high < vocab_size):
+            raise ValueError(f"{name} must hold token ids in [0, vocab_size = {vocab_size}); got values in "
+                             f"[{low}, {high}]")
+    else:
+        check_values(((tokens >= 0) & (tokens < vocab_size)).all(),
+                     f"{name} must hold token ids in [0, vocab_size = {vocab_size})")
+
+
+def _check_decode(tgt: torch.Tensor, memory: torch.Tensor, src: torch.Tensor) -> None:
+    """src: (B, S) like tgt's batch; memory: (B, S, d_model) from encode(src)."""
+    check_ndim(src, "src", 2, "(B, S)")
+    check_size(src, "src", 0, tgt.size(0), "B = tgt.shape[0]")
+    check_size(memory, "memory", 1, src.size(1), "S = src.shape[1]")
+
+
+def _check_decoding_args(model: Transformer, bos_id: int, eos_id: int, max_len: int) -> None:
+    vocab = model.tgt_embedding.vocab_size
+    check_token_id(bos_id, "bos_id", vocab, "tgt_vocab_size")
+    check_token_id(eos_id, "eos_id", vocab, "tgt_vocab_size")
+    if check_positive_int(max_len, "max_len") > model.max_len:
+        raise ValueError(f"max_len must be at most the model's max_len = {model.max_len}; got {max_len}")
 
 
 class Transformer(nn.Module):
@@ -157,10 +189,8 @@ class Transformer(nn.Module):
         tgt_mask: bool, broadcastable to (B, T, T), True = may attend; default causal & target padding.
         Returns logits (B, T, tgt_vocab_size): position t predicts tgt[:, t + 1].
         """
-        x = self.tgt_embedding(tgt, "tgt")  # (B, T, d_model)
-        check_ndim(src, "src", 2, "(B, S)")
-        check_size(src, "src", 0, tgt.size(0), "B = tgt.shape[0]")
-        check_size(memory, "memory", 1, src.size(1), "S = src.shape[1]")
+        x = self.tgt_embedding(tgt, "tgt")  # (B, T, d_model); checks tgt
+        _check_decode(tgt, memory, src)  # arguments checked here
         if tgt_mask is None:
             tgt_mask = decoder_self_attention_mask(tgt, self.pad_id)  # (B, T, T)
         x = self.decoder(x, memory, tgt_mask, padding_mask(src, self.pad_id))
@@ -182,11 +212,7 @@ class Transformer(nn.Module):
         src: (B, S) token ids. Returns (B, T) long with T <= max_len; tokens[:, 0] == bos_id, and positions
         after a sequence's eos_id hold pad_id. Runs under torch.no_grad(); call model.eval() first.
         """
-        vocab = self.tgt_embedding.vocab_size
-        check_token_id(bos_id, "bos_id", vocab, "tgt_vocab_size")
-        check_token_id(eos_id, "eos_id", vocab, "tgt_vocab_size")
-        if check_positive_int(max_len, "max_len") > self.max_len:
-            raise ValueError(f"max_len must be at most the model's max_len = {self.max_len}; got {max_len}")
+        _check_decoding_args(self, bos_id, eos_id, max_len)  # arguments checked here
         memory = self.encode(src)  # (B, S, d_model)
         B = src.size(0)
         tokens = torch.full((B, 1), bos_id, dtype=torch.long, device=src.device)  # (B, 1)

@@ -15,21 +15,25 @@ from torch import nn
 
 from transformer_ref._checks import (check_divisible, check_floating, check_mask, check_module_device,
                                      check_ndim, check_positive_int, check_size)
-from transformer_ref.attention import fused_attention, scaled_dot_product_attention
+from transformer_ref.attention import _fused_attention, scaled_dot_product_attention
+
+
+def _check_split_heads(x: torch.Tensor, num_heads: int) -> None:
+    check_ndim(x, "x", 3, "(B, T, d_model)")
+    check_positive_int(num_heads, "num_heads")
+    check_divisible(x.size(-1), num_heads)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, T, d_model) -> (B, H, T, d_k) with d_k = d_model // H; head h holds features h*d_k:(h+1)*d_k."""
-    check_ndim(x, "x", 3, "(B, T, d_model)")
-    check_positive_int(num_heads, "num_heads")
+    _check_split_heads(x, num_heads)  # arguments checked here
     B, T, d_model = x.shape
-    check_divisible(d_model, num_heads)
     return x.view(B, T, num_heads, d_model // num_heads).transpose(1, 2)  # (B, H, T, d_k)
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, H, T, d_k) -> (B, T, H*d_k): the inverse of :func:`split_heads` (concatenate the heads)."""
-    check_ndim(x, "x", 4, "(B, H, T, d_k)")
+    check_ndim(x, "x", 4, "(B, H, T, d_k)")  # argument checked here
     B, H, T, d_k = x.shape
     return x.transpose(1, 2).reshape(B, T, H * d_k)  # (B, T, d_model)
 
@@ -97,7 +101,7 @@ class MultiHeadAttention(nn.Module):
         need_weights=False: the fused kernel (F.scaled_dot_product_attention), weights None.
         Returns (output (B, T_q, d_model), weights or None).
         """
-        mask = self._check_inputs(query, key, value, mask)
+        mask = self._check_inputs(query, key, value, mask)  # arguments checked; mask now (B, H, T_q, T_k)-ready
         q = split_heads(self.W_q(query), self.num_heads)  # (B, H, T_q, d_k)
         k = split_heads(self.W_k(key), self.num_heads)  # (B, H, T_k, d_k)
         v = split_heads(self.W_v(value), self.num_heads)  # (B, H, T_k, d_k)
@@ -105,5 +109,5 @@ class MultiHeadAttention(nn.Module):
         if need_weights:
             heads, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T_q, d_k)
         else:
-            heads, weights = fused_attention(q, k, v, mask, dropout_p), None
+            heads, weights = _fused_attention(q, k, v, mask, dropout_p), None  # no (T_q, T_k) matrix
         return self.W_o(merge_heads(heads)), weights  # (B, T_q, d_model)

@@ -22,6 +22,11 @@ from transformer_ref.attention import _masked_softmax
 from transformer_ref.multihead import MultiHeadAttention, merge_heads, split_heads
 
 
+def _check_table_size(max_len: int, d_model: int) -> None:
+    check_positive_int(max_len, "max_len")
+    check_positive_int(d_model, "d_model")
+
+
 def sinusoidal_positional_encoding(max_len: int, d_model: int, device: torch.device | str | None = None,
                                    dtype: torch.dtype | None = None) -> torch.Tensor:
     """The fixed sinusoidal table of Vaswani et al. 2017, section 3.5 (interleaved sin/cos).
@@ -34,8 +39,7 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int, device: torch.dev
     The table is computed in float64 and cast to `dtype` (default: torch.get_default_dtype()).
     Returns (max_len, d_model).
     """
-    check_positive_int(max_len, "max_len")
-    check_positive_int(d_model, "d_model")
+    _check_table_size(max_len, d_model)  # arguments checked here
     dtype = torch.get_default_dtype() if dtype is None else dtype
     position = torch.arange(max_len, device=device, dtype=torch.float64).unsqueeze(1)  # (max_len, 1)
     two_i = torch.arange(0, d_model, 2, device=device, dtype=torch.float64)           # (ceil(d/2),)
@@ -114,22 +118,9 @@ def relative_position_index(q_len: int, k_len: int, max_distance: int,
     return (j - i).clamp(-max_distance, max_distance) + max_distance  # (q_len, k_len)
 
 
-def relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: torch.Tensor,
-                       rel_v: torch.Tensor, mask: torch.Tensor | None = None, dropout_p: float = 0.0
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-attention with relative position representations (Shaw et al. 2018, eq. 3-4).
-
-        e_ij = q_i . (k_j + a^K_ij) / sqrt(d_k)
-        z_i  = sum_j softmax_j(e_ij) (v_j + a^V_ij)
-
-    q: (..., T_q, d_k)   k: (..., T_k, d_k)   v: (..., T_k, d_v)
-    rel_k: (T_q, T_k, d_k) = a^K, rel_v: (T_q, T_k, d_v) = a^V, the gathered embeddings
-    (e.g. table[relative_position_index(T_q, T_k, max_distance)]), shared by all batch entries and heads.
-    mask: bool, broadcastable to (..., T_q, T_k); True = may attend.
-    dropout_p: dropout on the weights, applied whenever > 0 (pass 0.0 in evaluation).
-    Returns (output (..., T_q, d_v), weights (..., T_q, T_k)), the weights being those used (after
-    dropout); a fully masked row gives zero weights and zero output, not NaN.
-    """
+def _check_relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: torch.Tensor,
+                              rel_v: torch.Tensor, mask: torch.Tensor | None) -> None:
+    """The shapes of :func:`relative_attention` (rel_k (T_q, T_k, d_k), rel_v (T_q, T_k, d_v)) and its mask."""
     for name, t in (("q", q), ("k", k), ("v", v), ("rel_k", rel_k), ("rel_v", rel_v)):
         check_floating(t, name)
     for name, t, hint in (("q", q, "(..., T_q, d_k)"), ("k", k, "(..., T_k, d_k)"), ("v", v, "(..., T_k, d_v)")):
@@ -149,6 +140,25 @@ def relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k:
                          f"got {tuple(rel_v.shape)}")
     check_mask(mask, "mask", (*q.shape[:-2], t_q, t_k), device=q.device)
 
+
+def relative_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rel_k: torch.Tensor,
+                       rel_v: torch.Tensor, mask: torch.Tensor | None = None, dropout_p: float = 0.0
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention with relative position representations (Shaw et al. 2018, eq. 3-4).
+
+        e_ij = q_i . (k_j + a^K_ij) / sqrt(d_k)
+        z_i  = sum_j softmax_j(e_ij) (v_j + a^V_ij)
+
+    q: (..., T_q, d_k)   k: (..., T_k, d_k)   v: (..., T_k, d_v)
+    rel_k: (T_q, T_k, d_k) = a^K, rel_v: (T_q, T_k, d_v) = a^V, the gathered embeddings
+    (e.g. table[relative_position_index(T_q, T_k, max_distance)]), shared by all batch entries and heads.
+    mask: bool, broadcastable to (..., T_q, T_k); True = may attend.
+    dropout_p: dropout on the weights, applied whenever > 0 (pass 0.0 in evaluation).
+    Returns (output (..., T_q, d_v), weights (..., T_q, T_k)), the weights being those used (after
+    dropout); a fully masked row gives zero weights and zero output, not NaN.
+    """
+    _check_relative_attention(q, k, v, rel_k, rel_v, mask)  # arguments checked here
+    d_k = q.size(-1)
     scores = q @ k.transpose(-2, -1)                              # (..., T_q, T_k)
     scores = scores + torch.einsum("...qd,qkd->...qk", q, rel_k)  # (..., T_q, T_k)
     weights = _masked_softmax(scores / math.sqrt(d_k), mask)      # (..., T_q, T_k)
@@ -195,6 +205,12 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         return self.W_o(merge_heads(heads)), (weights if need_weights else None)
 
 
+def _check_rel_logits(rel_logits: torch.Tensor) -> None:
+    check_floating(rel_logits, "rel_logits")
+    if rel_logits.dim() < 2:
+        raise ValueError(f"rel_logits must have shape (..., L, L) or (..., L, 2L-1); got {tuple(rel_logits.shape)}")
+
+
 def skew(rel_logits: torch.Tensor) -> torch.Tensor:
     """Huang et al. 2018 (Music Transformer, section 3.4.1): turn logits indexed by relative distance
     into logits indexed by absolute key position, with a pad and a reshape instead of an
@@ -208,9 +224,7 @@ def skew(rel_logits: torch.Tensor) -> torch.Tensor:
     In the causal case the distances j - i > 0 do not exist, and S[..., i, j] = 0 for j > i
     (the paper leaves these entries arbitrary; they are masked anyway).
     """
-    check_floating(rel_logits, "rel_logits")
-    if rel_logits.dim() < 2:
-        raise ValueError(f"rel_logits must have shape (..., L, L) or (..., L, 2L-1); got {tuple(rel_logits.shape)}")
+    _check_rel_logits(rel_logits)  # argument checked here (the two layouts below)
     length, width = rel_logits.shape[-2:]
     lead = rel_logits.shape[:-2]
     padded = nn.functional.pad(rel_logits, (1, 0))                 # (..., L, R + 1), zero column first

@@ -27,14 +27,9 @@ CELLS: dict[str, type[nn.RNNBase]] = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.L
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
-def rnn_forward(x: torch.Tensor, h0: torch.Tensor | None, W_xh: torch.Tensor, W_hh: torch.Tensor,
-                b_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A tanh RNN, one time step at a time (Elman 1990):  h_t = tanh(x_t W_xh + h_{t-1} W_hh + b_h).
-
-    x: (B, T, d_in)   h0: (B, H), or None for zeros   W_xh: (d_in, H)   W_hh: (H, H)   b_h: (H,)
-    Returns (outputs (B, T, H) = h_1 .. h_T, h_T (B, H)).
-    nn.RNN computes the same with W_xh = weight_ih_l0.T, W_hh = weight_hh_l0.T, b_h = bias_ih_l0 + bias_hh_l0.
-    """
+def _check_rnn_forward(x: torch.Tensor, h0: torch.Tensor | None, W_xh: torch.Tensor, W_hh: torch.Tensor,
+                       b_h: torch.Tensor) -> torch.Tensor:
+    """Check the shapes of :func:`rnn_forward`; return h0, zeros (B, H) when None."""
     check_floating(x, "x")
     check_ndim(x, "x", 3, "(B, T, d_in)")
     B, T, d_in = x.shape
@@ -54,10 +49,20 @@ def rnn_forward(x: torch.Tensor, h0: torch.Tensor | None, W_xh: torch.Tensor, W_
     check_size(h0, "h0", 0, B, "B = x.shape[0]")
     check_size(h0, "h0", 1, hidden, "H = W_xh.shape[1]")
     check_same_device(("x", x), ("h0", h0), ("W_xh", W_xh), ("W_hh", W_hh), ("b_h", b_h))
+    return h0
 
-    h = h0
+
+def rnn_forward(x: torch.Tensor, h0: torch.Tensor | None, W_xh: torch.Tensor, W_hh: torch.Tensor,
+                b_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A tanh RNN, one time step at a time (Elman 1990):  h_t = tanh(x_t W_xh + h_{t-1} W_hh + b_h).
+
+    x: (B, T, d_in)   h0: (B, H), or None for zeros   W_xh: (d_in, H)   W_hh: (H, H)   b_h: (H,)
+    Returns (outputs (B, T, H) = h_1 .. h_T, h_T (B, H)).
+    nn.RNN computes the same with W_xh = weight_ih_l0.T, W_hh = weight_hh_l0.T, b_h = bias_ih_l0 + bias_hh_l0.
+    """
+    h = _check_rnn_forward(x, h0, W_xh, W_hh, b_h)  # arguments checked here; h = h0, or zeros if None
     outputs = []
-    for t in range(T):
+    for t in range(x.size(1)):
         h = torch.tanh(x[:, t] @ W_xh + h @ W_hh + b_h)  # (B, H)
         outputs.append(h)
     return torch.stack(outputs, dim=1), h  # (B, T, H), (B, H)

@@ -33,7 +33,9 @@ def _check_positive_float(value: object, name: str) -> float:
     return float(value)
 
 
-def _check_warmup(base_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> None:
+def _check_warmup(step: int, base_lr: float, warmup_steps: int, total_steps: int, min_lr: float) -> int:
+    """Check the arguments of the warm-up schedules; return step as an int."""
+    step = _check_step(step)
     _check_positive_float(base_lr, "base_lr")
     check_positive_int(warmup_steps, "warmup_steps")
     check_positive_int(total_steps, "total_steps")
@@ -42,6 +44,14 @@ def _check_warmup(base_lr: float, warmup_steps: int, total_steps: int, min_lr: f
                          f"training); got total_steps = {total_steps}")
     if isinstance(min_lr, bool) or not isinstance(min_lr, numbers.Real) or not 0 <= min_lr <= base_lr:
         raise ValueError(f"min_lr must be a number in [0, base_lr = {base_lr}]; got {min_lr!r}")
+    return step
+
+
+def _check_noam(step: int, d_model: int, warmup_steps: int, factor: float) -> tuple[int, float]:
+    step = _check_step(step)
+    check_positive_int(d_model, "d_model")
+    check_positive_int(warmup_steps, "warmup_steps")
+    return step, _check_positive_float(factor, "factor")
 
 
 def noam_lr(step: int, d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
@@ -50,10 +60,7 @@ def noam_lr(step: int, d_model: int, warmup_steps: int, factor: float = 1.0) -> 
     Rises linearly for warmup_steps steps, peaks at step = warmup_steps with
     factor * (d_model * warmup_steps)^-0.5, then decays like step^-0.5. Step 0 gives 0.
     """
-    step = _check_step(step)
-    check_positive_int(d_model, "d_model")
-    check_positive_int(warmup_steps, "warmup_steps")
-    factor = _check_positive_float(factor, "factor")
+    step, factor = _check_noam(step, d_model, warmup_steps, factor)  # arguments checked here
     if step == 0:
         return 0.0
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup_steps ** -1.5)
@@ -65,8 +72,7 @@ def _warmup_then_decay(step: int, base_lr: float, warmup_steps: int, total_steps
     step = total_steps along 1 - p (linear) or (1 + cos(pi p)) / 2 (cosine), p = progress in [0, 1];
     min_lr after total_steps.
     """
-    step = _check_step(step)
-    _check_warmup(base_lr, warmup_steps, total_steps, min_lr)
+    step = _check_warmup(step, base_lr, warmup_steps, total_steps, min_lr)  # arguments checked here
     if step < warmup_steps:
         return base_lr * step / warmup_steps
     decay_steps = total_steps - warmup_steps

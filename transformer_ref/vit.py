@@ -21,6 +21,15 @@ from transformer_ref.model import Encoder
 __all__ = ["patchify", "PatchEmbedding", "VisionTransformer", "load_hf_vit"]
 
 
+def _check_patchify(images: torch.Tensor, patch_size: int) -> None:
+    check_ndim(images, "images", 4, "(B, C, H, W)")
+    P = check_positive_int(patch_size, "patch_size")
+    H, W = images.shape[-2:]
+    if H % P or W % P:
+        raise ValueError(f"images height and width must be divisible by patch_size = {P}; "
+                         f"got H = {H}, W = {W} (shape {tuple(images.shape)})")
+
+
 def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     """Cut images into non-overlapping P x P patches and flatten each (Dosovitskiy et al. 2021, eq. 1: x_p^i).
 
@@ -28,12 +37,9 @@ def patchify(images: torch.Tensor, patch_size: int) -> torch.Tensor:
     Returns (B, N, C*P*P) with N = (H/P) (W/P): patches row by row (left to right, then top to bottom),
     each flattened in (C, P, P) order, i.e. the layout of a ``nn.Conv2d(C, d, P, stride=P)`` weight.
     """
-    check_ndim(images, "images", 4, "(B, C, H, W)")
-    P = check_positive_int(patch_size, "patch_size")
+    _check_patchify(images, patch_size)  # arguments checked here
     B, C, H, W = images.shape
-    if H % P or W % P:
-        raise ValueError(f"images height and width must be divisible by patch_size = {P}; "
-                         f"got H = {H}, W = {W} (shape {tuple(images.shape)})")
+    P = patch_size
     x = images.reshape(B, C, H // P, P, W // P, P)          # (B, C, H/P, P, W/P, P)
     x = x.permute(0, 2, 4, 1, 3, 5)                          # (B, H/P, W/P, C, P, P)
     return x.reshape(B, (H // P) * (W // P), C * P * P)     # (B, N, C*P*P)
@@ -64,15 +70,20 @@ class PatchEmbedding(nn.Module):
         nn.init.trunc_normal_(self.pos_embedding, std=0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_ndim(images, "images", 4, "(B, C, H, W)")
-        check_floating(images, "images")
-        expected = (self.in_channels, *self.image_size)
-        if tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must have shape (B, C, H, W) = (B, {', '.join(map(str, expected))}); "
-                             f"got {tuple(images.shape)}")
+        _check_images(images, self.in_channels, self.image_size)  # arguments checked here
         x = self.proj(patchify(images, self.patch_size))                             # (B, N, d_model)
         cls = self.cls_token.expand(x.size(0), -1, -1)                                # (B, 1, d_model)
         return torch.cat([cls, x], dim=1) + self.pos_embedding                        # (B, N+1, d_model)
+
+
+def _check_images(images: torch.Tensor, in_channels: int, image_size: tuple[int, int]) -> None:
+    """images: floating (B, C, H, W) with (C, H, W) = (in_channels, *image_size)."""
+    check_ndim(images, "images", 4, "(B, C, H, W)")
+    check_floating(images, "images")
+    expected = (in_channels, *image_size)
+    if tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images must have shape (B, C, H, W) = (B, {', '.join(map(str, expected))}); "
+                         f"got {tuple(images.shape)}")
 
 
 class VisionTransformer(nn.Module):
