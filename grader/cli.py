@@ -135,9 +135,11 @@ def _run_pool(runner: SandboxRunner, jobs: list[Job], pool: ProcessPoolExecutor,
             for future in finished:
                 job = running.pop(future)
                 try:
-                    done(future.result())
+                    result = future.result()
                 except Exception as err:   # the worker process died (BrokenProcessPool) or failed to pickle
                     broken.append((job, err))
+                else:
+                    done(result)   # recording it may fail (the database is gone): that stops the run
         broken += [(job, RuntimeError("not started")) for job in queue]
     return broken
 

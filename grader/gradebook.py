@@ -19,7 +19,8 @@ import warnings
 from datetime import datetime
 from pathlib import Path
 
-from nbgrader.api import Comment, Grade, Gradebook, MissingEntry, Student, SubmittedAssignment, SubmittedNotebook
+from nbgrader.api import (Assignment, Comment, Grade, Gradebook, MissingEntry, Student, SubmittedAssignment,
+                         SubmittedNotebook)
 from nbgrader.plugins import LateSubmissionPlugin
 from nbgrader.utils import parse_utc
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, UniqueConstraint, and_, delete, select
@@ -142,6 +143,7 @@ def _write(gb: Gradebook, result: Result, late: LateSubmissionPlugin | None) -> 
             penalty = late.late_submission_penalty(result.student_id, score, seconds_late)
             if penalty is not None:
                 notebook.late_submission_penalty = min(max(penalty, 0.0), score)
+    result.late_penalty = sum(nb.late_submission_penalty or 0.0 for nb in submission.notebooks)
     db.execute(delete(RESULTS).where(and_(RESULTS.c.student_id == result.student_id,
                                           RESULTS.c.assignment == result.assignment_id)))
     db.execute(RESULTS.insert().values(
@@ -188,8 +190,9 @@ def recorded(gb: Gradebook) -> dict[tuple[str, str], str | None]:
 def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
     """Every recorded submission as a Result (grades not filled in), with its late penalty."""
     rows = gb.db.execute(select(RESULTS)).mappings().all()
-    penalties = {(s.student_id, s.assignment.name): s.late_submission_penalty
-                 for s in gb.db.query(SubmittedAssignment).all()}
+    penalties = dict(((student, assignment), penalty) for student, assignment, penalty in gb.db.execute(
+        select(SubmittedAssignment.student_id, Assignment.name, SubmittedAssignment.late_submission_penalty)
+        .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id)))
     gb.db.rollback()
     out = {}
     for row in rows:
