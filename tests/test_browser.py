@@ -2,7 +2,8 @@
 
 Serves _build/html (built once by tests/test_book.py's build_book(), the same build as
 `make book`) on a local HTTP server and, for each page: no JavaScript console errors, every
-image loaded, MathJax output wherever there is math, the chapter's numbered figures, no
+image loaded and has an alt text that says something (not empty, not its file name), MathJax output
+wherever there is math, the chapter's numbered figures, no
 internal link to a missing page or anchor, no horizontal scrolling on a phone-sized screen.
 On each chapter, the exercise box (download, Binder, JupyterHub) is on the first screen of a phone.
 A screenshot of each page goes to _build/screenshots/, of each chapter's first phone screen to
@@ -134,6 +135,23 @@ def _local_target(site: str, page_url: str, href: str, html_root: Path) -> tuple
     return target, fragment
 
 
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif", ".webp")
+
+
+def alt_text_problem(alt: str | None, src: str) -> str | None:
+    """Why an <img>'s alt text says nothing to a screen-reader user, or None if it is fine.
+
+    Empty or missing alt, or an alt that is a file name or path (myst-nb's default for a figure
+    made by a code cell is the image's path, ../_images/<hash>.png), is what a screen reader would read.
+    """
+    text = (alt or "").strip()
+    if not text:
+        return "no alt text"
+    name = unquote(urlparse(src).path).rsplit("/", 1)[-1]
+    looks_like_path = "_images/" in text or text.lower().endswith(IMAGE_SUFFIXES) or text == name
+    return f"alt text is a file name, not a description: {text!r}" if looks_like_path else None
+
+
 @functools.cache
 def _ids(path: Path) -> frozenset[str]:
     return frozenset(re.findall(r"""\sid=["']([^"']+)["']""", path.read_text(encoding="utf-8", errors="replace")))
@@ -151,6 +169,14 @@ def test_page_in_browser(page, site, browser):
     broken = browser.execute_script(
         "return Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.src)")
     problems += [f"image did not load: {src}" for src in broken]
+
+    images = browser.execute_script(
+        "return Array.from(document.images).map(i => [i.getAttribute('alt'), i.getAttribute('src')])")
+    bad_alt = [f"image {src}: {why}" for alt, src in images if (why := alt_text_problem(alt, src or ""))]
+    if bad_alt:
+        problems += bad_alt
+        problems.append("(a figure made by a code cell takes its alt text from the cell's metadata: "
+                        "mystnb: image: alt: \"one sentence saying what the figure shows\")")
 
     math_nodes = browser.execute_script("return document.querySelectorAll('.math').length")
     if math_nodes:
@@ -210,6 +236,18 @@ def test_link_checker_detects_missing_pages(tmp_path):
     assert not path.is_file() and fragment == "x"
     path, fragment = _local_target(site, site + "a.html", "a.html#here", tmp_path)
     assert path.is_file() and fragment in _ids(path)
+
+
+def test_alt_text_check_detects_file_names():
+    """The alt-text check itself must be able to fail, on what myst-nb writes by default."""
+    src = "../_images/c7523f9648ebc15567a14caddf935c93a3c76d0d7ce318d50af7cb282d2ef780.png"
+    assert alt_text_problem(src, src)
+    assert alt_text_problem("c7523f.png", src)
+    assert alt_text_problem("figure.svg", "../_static/figure.svg")
+    assert alt_text_problem("", src) == "no alt text" and alt_text_problem(None, src) == "no alt text"
+    assert alt_text_problem("   ", src) == "no alt text"
+    assert alt_text_problem("Line chart of the training loss: it falls by two orders of magnitude.", src) is None
+    assert alt_text_problem("Binder logo", "../_static/images/logo_binder.svg") is None
 
 
 @pytest.mark.parametrize("page", list(EXERCISE_OF_CHAPTER))
