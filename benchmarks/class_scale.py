@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import csv
 import functools
 import glob
 import inspect
@@ -246,6 +247,12 @@ def run_measured(commands: list[list[str]]) -> tuple[float, int, list[str]]:
     return seconds, peak[0], outputs
 
 
+def _grades(path: Path) -> list[tuple[str, ...]]:
+    """grades.csv's rows less the timings."""
+    with open(path, newline="") as f:
+        return sorted(tuple(v for k, v in row.items() if k != "seconds") for row in csv.DictReader(f))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--students", type=int, default=200, help="students in the class (each submits every assignment)")
@@ -295,6 +302,9 @@ def main() -> None:
             print(f"{name:>9}: {seconds:7.1f} s  {notebooks / seconds * 60:6.1f} notebooks/min  "
                   f"peak RSS {peak / 2**30:5.2f} GiB (tree)  {biggest / 2**20:6.0f} MiB (largest process)  | "
                   + " | ".join(summary), flush=True)
+        grades = {name: _grades(base / name / "grades.csv") for name in only}
+        same = all(g == grades[only[0]] for g in grades.values())
+        print(f"same grades in every configuration (seed {SEED}): {'yes' if same else 'NO'}")
     finally:
         if server is not None:
             server.stop()
