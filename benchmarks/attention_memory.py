@@ -122,8 +122,15 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--plot", default=None, help="PNG path (default benchmarks/attention_memory_<device>.png)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--replot", help="only redraw the plot from a file written by --json")
     args = parser.parse_args()
 
+    if args.replot:
+        with open(args.replot) as f:
+            saved = json.load(f)
+        dtype = torch.bfloat16 if "cuda" in args.device else torch.float32
+        plot(saved["results"], args.plot or _default_plot(args.device), saved["device"], dtype)
+        return
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -163,8 +170,11 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(dict(device=name, torch=torch.__version__, results=results), f, indent=1)
     if not args.no_memory:
-        plot(results, args.plot or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                f"attention_memory_{device.type}.png"), name, dtype)
+        plot(results, args.plot or _default_plot(device.type), name, dtype)
+
+
+def _default_plot(device: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), f"attention_memory_{torch.device(device).type}.png")
 
 
 def print_table(results: list[dict], lengths: list[int]) -> None:
@@ -188,10 +198,14 @@ def plot(results: list[dict], path: str, device_name: str, dtype: torch.dtype) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    # The transformer_ref rows lie on top of their SDPA twins: draw them wide and pale underneath.
+    styles = {"transformer_ref explicit": dict(lw=6, alpha=0.35, zorder=1),
+              "transformer_ref fast": dict(lw=6, alpha=0.35, zorder=1)}
+    markers = iter("osD^vx")
     for row in dict.fromkeys(r["row"] for r in results):
         points = [(r["T"], r["peak"] / 2**20) for r in results if r["row"] == row and r["peak"]]
         if points:
-            ax.plot(*zip(*points), marker="o", label=row)
+            ax.plot(*zip(*points), marker=next(markers), label=row, **styles.get(row, dict(lw=1.5, zorder=2)))
     Ts = sorted({r["T"] for r in results})
     ref = [r["peak"] / 2**20 for r in results if r["row"] == "transformer_ref fast" and r["peak"] and r["T"] == Ts[0]]
     if ref:

@@ -372,9 +372,14 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="print a per-op profile of each row, no timing")
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS,
                         help="datasheet dense bf16 peak for the MFU column (default 989, H100/H200 SXM)")
+    parser.add_argument("--chapters", action="store_true",
+                        help="instead: CPU time of the book's shared training runs (transformer_ref.experiments)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
+    if args.chapters:
+        chapter_times()
+        return
     device = torch.device(args.device)
     bert_shape, vit_shape = SHAPES[device.type]
     compiled_modes = [False, True]
@@ -437,6 +442,23 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=device_name, torch=torch.__version__, results=results), f, indent=1)
+
+
+def chapter_times() -> None:
+    """CPU time of the training runs that chapters 6 (Add & Norm) and 10 (warm-up) make through
+    transformer_ref.experiments.train_reverse_transformer, with the arguments the chapters use."""
+    from transformer_ref.experiments import train_reverse_transformer
+    runs = [("06 post-LN, no warm-up", dict(norm_first=False, lr=1e-2, warmup_steps=1, steps=150)),
+            ("06 pre-LN, no warm-up", dict(norm_first=True, lr=1e-2, warmup_steps=1, steps=150)),
+            ("10 post-LN, no warm-up", dict(norm_first=False, lr=1e-2, warmup_steps=1, steps=200)),
+            ("10 post-LN, 50 warm-up steps", dict(norm_first=False, lr=1e-2, warmup_steps=50, steps=200))]
+    print(f"{_cpu_name()}; torch {torch.__version__}; threads {torch.get_num_threads()}")
+    print("| run | CPU s | wall s | exact match |\n|---|---|---|---|")
+    for name, kwargs in runs:
+        cpu, wall = time.process_time(), time.perf_counter()
+        _, accuracy = train_reverse_transformer(**kwargs)
+        print(f"| {name} ({kwargs['steps']} steps) | {time.process_time() - cpu:.1f} | "
+              f"{time.perf_counter() - wall:.1f} | {accuracy:.1%} |", flush=True)
 
 
 def print_table(entries: list[dict], cuda: bool) -> None:
