@@ -221,16 +221,15 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
             log_file.unlink(missing_ok=True)
             raise
     ensure_alembic_on_path()
-    known = {p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))}
-    if assignments:
-        known &= set(assignments)
-    everyone, skipped = discover(submissions, known)
-    mine = [job for job in everyone if in_shard(job.student_id, shard)]
+    course = {p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))}
+    everyone, skipped = discover(submissions, course)          # the class, for grades.csv
+    chosen = [job for job in everyone if not assignments or job.assignment_id in assignments]
+    mine = [job for job in chosen if in_shard(job.student_id, shard)]
     db_url = db_url or sqlite_url(out / "gradebook.db")
     work = out / ".work" / (f"shard-{shard[0]}-of-{shard[1]}" if shard else "")
     for stale in work.glob("worker-*") if work.is_dir() else ():   # left by a run that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    template = prepare_course(out, source, sorted({job.assignment_id for job in everyone}), db_url, config_file, work)
+    template = prepare_course(out, source, sorted({job.assignment_id for job in chosen}), db_url, config_file, work)
     from grader.gradebook import late_penalty_plugin, record, recorded, stored_results, write_csv  # imports torch
     from grader.runner import Result, SandboxRunner
 
@@ -255,8 +254,8 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
         return stored.get(key) or Result(*key, "pending", reason="not recorded yet (by another shard, or by a run "
                                                                   "that stopped: run the command again)")
     write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped)
-    run.rows = [row((j.student_id, j.assignment_id)) for j in mine] + [r for r in skipped
-                                                                       if in_shard(r.student_id, shard)]
+    run.rows = [row((j.student_id, j.assignment_id)) for j in everyone if in_shard(j.student_id, shard)] \
+        + [r for r in skipped if in_shard(r.student_id, shard)]
     if shard:
         write_csv(out / f"grades-{shard[0]}-of-{shard[1]}.csv", run.rows)
     return run
@@ -317,6 +316,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--workers must be at least 1; got {args.workers}")
     if not args.submissions.is_dir():
         parser.error(f"SUBMISSIONS must be a directory; got {args.submissions}")
+    if args.assignment:
+        course = {p.name for p in args.source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))} \
+            if args.source.is_dir() else set()
+        unknown = sorted(set(args.assignment) - course)
+        if unknown:
+            parser.error(f"--assignment must name an assignment in {args.source}; got {', '.join(unknown)}")
     for name in ("timeout", "submission_timeout", "memory"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")

@@ -439,15 +439,19 @@ def test_regrade_grades_everything_again(resubmitted, resumed):
     log = proc.stdout + proc.stderr
     assert "resuming" not in log and "graded 3 submissions" in log
     assert snapshot(sqlite(resumed.out)) == resubmitted.state
+    assert csv_rows(resumed.out / "grades.csv") == resubmitted.csv, "grades.csv lists the whole class"
 
 
-def test_shard_argument_is_checked(tmp_path, capsys):
+def test_shard_and_assignment_arguments_are_checked(tmp_path, capsys):
     from grader.cli import in_shard, main
 
     for bad, says in (("0/2", "1 <= K <= N"), ("3/2", "1 <= K <= N"), ("a/b", "K/N with whole numbers")):
         with pytest.raises(SystemExit):
             main(["grade", str(tmp_path), "--out", str(tmp_path / "o"), "--shard", bad])
         assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["grade", str(tmp_path), "--out", str(tmp_path / "o"), "--assignment", "03_atention"])
+    assert "--assignment must name an assignment in" in capsys.readouterr().err
     students = [f"student{i:03d}" for i in range(300)]
     parts = [[s for s in students if in_shard(s, (k, 3))] for k in (1, 2, 3)]
     assert sorted(sum(parts, [])) == students and all(80 < len(p) < 120 for p in parts)
