@@ -270,3 +270,18 @@ def test_fused_attention_memory_is_linear_in_T_cuda():
     fused_attention(q, k, v).sum().backward()
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base < B * H * T * T * 2 / 4
+
+
+def test_broadcasts_to_agrees_with_torch_broadcast_shapes():
+    """check_mask's plain-Python broadcast test (torch.broadcast_shapes costs ~0.1 ms per layer and step)."""
+    import itertools
+
+    from transformer_ref._checks import broadcasts_to
+    shapes = [s for n in range(4) for s in itertools.product([0, 1, 2, 3], repeat=n)]
+    targets = [s for n in range(4) for s in itertools.product([0, 1, 3], repeat=n)]
+    for shape, target in itertools.product(shapes, targets):
+        try:
+            expected = torch.broadcast_shapes(shape, target) == torch.Size(target)
+        except RuntimeError:
+            expected = False
+        assert broadcasts_to(shape, target) == expected, (shape, target)
