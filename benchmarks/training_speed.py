@@ -215,6 +215,8 @@ class Row:
     compiled: bool
     step: Callable[[], None]
     num_params: int
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
 
     @property
     def name(self) -> str:
@@ -252,7 +254,7 @@ def make_row(model_name: str, peer: str, build: Callable[[], nn.Module], compile
         loss.backward()
         optimizer.step()
 
-    return Row(model_name, peer, compiled, step, num_params)
+    return Row(model_name, peer, compiled, step, num_params, model, optimizer)
 
 
 def flops_per_step(model_name: str, shape: BertShape | VitShape, num_params: int) -> tuple[float, int]:
@@ -303,11 +305,23 @@ def _time_step(step: Callable[[], None], device: torch.device, clock: str = "wal
 
 
 def cuda_peak_memory(row: Row, device: torch.device) -> int:
+    """This row's peak: what it keeps between steps (parameters, gradients, optimizer state) plus the
+    most that one step allocates on top (every row's model lives on the GPU at once, so
+    max_memory_allocated alone would count the other rows too)."""
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
     row.step()
     torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
+    return torch.cuda.max_memory_allocated(device) - before + _resident_bytes(row)
+
+
+def _resident_bytes(row: Row) -> int:
+    tensors = {id(p): p for p in row.model.parameters()}
+    tensors.update({id(p.grad): p.grad for p in row.model.parameters() if p.grad is not None})
+    for state in row.optimizer.state.values():
+        tensors.update({id(t): t for t in state.values() if isinstance(t, torch.Tensor)})
+    return sum(t.numel() * t.element_size() for t in tensors.values() if t.device.type == "cuda")
 
 
 def profiled_peak_memory(fn: Callable[[], None]) -> tuple[int, int] | None:
