@@ -285,3 +285,22 @@ def test_broadcasts_to_agrees_with_torch_broadcast_shapes():
         except RuntimeError:
             expected = False
         assert broadcasts_to(shape, target) == expected, (shape, target)
+
+
+def test_value_checks_become_device_assertions_when_compiling(monkeypatch):
+    """The branch a GPU (or torch.compile) takes: no Python bool of a tensor, an async assertion instead.
+    On the CPU torch._assert_async fires at once, so the branch is testable here."""
+    from transformer_ref.model import TokenEmbedding
+    embedding = TokenEmbedding(vocab_size=5, d_model=4, max_len=8)
+    bad = torch.tensor([[1, 7]])
+    with pytest.raises(ValueError, match=r"tokens must hold token ids in \[0, vocab_size = 5\); got values in \[1, 7\]"):
+        embedding(bad)                                        # eager CPU: the full message with the range found
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("item() called: a GPU sync"))
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda self: pytest.fail("bool(tensor) called: a GPU sync"))
+    with pytest.raises(RuntimeError, match=r"tokens must hold token ids in \[0, vocab_size = 5\)"):
+        embedding(bad)
+    embedding(torch.tensor([[1, 4]]))
+    bert = _bert(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="attention_mask must hold 1"):
+        bert(torch.tensor([[1, 2]]), attention_mask=torch.tensor([[1, 2]]))
