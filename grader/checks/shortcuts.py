@@ -568,5 +568,6 @@ F = "torch.nn.functional."
 TORCH_ATTENTION = (F + "scaled_dot_product_attention", F + "multi_head_attention_forward",
                    "torch.nn.MultiheadAttention.forward", "torch.nn.MultiheadAttention.__init__")
 REF_ATTENTION = tuple(f"transformer_ref.attention.{n}" for n in (
-    "dot_product_attention", "scaled_dot_product_attention", "fused_attention", "self_attention",
+    "dot_product_attention", "scaled_dot_product_attention", "fused_attention", "_fused_attention",
+    "self_attention",
     "SelfAttention.forward", "additive_attention", "AdditiveAttention.forward"))
