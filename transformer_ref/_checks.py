@@ -16,6 +16,17 @@ def check_tensor(x: object, name: str) -> torch.Tensor:
     return x
 
 
+def check_same_rows(tensors: Sequence[torch.Tensor], owner: str) -> None:
+    """Tensors that are batched together: at least one, each a tensor with the first one's number of rows."""
+    if not tensors:
+        raise ValueError(f"{owner} needs at least one tensor; got none")
+    for i, t in enumerate(tensors):
+        check_tensor(t, f"tensors[{i}]")
+        if t.dim() == 0 or t.size(0) != tensors[0].size(0):
+            raise ValueError(f"tensors[{i}] must have {tensors[0].size(0)} rows like tensors[0]; "
+                             f"got shape {tuple(t.shape)}")
+
+
 def check_floating(x: torch.Tensor, name: str) -> None:
     check_tensor(x, name)
     if not x.is_floating_point():

@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import torch
 
-from transformer_ref._checks import check_ndim, check_positive_int, check_tensor
+from transformer_ref._checks import check_ndim, check_positive_int, check_same_rows
 
 # ----------------------------------------------------------------------------------------------
 # Vocabulary
@@ -461,13 +461,7 @@ class BatchIterator:
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int, shuffle: bool = True,
                  drop_last: bool = False, generator: GeneratorLike = None) -> None:
-        if not tensors:
-            raise ValueError("BatchIterator needs at least one tensor; got none")
-        for i, t in enumerate(tensors):
-            check_tensor(t, f"tensors[{i}]")
-            if t.dim() == 0 or t.size(0) != tensors[0].size(0):
-                raise ValueError(f"tensors[{i}] must have {tensors[0].size(0)} rows like tensors[0]; "
-                                 f"got shape {tuple(t.shape)}")
+        check_same_rows(tensors, "BatchIterator")
         self.tensors = tensors
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.shuffle = shuffle

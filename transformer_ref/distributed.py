@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from transformer_ref._checks import check_positive_int, check_tensor
+from transformer_ref._checks import check_positive_int, check_same_rows
 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 """The environment variables ``torchrun`` sets in every process it starts."""
@@ -190,13 +190,7 @@ class ShardedBatches:
 
     def __init__(self, *tensors: torch.Tensor, batch_size: int, grad_accum: int = 1, seed: int = 0,
                  shuffle: bool = True, rank: int | None = None, world_size: int | None = None) -> None:
-        if not tensors:
-            raise ValueError("ShardedBatches needs at least one tensor; got none")
-        for i, t in enumerate(tensors):
-            check_tensor(t, f"tensors[{i}]")
-            if t.dim() == 0 or t.size(0) != tensors[0].size(0):
-                raise ValueError(f"tensors[{i}] must have {tensors[0].size(0)} rows like tensors[0]; "
-                                 f"got shape {tuple(t.shape)}")
+        check_same_rows(tensors, "ShardedBatches")
         self.tensors = tensors
         self.batch_size = check_positive_int(batch_size, "batch_size")
         self.grad_accum = check_positive_int(grad_accum, "grad_accum")
