@@ -10,6 +10,7 @@ share one xdist group so they run on one worker: `pytest -n 2 --dist loadgroup`.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import re
 import shutil
@@ -88,12 +89,16 @@ def build_book() -> BookBuild:
     """Run `jupyter-book build . --warningiserror --keep-going --builder html` once per process."""
     exe = Path(sys.executable).with_name("jupyter-book")
     command = [str(exe) if exe.exists() else shutil.which("jupyter-book") or "jupyter-book", *BOOK_COMMAND]
-    start = time.perf_counter()
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    seconds = time.perf_counter() - start
-    log = done.stdout + done.stderr
     (ROOT / "_build").mkdir(exist_ok=True)
-    (ROOT / "_build" / "book-build.log").write_text(log)
+    # Two builds at once in one _build (two test processes, or `make book` while the tests run) race
+    # on creating the execution cache's database and fail; the second waits here for the first.
+    with open(ROOT / "_build" / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+        seconds = time.perf_counter() - start
+        log = done.stdout + done.stderr
+        (ROOT / "_build" / "book-build.log").write_text(log)
     return BookBuild(done.returncode, log, seconds, HTML)
 
 
