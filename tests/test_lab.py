@@ -311,7 +311,9 @@ def test_a_wrong_solution_is_named_and_only_student_tools_are_there(lab, browser
     _wait(browser, lambda d: fetched.exists(), 60, f"Fetch did not create {fetched}")
     inbound = lab.exchange / COURSE / "inbound"
     _wait(browser, click("Submit"), 60, "the fetched assignment has no Submit button")
-    _wait(browser, lambda d: inbound.is_dir() and any(inbound.iterdir()), 90, "nothing arrived in the inbound folder")
+    # nbgrader copies the folder file by file: the folder appears before the notebook and timestamp.txt are in it.
+    _wait(browser, lambda d: inbound.is_dir() and any((s / "timestamp.txt").exists() for s in inbound.iterdir()),
+          90, "no complete submission arrived in the inbound folder")
     (submission,) = inbound.iterdir()
     assert (submission / f"{ASSIGNMENT}.ipynb").exists() and f"+{ASSIGNMENT}+" in submission.name
     _wait(browser, lambda d: ASSIGNMENT in d.execute_script(
