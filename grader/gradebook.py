@@ -15,7 +15,6 @@ import csv
 import os
 import random
 import time
-import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from nbgrader.api import (Assignment, Comment, Grade, Gradebook, MissingEntry, S
 from nbgrader.plugins import LateSubmissionPlugin
 from nbgrader.utils import parse_utc
 from sqlalchemy import Column, Float, MetaData, String, Table, Text, UniqueConstraint, and_, delete, select
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SAWarning
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from traitlets import Float as FloatTrait
 
 from grader.runner import Result
@@ -93,10 +92,8 @@ def record(gb: Gradebook, result: Result, late: LateSubmissionPlugin | None = No
         return
     for attempt in range(RETRIES):
         try:
-            with warnings.catch_warnings():   # nbgrader 0.9's relationships make SQLAlchemy 2 warn
-                warnings.simplefilter("ignore", SAWarning)
-                _write(gb, result, late)
-                gb.db.commit()
+            _write(gb, result, late)
+            gb.db.commit()
             return
         except (IntegrityError, OperationalError, DBAPIError) as err:
             gb.db.rollback()
@@ -160,18 +157,21 @@ def _submission(gb: Gradebook, result: Result) -> SubmittedAssignment:
         return gb.find_submission(result.assignment_id, result.student_id)
     except MissingEntry:
         pass
-    submission = SubmittedAssignment(assignment=gb.find_assignment(result.assignment_id),
-                                     student=gb.db.get(Student, result.student_id))
-    for notebook in submission.assignment.notebooks:
-        nb = SubmittedNotebook(notebook=notebook, assignment=submission)
-        for cell in notebook.grade_cells:
-            Grade(cell_id=cell.id, notebook=nb)
-        for cell in notebook.solution_cells:
-            Comment(cell_id=cell.id, notebook=nb)
-        for cell in notebook.task_cells:
-            Comment(cell_id=cell.id, notebook=nb)
-            Grade(cell_id=cell.id, notebook=nb)
-    gb.db.add(submission)
+    assignment, student = gb.find_assignment(result.assignment_id), gb.db.get(Student, result.student_id)
+    # No autoflush while the rows are built: a flush before add() would meet the half-built submission
+    # through the student's and assignment's relationships, and SQLAlchemy would warn (add() below stores it).
+    with gb.db.no_autoflush:
+        submission = SubmittedAssignment(assignment=assignment, student=student)
+        for notebook in assignment.notebooks:
+            nb = SubmittedNotebook(notebook=notebook, assignment=submission)
+            for cell in notebook.grade_cells:
+                Grade(cell_id=cell.id, notebook=nb)
+            for cell in notebook.solution_cells:
+                Comment(cell_id=cell.id, notebook=nb)
+            for cell in notebook.task_cells:
+                Comment(cell_id=cell.id, notebook=nb)
+                Grade(cell_id=cell.id, notebook=nb)
+        gb.db.add(submission)
     gb.db.flush()   # a concurrent writer of the same submission makes this raise IntegrityError: retried
     return submission
 
