@@ -36,7 +36,6 @@ import csv
 import os
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,10 +90,8 @@ class Scores:
 def read_scores(db_url: str) -> Scores:
     """Assignments, their points and every submission's score from nbgrader's gradebook at `db_url`."""
     from nbgrader.api import Gradebook
-    from sqlalchemy.exc import SAWarning
 
-    with warnings.catch_warnings(), Gradebook(db_url) as gb:
-        warnings.simplefilter("ignore", SAWarning)
+    with Gradebook(db_url) as gb:
         assignments = sorted(a.name for a in gb.assignments)
         points = {a: float(gb.find_assignment(a).max_score) for a in assignments}
         scores = {(row["student"], a): float(row["score"]) for a in assignments for row in gb.submission_dicts(a)}
