@@ -384,6 +384,24 @@ def test_only_toc_pages_are_built():
     assert not stray, f"pages built that are not in _toc.yml (README, solutions, ...): {sorted(stray)}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", chapter_files())
+def test_downloadable_notebook_has_the_outputs_the_page_shows(doc):
+    """The page's download button offers _sources/<doc>.ipynb: it has outputs in as many code cells
+    as the page shows outputs for (a cached rebuild once wrote it without; book/_ext/cached_outputs.py)."""
+    import nbformat
+    from bs4 import BeautifulSoup
+
+    build = build_book()
+    if build.returncode != 0:
+        pytest.skip("the build failed; see test_book_builds_with_warnings_as_errors")
+    page = BeautifulSoup((build.html / f"{doc}.html").read_text(encoding="utf-8"), "html.parser")
+    shown = len(page.select("div.cell div.cell_output"))
+    notebook = nbformat.read(build.html / "_sources" / f"{doc}.ipynb", as_version=4)
+    kept = sum(1 for cell in notebook.cells if cell.cell_type == "code" and cell.get("outputs"))
+    assert shown > 0 and kept == shown, f"{doc}: the page shows {shown} cells' outputs, the download has {kept}"
+
+
 # ------------------------------------------------------------------------------------------------
 # The shared plotting helpers the chapters use (transformer_ref/viz.py)
 # ------------------------------------------------------------------------------------------------
