@@ -216,8 +216,8 @@ def skew(rel_logits: torch.Tensor) -> torch.Tensor:
     into logits indexed by absolute key position, with a pad and a reshape instead of an
     (L, L, d) gather.
 
-    rel_logits[..., i, r] is q_i . E_r[r] where column r stands for the distance j - i = r - (R - L),
-    R = rel_logits.size(-1):
+    rel_logits[..., i, r] is q_i . E_r[r] where column r stands for the distance j - i = r - (L - 1)
+    in both layouts:
       causal:        rel_logits (..., L, L),      distances -(L-1) .. 0;
       bidirectional: rel_logits (..., L, 2L - 1), distances -(L-1) .. L-1.
     Returns S (..., L, L) with S[..., i, j] = rel_logits[..., i, j - i + L - 1].
@@ -229,7 +229,7 @@ def skew(rel_logits: torch.Tensor) -> torch.Tensor:
     lead = rel_logits.shape[:-2]
     padded = nn.functional.pad(rel_logits, (1, 0))                 # (..., L, R + 1), zero column first
     if width == length:
-        # Reading the flat (L, L + 1) buffer as (L + 1, L) shifts row i right by L - 1 - i.
+        # Reading the flat (L, L + 1) buffer as (L + 1, L) shifts row i left by L - 1 - i.
         skewed = padded.reshape(*lead, length + 1, length)[..., 1:, :]  # (..., L, L)
         return torch.tril(skewed)
     if width == 2 * length - 1:
