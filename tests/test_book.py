@@ -308,6 +308,25 @@ def test_bibliography_entries_are_complete():
     assert not no_link, f"every entry needs a url or doi so readers can find it: {no_link}"
 
 
+def glossary_terms() -> set[str]:
+    """The terms book/glossary.md defines (an unindented line followed by an indented definition), lower case."""
+    return {t.lower() for t in re.findall(r"^(\w[^\n]*)\n  \S", source("book/glossary"), re.M)}
+
+
+def linked_terms(text: str) -> set[str]:
+    """Targets of {term}`name` and {term}`label <name>` roles, lower case (Sphinx matches terms so)."""
+    roles = re.finditer(r"\{term\}`([^`<]+?)\s*(?:<([^`>]+)>)?`", text)
+    return {(m.group(2) or m.group(1)).strip().lower() for m in roles}
+
+
+def test_every_glossary_term_is_linked_from_a_chapter():
+    """The glossary says chapters link each term where it first appears: none is left unlinked."""
+    terms = glossary_terms()
+    linked = set().union(*(linked_terms(source(doc)) for doc in chapter_files()))
+    assert len(terms) > 20 and not terms - linked, f"glossary terms no chapter links: {sorted(terms - linked)}"
+    assert linked_terms("{term}`keys <key>` and {term}`Self-attention`") == {"key", "self-attention"}
+
+
 def test_every_cited_key_exists():
     entries = bib_entries()
     pages = [doc for doc in toc_files() if (ROOT / f"{doc}.md").is_file()]

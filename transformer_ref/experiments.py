@@ -19,7 +19,8 @@ def train_reverse_transformer(*, norm_first: bool, lr: float, warmup_steps: int,
     Adam (betas 0.9, 0.98, eps 1e-9 as in Vaswani et al. 2017) with a linear warm-up over
     ``warmup_steps`` to ``lr``, then cosine decay to 0 at ``steps``. ``warmup_steps=1`` is no warm-up:
     step 0 has lr 0 and every later step follows the decay from the full ``lr``.
-    Returns (history, exact-match accuracy of greedy decoding on 300 unseen sequences).
+    Returns (history, exact-match accuracy of greedy decoding on 300 sequences drawn apart from the
+    training set; short ones can repeat: for seed 0, 27 of the 49 of length 3 are also in it, none from 5 on).
     """
     train.seed_everything(seed)
     src, tgt = data.reverse_task(4000, min_len=3, max_len=8, generator=seed)
