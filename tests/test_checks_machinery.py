@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import pytest
 import torch
@@ -479,3 +480,61 @@ def test_cuda_cases_are_added_and_checked():
     assert "expected the result on cuda:0, got it on cpu" in check(SDPA, cpu_output, cuda=True).message
     result = grade(SDPA, cases, run_student(SDPA, cpu_output, cases))
     assert [g.passed for g in result.groups] == [True, True, True, False]
+
+
+# ---------------------------------------------------------------- an item that calls a wrong part
+
+def solution_namespace(assignment: str) -> dict:
+    """The globals of a student notebook that holds the solution: every code cell of
+    solutions/<id>/<id>.ipynb run in one namespace, test cells (the check_ calls) left out."""
+    import nbformat
+
+    notebook = nbformat.read(f"solutions/{assignment}/{assignment}.ipynb", as_version=4)
+    namespace: dict = {}
+    for cell in notebook.cells:
+        if cell.cell_type == "code" and not re.search(r"^check_\w+\(", cell.source, re.M):
+            exec(compile(cell.source, assignment, "exec"), namespace)   # noqa: S102 - our own solution code
+    return namespace
+
+
+BUILDS_ON = [pytest.param(item, part, id=f"{item.name}-{part.name}")
+             for item in grader.checks.ITEMS.values() for part in item.builds_on]
+
+
+def test_five_items_build_on_parts_of_their_notebook():
+    assert {(p.values[0].name, p.values[1].name) for p in BUILDS_ON} == {
+        ("AdditiveAttention", "additive_attention"), ("self_attention", "scaled_dot_product_attention"),
+        ("MultiHeadAttention", "split_heads"), ("MultiHeadAttention", "merge_heads"),
+        ("decoder_self_attention_mask", "causal_mask"), ("decoder_self_attention_mask", "padding_mask"),
+        ("PatchEmbedding", "patchify")}
+    assert all(part.assignment == item.assignment for item, part in (p.values for p in BUILDS_ON))
+
+
+@pytest.mark.parametrize("item, part", BUILDS_ON)
+def test_an_item_that_calls_a_wrong_part_says_to_fix_that_part_first(item, part, monkeypatch):
+    """The solution's item, calling a wrong version of its part (the part's first catalogued mistake),
+    fails with a message that blames the part; with the right part it passes."""
+    from grader.checks.report import assert_passes
+
+    namespace = solution_namespace(item.assignment)
+    assert_passes(item, namespace[item.name])
+    namespace[part.name] = part.mistakes[0].impl
+    with pytest.raises(CheckFailed) as failed:
+        assert_passes(item, namespace[item.name])
+    text = " ".join(str(failed.value).split())
+    assert text.count("Likely mistake:") == 1, text
+    assert f"Likely mistake: {item.name} calls your {part.name}, which fails its own check; fix {part.name} first" \
+        in text, text
+
+
+def test_a_wrong_item_with_right_parts_is_not_blamed_on_them():
+    from grader.checks.attention import SELF_ATTENTION
+    from grader.checks.report import assert_passes
+
+    namespace = solution_namespace("03_attention")
+    source = "def self_attention(x, W_q, W_k, W_v, mask=None):\n" \
+             "    return scaled_dot_product_attention(x @ W_q, x @ W_q, x @ W_v, mask)\n"   # keys from W_q
+    exec(source, namespace)   # noqa: S102 - a made-up submission that calls the right part
+    with pytest.raises(CheckFailed) as failed:
+        assert_passes(SELF_ATTENTION, namespace["self_attention"])
+    assert "calls your" not in str(failed.value)

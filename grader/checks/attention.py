@@ -178,7 +178,8 @@ SELF_ATTENTION = Item(
         Mistake("no_scale", "your weights equal softmax(QK^T) without dividing by sqrt(d_k).", _sa_no_scale),
         Mistake("q_k_swapped", "your weights are transposed: the scores are K Q^T instead of Q K^T (softmax then "
                 "runs over the wrong index).", _sa_q_k_swapped),
-    ))
+    ),
+    builds_on=(SCALED_DOT_PRODUCT_ATTENTION,))
 
 
 def check_self_attention(impl, seeds=(0,), cuda=False):

@@ -228,7 +228,8 @@ ADDITIVE_ATTENTION_MODULE = Item(
         Mistake("tanh_after_w_v", "the tanh is applied to the score; it goes before w_v: "
                 "tanh(W_q(query) + W_k(keys_j)) . w_v.", _AdditiveModuleTanhAfterWv),
         Mistake("mask_inverted", "your mask is inverted: True means 'may attend'.", _AdditiveModuleMaskInverted),
-    ))
+    ),
+    builds_on=(ADDITIVE_ATTENTION,))
 
 
 def check_AdditiveAttention(impl, seeds=(0,), cuda=False):

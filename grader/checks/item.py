@@ -34,6 +34,8 @@ class Item:
     ``tol`` overrides the float tolerances {dtype: (rtol, atol)}. ``members`` (classes) names the
     parameters the checker sets. ``compare_fn(item, cases, outcomes) -> Report``, when set, replaces
     the reference comparison (randomised items). ``mistakes`` is the catalogue of known mistakes.
+    ``builds_on`` lists the items of the same notebook that the solution calls: when a failing submission
+    calls the student's own version of one and that version fails its check, the message says so.
     """
 
     name: str
@@ -47,6 +49,7 @@ class Item:
     members: str = ""
     compare_fn: Callable | None = None
     mistakes: tuple[Mistake, ...] = ()
+    builds_on: tuple[Item, ...] = ()
 
     def __repr__(self) -> str:
         return f"Item({self.name!r}, {self.assignment!r})"

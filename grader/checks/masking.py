@@ -152,7 +152,8 @@ DECODER_SELF_ATTENTION_MASK = Item(
         Mistake("causal_only", "your mask is only the causal part; AND it with the padding mask.", _dec_causal_only),
         Mistake("padding_only", "your mask is only the padding part; AND it with the causal mask.",
                 _dec_padding_only),
-    ))
+    ),
+    builds_on=(CAUSAL_MASK, PADDING_MASK))
 
 
 def check_decoder_self_attention_mask(impl, seeds=(0,), cuda=False):

@@ -190,7 +190,8 @@ MULTI_HEAD_ATTENTION = Item(
                 "with W_v (in cross-attention they differ from the query).", _MHAQueryForKeys),
         Mistake("average_weights", "you returned the weights averaged over the heads (as nn.MultiheadAttention "
                 "does by default); return them per head, (B, H, T_q, T_k).", _MHAAverageWeights),
-    ))
+    ),
+    builds_on=(SPLIT_HEADS, MERGE_HEADS))
 
 
 def check_MultiHeadAttention(impl, seeds=(0,), cuda=False):

@@ -9,6 +9,7 @@ and re-exported here, the module callers import them from.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +64,37 @@ def assert_passes(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool
         raise CheckFailed("\n" + fit([problem]))
     report = check(item, impl, seeds, cuda)
     if not report.passed:
-        raise CheckFailed("\n" + for_student(report.message))
+        raise CheckFailed("\n" + for_student(_blame_failing_part(item, impl, report)))
+
+
+def _blame_failing_part(item: Item, impl: Any, report: Report) -> str:
+    """The report's message, led by a "Likely mistake" line when the submission calls the student's own
+    version of an item it builds on (same notebook: found in the submission's globals) and that version fails
+    its check (a wrong part often makes the whole look like one of its own catalogued mistakes: the part is
+    what to fix). Not for a shortcut, or when the notebook's imports are missing (then both fail for that
+    reason, and the message says so)."""
+    message = report.message
+    namespace, called = _globals_and_calls(impl)
+    if report.shortcut or any(n in called and n not in namespace for n in notebook.IMPORTED):
+        return message
+    for part in item.builds_on:
+        own = namespace.get(part.name)
+        if part.name in called and callable(own) and not check(part, own).passed:
+            verdict, *rest = blocks(message)
+            blame = (f"Likely mistake: {item.name} calls your {part.name}, which fails its own check; fix "
+                     f"{part.name} first (its check names what is wrong).")
+            return "\n".join([verdict, blame, *rest])
+    return message
+
+
+def _globals_and_calls(impl: Any) -> tuple[dict, set[str]]:
+    """The global namespace a submission was defined in (a notebook's) and the global names its code uses
+    (for a class, those of its methods)."""
+    functions = [f for f in vars(impl).values() if inspect.isfunction(f)] if isinstance(impl, type) else [impl]
+    functions = [f for f in functions if inspect.isfunction(f)]
+    if not functions:
+        return {}, set()
+    return functions[0].__globals__, {name for f in functions for name in f.__code__.co_names}
 
 
 def _wrong_kind(item: Item, impl: Any) -> str | None:

@@ -218,7 +218,8 @@ PATCH_EMBEDDING = Item(
         Mistake("no_position", "the position embeddings are missing.", _PatchEmbeddingNoPosition),
         Mistake("channels_last", "the patches are flattened in (P, P, C) order; use (C, P, P) as in patchify.",
                 _PatchEmbeddingChannelsLast),
-    ))
+    ),
+    builds_on=(PATCHIFY,))
 
 
 def check_PatchEmbedding(impl, seeds=(0,), cuda=False) -> None:
