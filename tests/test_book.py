@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -469,6 +470,15 @@ def test_plot_curves_accepts_y_or_xy(viz):
     first, second = ax.get_lines()
     assert list(first.get_xdata()) == [0, 1, 2] and list(second.get_xdata()) == [1, 10, 100]
     assert ax.get_xscale() == "log" and ax.get_legend() is not None
+
+
+def test_plot_curves_labels_powers_of_two_on_a_log_axis(viz):
+    ax = viz.plot_curves({"depth": ([2, 4, 8, 16], [1.0, 2.0, 3.0, 4.0])}, xlabel="layers", ylabel="norm", logx=True)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "4", "8", "16"]
+    ax = viz.plot_curves({"T": (2 ** np.arange(4, 15), np.ones(11))}, xlabel="T", ylabel="ms", logx=True)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "64", "256", "1024", "4096", "16384"]
+    ax = viz.plot_curves({"n": ([1, 10, 100], [1.0, 2.0, 3.0])}, xlabel="n", ylabel="y", logx=True)
+    assert type(ax.xaxis.get_major_formatter()).__name__ == "LogFormatterSciNotation"   # not powers of two: as is
 
 
 @pytest.mark.parametrize("call, message", [

@@ -180,6 +180,7 @@ def plot_curves(curves: Mapping[str, ArrayLike | tuple[ArrayLike, ArrayLike]],
     if ax is None:
         _, axes = new_figure(width=6.0, height=3.6)
         ax = axes[0, 0]
+    xs = []
     for label, curve in curves.items():
         if isinstance(curve, tuple):
             if len(curve) != 2:
@@ -192,8 +193,10 @@ def plot_curves(curves: Mapping[str, ArrayLike | tuple[ArrayLike, ArrayLike]],
             raise ValueError(f"curves[{label!r}] must be 1-D with x and y of equal length; "
                              f"got x {x.shape} and y {y.shape}")
         ax.plot(x, y, label=str(label), marker="o" if markers else None, markersize=4)
+        xs.append(x)
     if logx:
         ax.set_xscale("log")
+        _label_powers_of_two(ax, np.unique(np.concatenate(xs)))
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
@@ -204,6 +207,16 @@ def plot_curves(curves: Mapping[str, ArrayLike | tuple[ArrayLike, ArrayLike]],
     if len(curves) > 1:
         ax.legend(loc=legend_loc, fontsize="small")
     return ax
+
+
+def _label_powers_of_two(ax: Axes, values: np.ndarray) -> None:
+    """On a log x axis whose points are all powers of two (lengths, depths, d_k), ticks with plain labels at
+    the points (every other one past 8 points) instead of matplotlib's 10^k, which hide values like 8 and 16."""
+    if not all(v >= 1 and float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in values):
+        return
+    ticks = values[::math.ceil(len(values) / 8)]
+    ax.set_xticks(ticks, [str(int(t)) for t in ticks])
+    ax.set_xticks([], minor=True)
 
 
 def use_book_style() -> None:
