@@ -90,8 +90,8 @@ def _blame_failing_part(item: Item, impl: Any, report: Report) -> str:
 def _globals_and_calls(impl: Any) -> tuple[dict, set[str]]:
     """The global namespace a submission was defined in (a notebook's) and the global names its code uses
     (for a class, those of its methods)."""
-    functions = [f for f in vars(impl).values() if inspect.isfunction(f)] if isinstance(impl, type) else [impl]
-    functions = [f for f in functions if inspect.isfunction(f)]
+    members = vars(impl).values() if isinstance(impl, type) else [impl]
+    functions = [f for f in members if inspect.isfunction(f)]
     if not functions:
         return {}, set()
     return functions[0].__globals__, {name for f in functions for name in f.__code__.co_names}
