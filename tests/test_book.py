@@ -404,6 +404,16 @@ def test_only_toc_pages_are_built():
     assert not stray, f"pages built that are not in _toc.yml (README, solutions, ...): {sorted(stray)}"
 
 
+
+@pytest.mark.slow
+def test_the_site_root_has_a_favicon():
+    """The root index.html is a bare redirect with no icon link: browsers then ask for /favicon.ico."""
+    build = build_book()
+    if build.returncode != 0:
+        pytest.skip("the build failed; see test_book_builds_with_warnings_as_errors")
+    assert (build.html / "favicon.ico").read_bytes()[:4] == b"\x00\x00\x01\x00", "favicon.ico is not an icon file"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", chapter_files())
 def test_downloadable_notebook_has_the_outputs_the_page_shows(doc):
