@@ -538,3 +538,21 @@ def test_a_wrong_item_with_right_parts_is_not_blamed_on_them():
     with pytest.raises(CheckFailed) as failed:
         assert_passes(SELF_ATTENTION, namespace["self_attention"])
     assert "calls your" not in str(failed.value)
+
+
+def test_a_submission_that_breaks_the_probe_of_its_parts_keeps_its_own_message():
+    """A class whose metaclass makes vars() raise: the check still fails with its own message."""
+    from grader.checks.report import assert_passes
+
+    class Meta(type):
+        @property
+        def __dict__(cls):
+            raise RuntimeError("no namespace for you")
+
+    class MultiHeadAttention(metaclass=Meta):
+        def __init__(self, d_model, num_heads):
+            pass
+
+    with pytest.raises(CheckFailed) as failed:
+        assert_passes(MHA, MultiHeadAttention)
+    assert "MultiHeadAttention" in str(failed.value) and "calls your" not in str(failed.value)

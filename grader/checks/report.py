@@ -74,17 +74,29 @@ def _blame_failing_part(item: Item, impl: Any, report: Report) -> str:
     what to fix). Not for a shortcut, or when the notebook's imports are missing (then both fail for that
     reason, and the message says so)."""
     message = report.message
-    namespace, called = _globals_and_calls(impl)
-    if report.shortcut or any(n in called and n not in namespace for n in notebook.IMPORTED):
+    try:
+        part = _failing_part(item, impl) if not report.shortcut else None
+    except Exception:   # a submission that breaks the probe (odd metaclass, ...): the report stands as it is
         return message
+    if part is None:
+        return message
+    verdict, *rest = blocks(message)
+    blame = (f"Likely mistake: {item.name} calls your {part.name}, which fails its own check; fix "
+             f"{part.name} first (its check names what is wrong).")
+    return "\n".join([verdict, blame, *rest])
+
+
+def _failing_part(item: Item, impl: Any) -> Item | None:
+    """The first item of `item.builds_on` whose student version the submission calls and that fails its
+    check; None as well when the notebook's imports are missing (then everything fails for that reason)."""
+    namespace, called = _globals_and_calls(impl)
+    if any(n in called and n not in namespace for n in notebook.IMPORTED):
+        return None
     for part in item.builds_on:
         own = namespace.get(part.name)
         if part.name in called and callable(own) and not check(part, own).passed:
-            verdict, *rest = blocks(message)
-            blame = (f"Likely mistake: {item.name} calls your {part.name}, which fails its own check; fix "
-                     f"{part.name} first (its check names what is wrong).")
-            return "\n".join([verdict, blame, *rest])
-    return message
+            return part
+    return None
 
 
 def _globals_and_calls(impl: Any) -> tuple[dict, set[str]]:
