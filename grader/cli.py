@@ -62,6 +62,11 @@ def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result
     return jobs, skipped
 
 
+def course_assignments(source: Path) -> set[str]:
+    """The assignments of the course: the folders of `source` that hold a notebook (none if it is missing)."""
+    return {p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))} if source.is_dir() else set()
+
+
 def in_shard(student_id: str, shard: tuple[int, int] | None) -> bool:
     """Whether the student's submissions belong to shard (K, N), 1 <= K <= N (None: the whole class).
 
@@ -221,7 +226,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
             log_file.unlink(missing_ok=True)
             raise
     ensure_alembic_on_path()
-    course = {p.name for p in source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))}
+    course = course_assignments(source)
     everyone, skipped = discover(submissions, course)          # the class, for grades.csv
     chosen = [job for job in everyone if not assignments or job.assignment_id in assignments]
     mine = [job for job in chosen if in_shard(job.student_id, shard)]
@@ -317,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.submissions.is_dir():
         parser.error(f"SUBMISSIONS must be a directory; got {args.submissions}")
     if args.assignment:
-        course = {p.name for p in args.source.iterdir() if p.is_dir() and any(p.glob("*.ipynb"))} \
-            if args.source.is_dir() else set()
-        unknown = sorted(set(args.assignment) - course)
+        unknown = sorted(set(args.assignment) - course_assignments(args.source))
         if unknown:
             parser.error(f"--assignment must name an assignment in {args.source}; got {', '.join(unknown)}")
     for name in ("timeout", "submission_timeout", "memory"):

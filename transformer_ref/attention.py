@@ -140,8 +140,8 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     (``F.scaled_dot_product_attention``: flash or memory-efficient attention where the backend has
     one) never materialises the (T_q, T_k) scores or weights, so its memory grows linearly in T, not
     quadratically (a mask passed in keeps its own shape: a key padding mask (B, 1, 1, T_k) is linear,
-    a full (T_q, T_k) bool mask is T_q T_k bytes). dropout_p is applied whenever it is > 0 (pass 0.0 in evaluation). Fully masked
-    query rows give zero output here too, whatever the backend.
+    a full (T_q, T_k) bool mask is T_q T_k bytes). dropout_p is applied whenever it is > 0 (pass 0.0 in
+    evaluation). Fully masked query rows give zero output here too, whatever the backend.
     """
     _check_qkv(q, k, v, mask)  # arguments checked here
     return _fused_attention(q, k, v, mask, dropout_p)
