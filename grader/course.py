@@ -197,6 +197,42 @@ def copy_sources(out: Path, source: Path, assignments: list[str]) -> None:
         tmp.parent.rmdir()
 
 
+def stored_cells(db_url: str, assignments: list[str]) -> dict:
+    """assignment -> notebook -> what `nbgrader generate_assignment` stores about its cells ({} for an
+    assignment, or a database, that has none yet).
+
+    A gradebook that already holds these cells is left alone: generate_assignment deletes a notebook that
+    has no submissions yet and adds it back one committed cell at a time, so a shard that regenerated it
+    while another shard records grades would make that shard's submission miss comments or grades.
+    """
+    from nbgrader.api import Gradebook, MissingEntry
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(db_url)
+    try:
+        if "assignment" not in inspect(engine).get_table_names():
+            return {name: {} for name in assignments}
+    finally:
+        engine.dispose()
+    cells = {}
+    with Gradebook(db_url) as gb:
+        for name in assignments:
+            try:
+                notebooks = gb.find_assignment(name).notebooks
+            except MissingEntry:
+                notebooks = []
+            cells[name] = {nb.name: _notebook_cells(nb) for nb in notebooks}
+    return cells
+
+
+def _notebook_cells(nb) -> tuple:
+    return (nb.kernelspec,
+            sorted((c.name, c.max_score, c.cell_type) for c in nb.grade_cells),
+            sorted(c.name for c in nb.solution_cells),
+            sorted((c.name, c.max_score, c.cell_type) for c in nb.task_cells),
+            sorted((c.name, c.cell_type, c.locked, c.source, c.checksum) for c in nb.source_cells))
+
+
 def due_dates(db_url: str) -> dict:
     """assignment -> due date (naive UTC datetime, or None) in a gradebook."""
     from nbgrader.api import Gradebook
@@ -212,8 +248,8 @@ def prepare_course(
 
     The template (WORK/template.db, WORK = OUT/.work unless given) and, when it does not exist yet, a
     SQLite main gradebook are generated once; an existing main gradebook (or any other database URL)
-    gets the assignments added or updated in place, so grading again into the same OUT keeps earlier
-    results. Due dates are the main gradebook's (set with `nbgrader db assignment add ID --duedate=...`
+    gets the assignments added or updated in place when its cells differ from the template's (stored_cells),
+    so grading again into the same OUT keeps earlier results. Due dates are the main gradebook's (set with `nbgrader db assignment add ID --duedate=...`
     or in formgrader) and are copied into the template, so the workers' feedback shows late penalties.
     Safe to run from several shards at once (course_lock).
     """
@@ -233,7 +269,7 @@ def prepare_course(
         generate_assignments(out, sqlite_url(template), assignments, config_file)
         if db_url == sqlite_url(main_db) and not main_db.exists():
             shutil.copyfile(template, main_db)
-        else:
+        elif stored_cells(db_url, assignments) != stored_cells(sqlite_url(template), assignments):
             generate_assignments(out, db_url, assignments, config_file)
         for url in (sqlite_url(template), db_url):
             engine = create_engine(url)

@@ -8,11 +8,14 @@ worker gets there first); the fast ones check the pieces without a sandbox.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,6 +371,53 @@ def test_cli_rejects_bad_arguments(tmp_path, capsys):
     assert err.value.code == 2 and "--workers must be at least 1; got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["grade", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+
+
+@contextlib.contextmanager
+def _writes_to(database: Path) -> Iterator[list[str]]:
+    """The INSERT, UPDATE and DELETE statements any engine sends to the SQLite file `database` meanwhile."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:
+        if Path(conn.engine.url.database).resolve() == database.resolve() \
+                and statement.lstrip().split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            statements.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        yield statements
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+
+
+def test_a_second_shard_leaves_the_shared_gradebooks_cells_alone(tmp_path):
+    """prepare_course on a gradebook that already holds the assignment's cells does not generate it again:
+    nbgrader would delete the notebook and add its cells back one commit at a time while another shard
+    records grades against them (a CI run lost a submission's comments this way). Changed cells are stored."""
+    from nbgrader.api import Gradebook
+
+    from grader.course import prepare_course, sqlite_url
+
+    shared, config = tmp_path / "shared.db", ROOT / "nbgrader_config.py"
+    url = sqlite_url(shared)
+    prepare_course(tmp_path / "shard-1", SOLUTIONS, [BROKEN_ON], url, config)
+    with _writes_to(shared) as statements:
+        prepare_course(tmp_path / "shard-2", SOLUTIONS, [BROKEN_ON], url, config)
+    assert statements == []
+
+    source = tmp_path / "changed"
+    shutil.copytree(SOLUTIONS / BROKEN_ON, source / BROKEN_ON)
+    path = source / BROKEN_ON / f"{BROKEN_ON}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_self_attention")
+    cell.metadata.nbgrader.points += 1
+    nbformat.write(nb, path)
+    prepare_course(tmp_path / "shard-3", source, [BROKEN_ON], url, config)
+    with Gradebook(url) as gb:
+        assert gb.find_grade_cell("test_self_attention", BROKEN_ON, BROKEN_ON).max_score == cell.metadata.nbgrader.points
 
 
 def test_results_are_merged_into_the_gradebook_at_any_url(tmp_path):
