@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
-from grader.course import DEFAULT_CONFIG, DEFAULT_SOURCE, ensure_alembic_on_path, prepare_course, sqlite_url
+from grader.course import (DEFAULT_CONFIG, DEFAULT_SOURCE, course_lock, ensure_alembic_on_path, prepare_course,
+                           remove_leftovers, sqlite_url)
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable, probe
 
 if TYPE_CHECKING:   # grader.runner imports torch: the main process imports it only once its workers are starting
@@ -89,6 +90,17 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= k <= n:
         raise argparse.ArgumentTypeError(f"--shard K/N needs 1 <= K <= N; got {text!r}")
     return k, n
+
+
+def remove_killed_runs_leftovers(out: Path, work: Path, shard: tuple[int, int] | None) -> None:
+    """What a killed run of this shard left: its workers' courses and failure pages in `work`, and the
+    half-replaced folders of its students in OUT/autograded and OUT/feedback (this shard is their only writer)."""
+    for stale in [*work.glob("worker-*"), *work.glob("failed-*")] if work.is_dir() else ():
+        shutil.rmtree(stale, ignore_errors=True)
+    for step in ("autograded", "feedback"):
+        for student in (out / step).iterdir() if (out / step).is_dir() else ():
+            if in_shard(student.name, shard):
+                remove_leftovers(student)
 
 
 def _init_worker(log_file: str, threads: int, parent: int) -> None:
@@ -232,8 +244,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     mine = [job for job in chosen if in_shard(job.student_id, shard)]
     db_url = db_url or sqlite_url(out / "gradebook.db")
     work = out / ".work" / (f"shard-{shard[0]}-of-{shard[1]}" if shard else "")
-    for stale in work.glob("worker-*") if work.is_dir() else ():   # left by a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_killed_runs_leftovers(out, work, shard)
     template = prepare_course(out, source, sorted({job.assignment_id for job in chosen}), db_url, config_file, work)
     from grader.gradebook import late_penalty_plugin, record, recorded, stored_results, write_csv  # imports torch
     from grader.runner import Result, SandboxRunner
@@ -252,13 +263,15 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
                   f"other {len(todo)} (--regrade grades them all)", flush=True)
         run.graded = grade_jobs(runner, todo, workers, log_file, progress, pool,
                                 on_result=lambda result: record(gb, result, late))
-        stored = stored_results(gb)
     shutil.move(str(log_file), str(work / f"workers-{os.getpid()}.log"))
 
     def row(key: tuple[str, str]) -> Result:
         return stored.get(key) or Result(*key, "pending", reason="not recorded yet (by another shard, or by a run "
                                                                   "that stopped: run the command again)")
-    write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped)
+    # Shards take turns here, so the last one to write grades.csv has read every other shard's commits.
+    with course_lock(out, db_url), Gradebook(db_url) as gb:
+        stored = stored_results(gb)
+        write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped)
     run.rows = [row((j.student_id, j.assignment_id)) for j in everyone if in_shard(j.student_id, shard)] \
         + [r for r in skipped if in_shard(r.student_id, shard)]
     if shard:

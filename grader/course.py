@@ -9,7 +9,7 @@ records their grades in the main gradebook as they finish.
 
 Several shards may prepare one course at once (one OUT on a shared file system, one gradebook server):
 `course_lock` makes them take turns, through a lock file in OUT/.work and, for PostgreSQL, an advisory
-lock in the database.
+lock in the database; they take turns again to write OUT/grades.csv.
 """
 
 from __future__ import annotations
@@ -144,10 +144,19 @@ def replace_dir(src: Path, dest: Path) -> None:
         shutil.rmtree(old)
 
 
+def remove_leftovers(folder: Path) -> None:
+    """Remove what replace_dir and copy_sources leave in `folder` when a run is killed between their steps:
+    the replaced `.NAME.old-PID` and the unfinished `.NAME.new-XXXX`. Call it where no other process writes."""
+    for pattern in (".*.old-*", ".*.new-*"):
+        for path in folder.glob(pattern) if folder.is_dir() else ():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def course_lock(out: Path, db_url: str) -> Iterator[None]:
-    """Held while a course is prepared: a lock file OUT/.work/course.lock (shards sharing OUT) and, when
-    the gradebook is PostgreSQL, an advisory lock in it (shards on machines with an OUT each)."""
+    """Held while a course is prepared and while grades.csv is written: a lock file OUT/.work/course.lock
+    (shards sharing OUT) and, when the gradebook is PostgreSQL, an advisory lock in it (shards on machines
+    with an OUT each)."""
     work = Path(out) / ".work"
     work.mkdir(parents=True, exist_ok=True)
     with open(work / "course.lock", "a") as handle:
@@ -186,6 +195,7 @@ def _same_tree(a: Path, b: Path) -> bool:
 
 def copy_sources(out: Path, source: Path, assignments: list[str]) -> None:
     """OUT/source/<assignment> = SOURCE/<assignment>, replaced whole (by a rename) only when it differs."""
+    remove_leftovers(out / "source")
     for assignment in assignments:
         dest = out / "source" / assignment
         if dest.exists() and _same_tree(source / assignment, dest):
@@ -248,9 +258,10 @@ def prepare_course(
 
     The template (WORK/template.db, WORK = OUT/.work unless given) and, when it does not exist yet, a
     SQLite main gradebook are generated once; an existing main gradebook (or any other database URL)
-    gets the assignments added or updated in place when its cells differ from the template's (stored_cells),
-    so grading again into the same OUT keeps earlier results. Due dates are the main gradebook's (set with `nbgrader db assignment add ID --duedate=...`
-    or in formgrader) and are copied into the template, so the workers' feedback shows late penalties.
+    gets the assignments added or updated in place when its cells differ from the template's
+    (stored_cells), so grading again into the same OUT keeps earlier results. Due dates are the main
+    gradebook's (set with `nbgrader db assignment add ID --duedate=...` or in formgrader) and are copied
+    into the template, so the workers' feedback shows late penalties.
     Safe to run from several shards at once (course_lock).
     """
     from nbgrader.api import Gradebook

@@ -342,11 +342,25 @@ def test_concurrent_writers_lose_and_duplicate_no_rows(postgres, reference, base
 # Runs that survive being killed
 # ------------------------------------------------------------------------------------------------
 
-def _committed(db_url: str) -> int:
-    try:
-        return row_counts(db_url)["grader_results"]
-    except Exception:   # noqa: BLE001  (the gradebook or its table does not exist yet)
+def _committed(out: Path) -> int:
+    """Results in OUT's gradebook, read without creating the file (the run under test creates it)."""
+    path = out / "gradebook.db"
+    if not path.exists():
         return 0
+    try:
+        return row_counts(f"sqlite:///file:{path}?mode=ro&uri=true")["grader_results"]
+    except Exception:   # noqa: BLE001  (its table does not exist yet)
+        return 0
+
+
+def _plant_leftovers(out: Path) -> list[Path]:
+    """What a kill between the two renames of replace_dir, or inside copy_sources, would leave behind."""
+    planted = [out / "feedback" / "ada" / f".{ATTENTION}.old-99999", out / "autograded" / "cyd" / f".{MASKING}.old-1",
+               out / "source" / f".{ATTENTION}.new-x1y2" / ATTENTION, out / ".work" / "failed-x1y2"]
+    for path in planted:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "page.html").write_text("old")
+    return planted
 
 
 def _half_written(out: Path) -> list[str]:
@@ -374,20 +388,22 @@ def resumed(reference, base) -> Resumed:
     out = base / "resumed"
     proc = grade(submissions, out, workers=1, wait=False)
     deadline = time.monotonic() + 300
-    while _committed(sqlite(out)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+    while _committed(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.communicate()[1][-3000:]
     children = psutil.Process(proc.pid).children(recursive=True)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
-    killed_after = _committed(sqlite(out))
+    killed_after = _committed(out)
     _, alive = psutil.wait_procs(children, timeout=30)   # the workers die with the main process
     leftovers = [f"{p.pid} {p.name()}" for p in alive]
     for p in alive:
         p.kill()
+    planted = _plant_leftovers(out)
     rerun = grade(submissions, out, workers=1)
+    half_written = _half_written(out) + [str(p) for p in planted if p.exists()]
     return Resumed(out, submissions, killed_after, rerun.stdout + rerun.stderr, snapshot(sqlite(out)),
-                   csv_rows(out / "grades.csv"), leftovers, _half_written(out))
+                   csv_rows(out / "grades.csv"), leftovers, half_written)
 
 
 def test_a_killed_run_resumes_with_the_same_grades(resumed, reference):
