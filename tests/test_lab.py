@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -61,10 +60,10 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _lab_url(log: Path) -> str | None:
+    """The address JupyterLab prints once it listens (it picks a free port itself: --port=0)."""
+    found = re.search(r"http://127\.0\.0\.1:(\d+)/", log.read_text())
+    return f"http://127.0.0.1:{found[1]}" if found else None
 
 
 def _squash(text: str) -> str:
@@ -102,11 +101,10 @@ def lab(tmp_path_factory):
     (exchange / COURSE / "inbound").mkdir()
     (exchange / COURSE / "inbound").chmod(0o733)
     home.mkdir()
-    port = _free_port()
     venv_bin = Path(sys.executable).parent
     if not (venv_bin / "jupyter").exists():
         pytest.skip(f"needs JupyterLab in the environment running the tests ({venv_bin}/jupyter)")
-    args = (f"--no-browser --ip=127.0.0.1 --port={port} --ServerApp.port_retries=0 "
+    args = (f"--no-browser --ip=127.0.0.1 --port=0 --ServerApp.port_retries=0 "
             f"--IdentityProvider.token={TOKEN} --LabApp.expose_app_in_browser=True "
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
     env = {k: v for k, v in os.environ.items()   # nothing from the caller's Jupyter, nbgrader or `make test`
@@ -119,14 +117,16 @@ def lab(tmp_path_factory):
         ["make", "--no-print-directory", "-o", ".venv/.installed", "lab", f"BIN={venv_bin}",
          f"LAB_DIR={exercises}", f"NBGRADER_EXCHANGE={exchange}", f"LAB_ARGS={args}"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    url = None
     try:
         deadline = time.monotonic() + 180
         while True:
+            url = url or _lab_url(base / "lab.log")
             try:
-                with urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=5) as r:
-                    if r.status == 200:
-                        break
+                if url is not None:
+                    with urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=5) as r:
+                        if r.status == 200:
+                            break
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
