@@ -19,6 +19,7 @@ import fcntl
 import filecmp
 import hashlib
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -142,6 +143,19 @@ def replace_dir(src: Path, dest: Path) -> None:
     os.rename(src, dest)
     if old.exists():
         shutil.rmtree(old)
+
+
+def new_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty folder parent/<prefix><random>, with the permissions of any new folder (the umask's), not
+    tempfile.mkdtemp's 0700: it is renamed into place for others to read (feedback pages, released files)."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
 
 
 def remove_leftovers(folder: Path) -> None:

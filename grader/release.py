@@ -19,9 +19,10 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
+
+from grader.course import new_folder
 
 
 def feedback_pages(out: Path) -> dict[str, list[Path]]:
@@ -31,7 +32,8 @@ def feedback_pages(out: Path) -> dict[str, list[Path]]:
     if not root.is_dir():
         return pages
     for student in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        found = sorted(p.relative_to(student) for p in student.glob("*/*.html"))
+        found = sorted(rel for rel in (p.relative_to(student) for p in student.glob("*/*.html"))
+                       if not rel.parts[0].startswith("."))   # not a folder a killed run was replacing
         if found:
             pages[student.name] = found
     return pages
@@ -63,9 +65,8 @@ def release(out: Path, to: Path, as_zip: bool = False, students: list[str] | Non
 
 
 def _write_zip(source: Path, files: list[Path], dest: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f, zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:   # umask's mode
         for rel in files:
             z.write(source / rel, arcname=rel.as_posix())
     os.replace(tmp, dest)
@@ -73,7 +74,7 @@ def _write_zip(source: Path, files: list[Path], dest: Path) -> Path:
 
 
 def _copy_folder(source: Path, files: list[Path], dest: Path) -> Path:
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    tmp = new_folder(dest.parent, f".{dest.name}.")
     for rel in files:
         (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / rel, tmp / rel)

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from grader.checks import ITEMS
 from grader.checks.cases import make_cases
 from grader.checks.compare import grade
 from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
-from grader.course import ensure_alembic_on_path, nbgrader_config, replace_dir, sqlite_url
+from grader.course import ensure_alembic_on_path, nbgrader_config, new_folder, replace_dir, sqlite_url
 from grader.execution import Execution, execute, memory_note
 from grader.feedback import failure_page
 from grader.submission import Cell, SourceNotebook, code_cells, load_source, read_notebook
@@ -275,7 +274,7 @@ class SandboxRunner:
         stale = self.out / "autograded" / job.student_id / job.assignment_id
         if stale.exists():
             shutil.rmtree(stale)
-        pages = Path(tempfile.mkdtemp(prefix="failed-", dir=self.template.parent))
+        pages = new_folder(self.template.parent, "failed-")
         page = failure_page(job.student_id, job.assignment_id, result.reason, result.max_score)
         for source in self._sources(job.assignment_id):
             (pages / f"{source.name}.html").write_text(page)

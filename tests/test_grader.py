@@ -443,3 +443,5 @@ def test_results_are_merged_into_the_gradebook_at_any_url(tmp_path):
         assert gb.find_assignment(BROKEN_ON).max_score == failed.max_score >= 10
     page = (out / "feedback" / "ann" / BROKEN_ON / f"{BROKEN_ON}.html").read_text()
     assert "broken &lt;on&gt; purpose" in page and f"0 / {failed.max_score:g}" in page
+    (tmp_path / "plain").mkdir()   # the failure page's folder is readable like any other (not mkdtemp's 0700)
+    assert (out / "feedback" / "ann" / BROKEN_ON).stat().st_mode == (tmp_path / "plain").stat().st_mode

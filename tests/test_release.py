@@ -5,6 +5,8 @@ A feedback tree like the one `grade` writes is made by hand (no grading run): un
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import zipfile
@@ -32,6 +34,9 @@ def out(tmp_path) -> Path:
             notebook.parent.mkdir(parents=True, exist_ok=True)
             notebook.write_text("{}")
     (out / "feedback" / "ann" / "03_attention" / "timestamp.txt").write_text("2026-01-01")   # not a page
+    stale = out / "feedback" / "bob" / ".03_attention.old-4242" / "03_attention.html"   # a killed run's, not a page
+    stale.parent.mkdir()
+    stale.write_text("<html>old feedback</html>")
     (out / "gradebook.db").write_text("")
     return out
 
@@ -54,6 +59,19 @@ def test_folders_by_default_and_a_second_release_replaces_the_first(out, tmp_pat
     release(out, dest, students=["bob"])
     found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert found == sorted(f"{s}/{p}" for s, pages in PAGES.items() for p in pages)
+
+
+def test_released_files_can_be_read_by_others_as_any_new_file(out, tmp_path):
+    """The umask's permissions (0755 folders, 0644 files under umask 022), not tempfile's 0700 and 0600: a
+    folder on a shared drive has to be readable by the students it is returned to."""
+    before = os.umask(0o022)
+    try:
+        release(out, tmp_path / "folders")
+        release(out, tmp_path / "zips", as_zip=True)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "folders" / "ann").stat().st_mode) == 0o755
+    assert stat.S_IMODE((tmp_path / "zips" / "ann.zip").stat().st_mode) == 0o644
 
 
 def test_errors_name_what_is_missing(out, tmp_path):
