@@ -280,16 +280,22 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
 
 
 def summary(run: Run, seconds: float, out: Path) -> str:
-    """The closing lines: counts, then every submission not graded normally, with its reason."""
+    """The closing lines: counts, then every submission not graded normally, with its reason, and every graded
+    one the grader noted something about (a limit hit, a locked cell edited, a shortcut, tampering)."""
     bad = [r for r in run.rows if r.status != "graded"]
+    noted = [r for r in run.rows if r.status == "graded" and r.reason]
     lines = [f"graded {len(run.graded)} submissions in {seconds:.1f} s"
              + (f" ({run.already} were in the gradebook already)" if run.already else "")
-             + f"; {len(run.rows)} in all, {len(bad)} not graded normally; grades: {out / 'grades.csv'}, "
-               f"feedback: {out / 'feedback'}"]
+             + f"; {len(run.rows)} in all, {len(bad)} not graded normally, {len(noted)} graded with a note; "
+               f"grades: {out / 'grades.csv'}, feedback: {out / 'feedback'}"]
     if bad:
         lines.append("not graded normally:")
         lines += [f"  {r.student_id}/{r.assignment_id}: {r.status}: {r.reason or '(no reason given)'}"
                   for r in sorted(bad, key=lambda r: (r.status, r.student_id, r.assignment_id))]
+    if noted:
+        lines.append("graded, with a note worth a look:")
+        lines += [f"  {r.student_id}/{r.assignment_id}: {r.score:g} of {r.max_score:g}: {r.reason}"
+                  for r in sorted(noted, key=lambda r: (r.student_id, r.assignment_id))]
     return "\n".join(lines)
 
 

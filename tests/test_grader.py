@@ -365,6 +365,22 @@ def test_a_dying_worker_costs_only_its_own_submission(tmp_path):
     assert all(results[s].status == "graded" for s in ("ann", "bob", "cat", "dan"))
 
 
+def test_the_summary_lists_failures_and_graded_submissions_with_a_note(tmp_path):
+    """What an instructor of a large class reads at the end: the submissions that need a look, and why."""
+    from grader.cli import Run, summary
+    from grader.runner import Result
+
+    rows = [Result("ann", BROKEN_ON, "graded", "", 12.0, 12.0),
+            Result("cat", BROKEN_ON, "graded", "cell 15: the notebook's code wrote to the grader's channel", 0.0, 12.0),
+            Result("dan", BROKEN_ON, "failed", "03_attention.ipynb is not a readable notebook", 0.0, 12.0)]
+    text = summary(Run(rows=rows, graded=rows), 3.0, tmp_path)
+    assert "3 in all, 1 not graded normally, 1 graded with a note" in text
+    assert f"not graded normally:\n  dan/{BROKEN_ON}: failed: 03_attention.ipynb is not a readable notebook" in text
+    assert (f"graded, with a note worth a look:\n  cat/{BROKEN_ON}: 0 of 12: cell 15: the notebook's code wrote "
+            "to the grader's channel") in text
+    assert "ann/" not in text
+
+
 def test_cli_rejects_bad_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         main(["grade", str(tmp_path), "--out", str(tmp_path / "o"), "--workers", "0"])
@@ -417,7 +433,8 @@ def test_a_second_shard_leaves_the_shared_gradebooks_cells_alone(tmp_path):
     nbformat.write(nb, path)
     prepare_course(tmp_path / "shard-3", source, [BROKEN_ON], url, config)
     with Gradebook(url) as gb:
-        assert gb.find_grade_cell("test_self_attention", BROKEN_ON, BROKEN_ON).max_score == cell.metadata.nbgrader.points
+        stored = gb.find_grade_cell("test_self_attention", BROKEN_ON, BROKEN_ON).max_score
+    assert stored == cell.metadata.nbgrader.points
 
 
 def test_results_are_merged_into_the_gradebook_at_any_url(tmp_path):
