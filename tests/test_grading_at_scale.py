@@ -383,7 +383,8 @@ class Resumed:
 
 @pytest.fixture(scope="module")
 def resumed(reference, base) -> Resumed:
-    """A run killed with SIGKILL after it committed two submissions, then started again."""
+    """A run killed with SIGKILL after it committed two submissions, then started again (with what a kill
+    between two renames would have left planted first)."""
     submissions = shutil.copytree(base / "submitted", base / "submitted-resume")
     out = base / "resumed"
     proc = grade(submissions, out, workers=1, wait=False)

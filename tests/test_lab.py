@@ -104,7 +104,7 @@ def lab(tmp_path_factory):
     venv_bin = Path(sys.executable).parent
     if not (venv_bin / "jupyter").exists():
         pytest.skip(f"needs JupyterLab in the environment running the tests ({venv_bin}/jupyter)")
-    args = (f"--no-browser --ip=127.0.0.1 --port=0 --ServerApp.port_retries=0 "
+    args = ("--no-browser --ip=127.0.0.1 --port=0 --ServerApp.port_retries=0 "
             f"--IdentityProvider.token={TOKEN} --LabApp.expose_app_in_browser=True "
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
     env = {k: v for k, v in os.environ.items()   # nothing from the caller's Jupyter, nbgrader or `make test`
