@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -214,8 +213,7 @@ def copy_sources(out: Path, source: Path, assignments: list[str]) -> None:
         dest = out / "source" / assignment
         if dest.exists() and _same_tree(source / assignment, dest):
             continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{assignment}.new-", dir=dest.parent)) / assignment
+        tmp = new_folder(dest.parent, f".{assignment}.new-") / assignment
         shutil.copytree(source / assignment, tmp, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         replace_dir(tmp, dest)
         tmp.parent.rmdir()
