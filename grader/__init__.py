@@ -13,7 +13,7 @@ How a class is graded
       1. grader.submission: the items and their points come from the instructor's notebook; from the
          submission only code is taken (test cells dropped whatever their metadata says, locked cells as
          released, solution cells by grade_id);
-      2. grader.execution + grader.sandbox + grader.harness: that code runs in a bubblewrap sandbox, then
+      2. grader.execution + grader.sandbox (bwrap, harness, channel): that code runs in a bubblewrap sandbox, then
          each item's function is called on cases made here from seeds the student never sees; only the
          outputs come back, as plain tensors and numbers; a crash or hang costs the step it happened in;
       3. grader.checks.compare.grade, here: comparison with transformer_ref, partial credit per group

@@ -31,7 +31,8 @@ from grader.course import (DEFAULT_CONFIG, DEFAULT_SOURCE, course_lock, ensure_a
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable, probe
 
 if TYPE_CHECKING:   # grader.runner imports torch: the main process imports it only once its workers are starting
-    from grader.runner import Job, Result, SandboxRunner
+    from grader.records import Job, Result
+    from grader.runner import SandboxRunner
 
 MAX_ATTEMPTS = 2   # a submission whose worker process died is tried once more, then recorded as failed
 
@@ -44,7 +45,7 @@ def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result
     """
     from nbgrader.utils import parse_utc
 
-    from grader.runner import Job, Result
+    from grader.records import Job, Result
 
     jobs, skipped = [], []
     for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -247,7 +248,8 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     remove_killed_runs_leftovers(out, work, shard)
     template = prepare_course(out, source, sorted({job.assignment_id for job in chosen}), db_url, config_file, work)
     from grader.gradebook import late_penalty_plugin, record, recorded, stored_results, write_csv  # imports torch
-    from grader.runner import Result, SandboxRunner
+    from grader.records import Result
+    from grader.runner import SandboxRunner
 
     late = late_penalty_plugin(nbgrader_config(out, db_url, config_file))
     seed = secrets.randbits(63) if seed is None else seed

@@ -1,6 +1,6 @@
 """Run one notebook's code in the sandbox and bring back, as checked data, what each graded item returned.
 
-`execute(cells, items, cases, limits)` starts the harness (grader.harness) in a sandbox, reads its
+`execute(cells, items, cases, limits)` starts the harness (grader.sandbox.harness) in a sandbox, reads its
 frames, and enforces the wall clock of every step (a cell, or one item on all its cases) and of the
 whole notebook. When the sandbox dies or a step hangs, the sandbox is killed and started again with
 that step skipped: a crash in item k's cell costs item k (and whatever needs what that cell defines),
@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import select
 import signal
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from grader import sandbox
+from grader.sandbox import bwrap as sandbox
+from grader.sandbox.channel import Reader
+from grader.sandbox.limits import Limits
 from grader.checks.run import Outcome
 from grader.submission import Cell
-
-MAX_FRAME = 64 * 1024 * 1024
-_HEADER = struct.Struct(">cI")
-
 
 @dataclass
 class Execution:
@@ -49,37 +44,6 @@ class _Stop(Exception):
     def __init__(self, reason: str, step: tuple[str, str] | None) -> None:
         super().__init__(reason)
         self.reason, self.step = reason, step
-
-
-class _Reader:
-    """Frames from the harness's channel, with a deadline per read."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd, self.buffer = fd, bytearray()
-
-    def _fill(self, n: int, deadline: float) -> bool:
-        while len(self.buffer) < n:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
-                raise TimeoutError
-            chunk = os.read(self.fd, max(65536, min(n - len(self.buffer), 1 << 22)))
-            if not chunk:
-                return False
-            self.buffer += chunk
-        return True
-
-    def frame(self, deadline: float) -> tuple[bytes, bytes] | None:
-        """(kind, payload), or None at end of stream; TimeoutError at the deadline; ValueError if too large."""
-        if not self._fill(_HEADER.size, deadline):
-            return None
-        kind, length = _HEADER.unpack(bytes(self.buffer[:_HEADER.size]))
-        if length > MAX_FRAME:
-            raise ValueError(f"an output of {length / 2**20:.0f} MiB, more than the {MAX_FRAME // 2**20} MiB allowed")
-        if not self._fill(_HEADER.size + length, deadline):
-            return None
-        payload = bytes(self.buffer[_HEADER.size:_HEADER.size + length])
-        del self.buffer[:_HEADER.size + length]
-        return kind, payload
 
 
 # ----------------------------------------------------------------------------- checking what came back
@@ -121,7 +85,7 @@ def load_outcomes(payload: bytes, item: str, n_cases: int) -> list[Outcome]:
 
 
 # ----------------------------------------------------------------------------- why a sandbox ended
-def _exit_reason(code: int | None, limits: sandbox.Limits) -> str:
+def _exit_reason(code: int | None, limits: Limits) -> str:
     if code is None:
         return "the notebook's process stopped answering"
     signum = -code if code < 0 else code - 128 if code > 128 else 0
@@ -134,7 +98,7 @@ def _exit_reason(code: int | None, limits: sandbox.Limits) -> str:
     return f"the process exited with status {code} (os._exit, sys.exit in a thread, or a crash)"
 
 
-def memory_note(text: str, limits: sandbox.Limits) -> str:
+def memory_note(text: str, limits: Limits) -> str:
     """`text`, with the memory limit named when it tells of running out of memory."""
     if "memory limit of" in text:   # noted already (a cell's error, then the item's message that quotes it)
         return text
@@ -144,7 +108,7 @@ def memory_note(text: str, limits: sandbox.Limits) -> str:
 
 
 # ----------------------------------------------------------------------------- the loop
-def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits: sandbox.Limits,
+def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits: Limits,
             isolate: bool = True, import_transformers: bool = False) -> Execution:
     """Run `cells` and then every item in `items` on its `cases`, restarting past crashes and hangs."""
     result = Execution()
@@ -189,10 +153,10 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
             process.kill()
 
 
-def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list], limits: sandbox.Limits,
+def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list], limits: Limits,
              deadline: float) -> None:
     """Read one sandbox's frames to its end; raise _Stop when it has to be killed or died."""
-    reader = _Reader(process.channel)
+    reader = Reader(process.channel)
     step: tuple[str, str] | None = None
     step_deadline = deadline
     while True:

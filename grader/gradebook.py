@@ -26,7 +26,7 @@ from sqlalchemy import Column, Float, MetaData, String, Table, Text, UniqueConst
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from traitlets import Float as FloatTrait
 
-from grader.runner import Result
+from grader.records import Result
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox",
                "late_penalty"]

@@ -22,13 +22,11 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 import torch
 
-from grader import sandbox
 from grader.checks import ITEMS
 from grader.checks.cases import make_cases
 from grader.checks.compare import grade
@@ -36,59 +34,11 @@ from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
 from grader.course import ensure_alembic_on_path, nbgrader_config, new_folder, replace_dir, sqlite_url
 from grader.execution import Execution, execute, memory_note
 from grader.feedback import failure_page
+from grader.records import CellGrade, ItemScore, Job, Result
+from grader.sandbox.limits import Limits
 from grader.submission import Cell, SourceNotebook, code_cells, load_source, read_notebook
 
 SEEDS_PER_ITEM = 2
-
-
-@dataclass(frozen=True)
-class Job:
-    """One submission: SUBMISSIONS/<student_id>/<assignment_id>/ holding the assignment's notebooks."""
-
-    student_id: str
-    assignment_id: str
-    directory: Path
-    timestamp: str | None = None   # the contents of its timestamp.txt (nbgrader's submission time), if any
-
-
-@dataclass(frozen=True)
-class CellGrade:
-    """The autograded score of one graded cell (nbgrader `Grade`)."""
-
-    notebook: str
-    grade_id: str
-    auto_score: float | None
-    max_score: float
-    needs_manual_grade: bool = False
-
-
-@dataclass
-class Result:
-    """What grading one submission produced. status: "graded", "failed" (scores 0) or "skipped"."""
-
-    student_id: str
-    assignment_id: str
-    status: str
-    reason: str = ""
-    score: float = 0.0
-    max_score: float = 0.0
-    grades: list[CellGrade] = field(default_factory=list)
-    comments: dict[tuple[str, str], str] = field(default_factory=dict)
-    timestamp: str | None = None     # the submission's timestamp.txt (nbgrader's), as written there
-    seconds: float = 0.0
-    sandbox: str = ""
-    late_penalty: float = 0.0        # points off for lateness (nbgrader's late-submission plugin), in the gradebook
-
-
-@dataclass(frozen=True)
-class ItemScore:
-    """One graded item's points and the report shown under its test cell (and as the comment on its solution cell)."""
-
-    name: str
-    test_id: str
-    score: float
-    points: float
-    message: str
 
 
 def _round(points: float) -> float:
@@ -103,7 +53,7 @@ class SandboxRunner:
     for the instructor's explicit --no-sandbox; seed: the grading run's secret seed for the cases.
     """
 
-    def __init__(self, out: Path, template: Path, config_file: Path | None, limits: sandbox.Limits,
+    def __init__(self, out: Path, template: Path, config_file: Path | None, limits: Limits,
                  isolate: bool, seed: int) -> None:
         self.out = Path(out).resolve()
         self.template = Path(template).resolve()

@@ -232,9 +232,9 @@ def test_no_sandbox_is_explicit_and_recorded(tmp_path):
 # ------------------------------------------------------------------------------------------------
 
 def test_grading_stops_with_the_fix_when_the_sandbox_cannot_start(tmp_path, capsys, monkeypatch):
-    import grader.sandbox
+    import grader.sandbox.bwrap
 
-    monkeypatch.setattr(grader.sandbox.shutil, "which", lambda name: None)
+    monkeypatch.setattr(grader.sandbox.bwrap.shutil, "which", lambda name: None)
     (tmp_path / "sub").mkdir()
     assert main(["grade", str(tmp_path / "sub"), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -341,7 +341,7 @@ class DyingRunner:
     """A runner whose worker process dies on the submissions of student "killer" (picklable: module level)."""
 
     def run(self, job):
-        from grader.runner import Result
+        from grader.records import Result
 
         if job.student_id == "killer":
             import os
@@ -349,14 +349,14 @@ class DyingRunner:
         return Result(job.student_id, job.assignment_id, "graded", score=1.0, max_score=1.0)
 
     def failure(self, job, reason):
-        from grader.runner import Result
+        from grader.records import Result
 
         return Result(job.student_id, job.assignment_id, "failed", reason, 0.0, 1.0)
 
 
 def test_a_dying_worker_costs_only_its_own_submission(tmp_path):
     from grader.cli import grade_jobs
-    from grader.runner import Job
+    from grader.records import Job
 
     jobs = [Job(s, BROKEN_ON, tmp_path) for s in ("ann", "killer", "bob", "cat", "dan")]
     results = {r.student_id: r for r in grade_jobs(DyingRunner(), jobs, 2, tmp_path / "log", progress=False)}
@@ -368,7 +368,7 @@ def test_a_dying_worker_costs_only_its_own_submission(tmp_path):
 def test_the_summary_lists_failures_and_graded_submissions_with_a_note(tmp_path):
     """What an instructor of a large class reads at the end: the submissions that need a look, and why."""
     from grader.cli import Run, summary
-    from grader.runner import Result
+    from grader.records import Result
 
     rows = [Result("ann", BROKEN_ON, "graded", "", 12.0, 12.0),
             Result("cat", BROKEN_ON, "graded", "cell 15: the notebook's code wrote to the grader's channel", 0.0, 12.0),
@@ -442,7 +442,8 @@ def test_results_are_merged_into_the_gradebook_at_any_url(tmp_path):
 
     from grader.course import prepare_course, sqlite_url
     from grader.gradebook import record
-    from grader.runner import CellGrade, Job, Result, SandboxRunner
+    from grader.records import CellGrade, Job, Result
+    from grader.runner import SandboxRunner
     from grader.sandbox import Limits
 
     out, url = tmp_path / "out", sqlite_url(tmp_path / "elsewhere.db")

@@ -306,7 +306,7 @@ def test_concurrent_writers_lose_and_duplicate_no_rows(postgres, reference, base
 
     from grader.course import prepare_course
     from grader.gradebook import record
-    from grader.runner import CellGrade, Result
+    from grader.records import CellGrade, Result
 
     url = postgres.database("races")
     prepare_course(base / "races", SOLUTIONS, [ATTENTION], url, ROOT / "nbgrader_config.py")

@@ -8,7 +8,7 @@ and death with its parent. The kernel limits (setrlimit) and a seccomp filter (p
 BPF program) cover what namespaces do not: memory, CPU time, file size, and process creation.
 
 `Limits` says how much a submission may use; `command(...)` is the bwrap command line; `Sandbox.start`
-starts the harness (grader.harness) in it. With `isolate=False` (the instructor's explicit --no-sandbox)
+starts the harness (grader.sandbox.harness) in it. With `isolate=False` (the instructor's explicit --no-sandbox)
 the same harness runs as a plain child process with the same resource limits and no namespaces.
 """
 
@@ -18,7 +18,6 @@ import os
 import resource
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -27,72 +26,11 @@ from pathlib import Path
 
 import grader
 import transformer_ref
-
-GiB = 1024 ** 3
-MiB = 1024 ** 2
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one submission may use. Wall-clock limits are enforced by the grader (grader.execution);
-    the others by the kernel inside the sandbox."""
-
-    memory: int = 2 * GiB            # address space of the student's process (RLIMIT_AS)
-    cpu_seconds: int = 600           # CPU time of one sandbox process (RLIMIT_CPU)
-    file_size: int = 64 * MiB        # the largest file it may write (RLIMIT_FSIZE)
-    scratch: int = 256 * MiB         # size of each of its tmpfs folders (/tmp and the working folder)
-    cell_seconds: float = 60.0       # wall clock for one cell, or for one graded item on all its cases
-    submission_seconds: float = 600.0   # wall clock for a whole submission, restarts included
-
-    def describe_memory(self) -> str:
-        return f"{self.memory / GiB:g} GiB"
-
+from grader.sandbox.limits import Limits
+from grader.sandbox.seccomp import seccomp_program
 
 class SandboxUnavailable(RuntimeError):
     """bubblewrap is missing or cannot create namespaces on this machine."""
-
-
-# ----------------------------------------------------------------------------- seccomp: no new processes
-# A classic-BPF program over struct seccomp_data {int nr; u32 arch; u64 ip; u64 args[6]}: fork, vfork and
-# clone without CLONE_THREAD fail with EPERM (threads stay allowed: torch and Python need them), clone3
-# fails with ENOSYS (glibc then falls back to clone, whose flags this filter can read), and any other
-# architecture's system calls (i386 through int 0x80, the x32 ABI) fail.
-_LD_W_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
-_ALLOW, _ERRNO = 0x7FFF0000, 0x00050000
-_EPERM, _ENOSYS = 1, 38
-_CLONE_THREAD = 0x00010000
-_ARCHES = {  # audit arch -> (clone, clone3, fork-like system calls)
-    "x86_64": (0xC000003E, 56, 435, (57, 58)),
-    "aarch64": (0xC00000B7, 220, 435, ()),
-}
-
-
-def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
-    return struct.pack("<HBBI", code, jt, jf, k)
-
-
-def seccomp_program(machine: str | None = None) -> bytes | None:
-    """The BPF program for this machine's architecture, or None for one this module does not know."""
-    arch = _ARCHES.get(machine or os.uname().machine)
-    if arch is None:
-        return None
-    audit_arch, clone, clone3, forks = arch
-    deny, nosys, allow = _ERRNO | _EPERM, _ERRNO | _ENOSYS, _ALLOW
-    body = [_insn(_LD_W_ABS, 0)]                                   # A = nr
-    body.append(_insn(_JGE, 0x40000000, jt=0, jf=1))             # x32 ABI
-    body.append(_insn(_RET, deny))
-    for nr in forks:
-        body.append(_insn(_JEQ, nr, jt=0, jf=1))
-        body.append(_insn(_RET, deny))
-    body.append(_insn(_JEQ, clone3, jt=0, jf=1))
-    body.append(_insn(_RET, nosys))
-    body.append(_insn(_JEQ, clone, jt=0, jf=1 + 2))
-    body.append(_insn(_LD_W_ABS, 16))                              # A = low 32 bits of args[0] (flags)
-    body.append(_insn(_JSET, _CLONE_THREAD, jt=1, jf=0))
-    body.append(_insn(_RET, deny))
-    body.append(_insn(_RET, allow))
-    head = [_insn(_LD_W_ABS, 4), _insn(_JEQ, audit_arch, jt=1, jf=0), _insn(_RET, deny)]
-    return b"".join(head + body)
 
 
 # ----------------------------------------------------------------------------- the command line
@@ -180,13 +118,13 @@ class Process:
 
 
 def start(job: bytes, limits: Limits, isolate: bool = True) -> Process:
-    """Start `python -m grader.harness` (in bwrap when `isolate`), hand it `job` on stdin, return at once.
+    """Start `python -m grader.sandbox.harness` (in bwrap when `isolate`), hand it `job` on stdin, return at once.
 
-    The harness reports on file descriptor 3 (grader.harness.Channel); stdout and stderr (the student's
+    The harness reports on file descriptor 3 (grader.sandbox.channel); stdout and stderr (the student's
     prints, warnings) are discarded: they never cost points and never fill a disk.
     """
     read_end, write_end = os.pipe()
-    argv = [sys.executable, "-s", "-B", "-m", "grader.harness"]
+    argv = [sys.executable, "-s", "-B", "-m", "grader.sandbox.harness"]
     fds = [write_end]
     seccomp_read = None
     if isolate:
