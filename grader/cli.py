@@ -13,6 +13,7 @@ import ctypes
 import hashlib
 import multiprocessing
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -35,6 +36,11 @@ if TYPE_CHECKING:   # grader.runner imports torch: the main process imports it o
     from grader.runner import SandboxRunner
 
 MAX_ATTEMPTS = 2   # a submission whose worker process died is tried once more, then recorded as failed
+# The grading worker's own work on one submission (read, compare, diagnose, write feedback) besides the sandbox's
+# wall clock: seconds at most (a correct 03_attention takes about 1 s), and address space at most (a worker is
+# ~0.7 GiB after its imports; a submission's host-side data is bounded by grader.sandbox.wire to 64 MiB frames).
+HOST_SECONDS = 300.0
+WORKER_MEMORY = 4 * 2**30
 
 
 def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result]]:
@@ -108,13 +114,18 @@ def _init_worker(log_file: str, threads: int, parent: int) -> None:
     """Set up a worker process: its kernels get `threads` CPU threads each (the exercises' tensors are small;
     N workers with all cores each would only fight over them), and its stdout/stderr (and the kernels'
     chatter) go to a log file, away from the progress bar. It is killed when the main process dies (even
-    by kill -9), so a killed run leaves no worker behind writing into OUT while the next run grades."""
+    by kill -9), so a killed run leaves no worker behind writing into OUT while the next run grades. Its
+    address space is bounded by WORKER_MEMORY (a MemoryError there is the submission's failure, not the run's)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:   # the main process died before the line above
         os._exit(1)
+    if not any(Path("/dev").glob("nvidia*")):   # CUDA reserves far more address space than it uses: no bound there
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]    # the soft limit only: the sandbox sets its own
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY if hard == resource.RLIM_INFINITY
+                                                else min(WORKER_MEMORY, hard), hard))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -135,10 +146,27 @@ def start_pool(workers: int, log_file: Path) -> ProcessPoolExecutor:
     return pool
 
 
+class TookTooLong(Exception):
+    """A submission's grading went past its wall clock (job_seconds) and its worker process was killed."""
+
+
+def _guarded(runner: SandboxRunner, job: Job, seconds: float | None) -> Result:
+    """`runner.run(job)` in a worker, killed by the kernel (SIGALRM, default action: no Python code can catch
+    it or hold it off, not even a C loop that holds the GIL) when it takes longer than `seconds`."""
+    if seconds is not None:
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return runner.run(job)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
 def _run_pool(runner: SandboxRunner, jobs: list[Job], pool: ProcessPoolExecutor, workers: int,
-              done: Callable[[Result], None]) -> list[tuple[Job, BaseException]]:
+              done: Callable[[Result], None], job_seconds: float | None = None) -> list[tuple[Job, BaseException]]:
     """Run jobs in `pool` (shut down at the end), never more jobs in flight than workers, so that a worker
-    that dies takes down only the jobs it and its peers held. Returns those jobs with the error."""
+    that dies takes down only the jobs it and its peers held. Returns those jobs with the error: TookTooLong
+    for a job whose worker was killed at its wall clock of `job_seconds`."""
     broken: list[tuple[Job, BaseException]] = []
     queue = list(jobs)
     with pool:
@@ -146,15 +174,18 @@ def _run_pool(runner: SandboxRunner, jobs: list[Job], pool: ProcessPoolExecutor,
         while queue or running:
             while queue and len(running) < workers and not broken:
                 job = queue.pop(0)
-                running[pool.submit(runner.run, job)] = job
+                running[pool.submit(_guarded, runner, job, job_seconds)] = (job, time.monotonic())
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
-                job = running.pop(future)
+                job, started = running.pop(future)
                 try:
                     result = future.result()
                 except Exception as err:   # the worker process died (BrokenProcessPool) or failed to pickle
+                    if job_seconds is not None and time.monotonic() - started >= job_seconds:
+                        err = TookTooLong(f"grading it took more than {job_seconds:g} s, and its grading process "
+                                          f"was stopped")
                     broken.append((job, err))
                 else:
                     done(result)   # recording it may fail (the database is gone): that stops the run
@@ -168,14 +199,15 @@ BAR_FORMAT = ("{desc}: {n_fmt}/{total_fmt} submissions |{bar:20}| {percentage:3.
 
 def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: Path, progress: bool = True,
                pool: ProcessPoolExecutor | None = None,
-               on_result: Callable[[Result], None] | None = None) -> list[Result]:
+               on_result: Callable[[Result], None] | None = None, job_seconds: float | None = None) -> list[Result]:
     """Run `runner.run` on every job in `workers` separate processes, with a progress bar (the count, the
     rate and the time left).
 
     Results come back to this process as they finish and go to `on_result` at once (the caller records
     them). When a worker process dies, the pool is replaced and grading goes on; each job the dead pool
     held is tried once more on its own, and recorded as failed (with the reason) if its worker dies again.
-    The rest of the class is graded as usual.
+    A job that takes longer than `job_seconds` (None: no limit) has its worker killed and is recorded as
+    failed at once (its peers in that pool are tried again). The rest of the class is graded as usual.
     """
     results: list[Result] = []
     with tqdm(total=len(jobs), unit="submission", desc="grading", disable=not progress, file=sys.stderr,
@@ -190,14 +222,17 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
         pending = list(jobs)
         suspects: list[Job] = []
         while pending:                      # until a pool finishes without losing a worker
-            broken = _run_pool(runner, pending, pool or start_pool(workers, log_file), workers, done)
+            broken = _run_pool(runner, pending, pool or start_pool(workers, log_file), workers, done, job_seconds)
             pool = None
-            started = [job for job, err in broken if str(err) != "not started"]
-            suspects += started
+            for job, err in broken:
+                if isinstance(err, TookTooLong):
+                    done(runner.failure(job, str(err)))
+            suspects += [job for job, err in broken if str(err) != "not started" and not isinstance(err, TookTooLong)]
             pending = [job for job, err in broken if str(err) == "not started"]
         for job in suspects:                # each once more, alone
-            for _, err in _run_pool(runner, [job], start_pool(1, log_file), 1, done):
-                done(runner.failure(job, f"the grading process died twice ({type(err).__name__}: {err})"))
+            for _, err in _run_pool(runner, [job], start_pool(1, log_file), 1, done, job_seconds):
+                done(runner.failure(job, str(err) if isinstance(err, TookTooLong) else
+                                    f"the grading process died twice ({type(err).__name__}: {err})"))
     return results
 
 
@@ -263,8 +298,10 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
         if run.already:
             print(f"resuming: {run.already} of {len(mine)} submissions are in the gradebook already; grading the "
                   f"other {len(todo)} (--regrade grades them all)", flush=True)
+        notebooks = max([len(list((source / a).glob("*.ipynb"))) for a in {j.assignment_id for j in todo}] or [1])
         run.graded = grade_jobs(runner, todo, workers, log_file, progress, pool,
-                                on_result=lambda result: record(gb, result, late))
+                                on_result=lambda result: record(gb, result, late),
+                                job_seconds=notebooks * limits.submission_seconds + HOST_SECONDS)
     shutil.move(str(log_file), str(work / f"workers-{os.getpid()}.log"))
 
     def row(key: tuple[str, str]) -> Result:

@@ -4,22 +4,22 @@
 frames, and enforces the wall clock of every step (a cell, or one item on all its cases) and of the
 whole notebook. When the sandbox dies or a step hangs, the sandbox is killed and started again with
 that step skipped: a crash in item k's cell costs item k (and whatever needs what that cell defines),
-never the items before it. What comes back is untrusted: it is loaded with weights_only=True and every
-value must be a plain torch.Tensor (exact type), a number, a string, None, or a list or tuple of those.
+never the items before it. What comes back is untrusted: every frame is decoded by grader.sandbox.wire
+(JSON and safetensors, sizes and counts checked before anything is allocated), and every value is a plain
+torch.Tensor (exact type), a number, a short string, None, or a short list or tuple of those.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from grader.sandbox import bwrap as sandbox
+from grader.sandbox import wire
 from grader.sandbox.channel import Reader
 from grader.sandbox.limits import Limits
 from grader.checks.run import Outcome
@@ -47,36 +47,10 @@ class _Stop(Exception):
 
 
 # ----------------------------------------------------------------------------- checking what came back
-_LEAF_TYPES = (int, float, bool, str, type(None))
-
-
-def _plain(value: Any, depth: int = 0) -> bool:
-    if type(value) is torch.Tensor:
-        return True
-    if type(value) in _LEAF_TYPES:
-        return True
-    return type(value) in (list, tuple) and depth < 5 and all(_plain(v, depth + 1) for v in value)
-
-
-def _outcome(data: Any) -> Outcome:
-    if not isinstance(data, dict) or set(data) != {"value", "error", "mutated", "shortcut"}:
-        raise ValueError("malformed outcome")
-    error, shortcut, mutated = data["error"], data["shortcut"], data["mutated"]
-    if not (_plain(data["value"]) and type(error) in (str, type(None)) and type(shortcut) in (str, type(None))
-            and type(mutated) is list and all(type(m) is str for m in mutated)):
-        raise ValueError("an outcome holds something other than plain tensors, numbers and strings")
-    return Outcome(value=data["value"], error=error, mutated=list(mutated), shortcut=shortcut)
-
-
 def load_outcomes(payload: bytes, item: str, n_cases: int) -> list[Outcome]:
-    """The outcomes of `item` from an O frame; ValueError when they are not exactly what the grader accepts."""
-    try:
-        data = torch.load(io.BytesIO(payload), weights_only=True)
-    except Exception as err:
-        raise ValueError(f"unreadable outcomes ({type(err).__name__})") from err
-    if not isinstance(data, dict) or data.get("item") != item or type(data.get("outcomes")) is not list:
-        raise ValueError("outcomes for another item")
-    outcomes = [_outcome(d) for d in data["outcomes"]]
+    """The outcomes of `item` from an O frame (grader.sandbox.wire: checked against its limits before anything
+    is allocated); ValueError, with the reason, when they are not exactly what the grader accepts."""
+    outcomes = [Outcome(**data) for data in wire.decode(payload, item)]
     if len(outcomes) == 1 and outcomes[0].error is not None and n_cases != 1:
         outcomes = outcomes * n_cases                      # "not defined": the same error for every case
     if len(outcomes) != n_cases:
@@ -189,7 +163,7 @@ def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list]
             step, step_deadline = None, deadline
             continue
         try:
-            event = json.loads(payload)
+            event = wire.decode_event(payload)
         except ValueError:
             event = None
         # The harness opens a step only when none is open, ends only the open cell, and says "done" between

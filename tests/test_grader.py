@@ -319,22 +319,22 @@ class Liar(torch.Tensor):
 def test_outcomes_are_accepted_only_as_plain_data():
     import io
 
-    def saved(obj) -> bytes:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        return buffer.getvalue()
+    from grader.sandbox import wire
 
     good = {"value": (torch.ones(2), 3.0), "error": None, "mutated": [], "shortcut": None}
-    (outcome,) = load_outcomes(saved({"item": "f", "outcomes": [good]}), "f", 1)
+    (outcome,) = load_outcomes(wire.encode("f", [good]), "f", 1)
     assert type(outcome.value[0]) is torch.Tensor and outcome.value[1] == 3.0
+    (outcome,) = load_outcomes(wire.encode("f", [{**good, "value": torch.ones(2).as_subclass(Liar)}]), "f", 1)
+    assert outcome.value == "<test_grader.Liar object>"    # described on the sandbox side, never sent as a tensor
 
-    for bad in ({"item": "f", "outcomes": [{**good, "value": torch.ones(2).as_subclass(Liar)}]},
-                {"item": "g", "outcomes": [good]}, {"item": "f", "outcomes": [good, good]},
-                {"item": "f", "outcomes": [{**good, "error": 1}]}):
+    for frame in (wire.encode("g", [good]), wire.encode("f", [good, good])):
         with pytest.raises(ValueError):
-            load_outcomes(saved(bad), "f", 1)
-    with pytest.raises(ValueError):
-        load_outcomes(b"not a torch file", "f", 1)
+            load_outcomes(frame, "f", 1)
+    buffer = io.BytesIO()
+    torch.save({"item": "f", "outcomes": [good]}, buffer)   # the old format: a pickle is refused
+    for frame in (b"not a frame", buffer.getvalue()):
+        with pytest.raises(ValueError):
+            load_outcomes(frame, "f", 1)
 
 
 class DyingRunner:

@@ -1,5 +1,8 @@
 """Comparing a submission's outcomes with the reference: shape, dtype, device, NaN, then values with
-dtype-fit tolerances; naming a known mistake; partial credit per group of cases."""
+dtype-fit tolerances; naming a known mistake; partial credit per group of cases.
+
+The outcomes may come from the sandbox (grader.sandbox.wire bounds their size); every message quotes them
+through describe() and bounded() (grader.checks.results), so a report stays a few KB whatever was returned."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import torch
 
 from grader.checks.cases import Case, groups, single_threaded
 from grader.checks.item import Item, Mistake
-from grader.checks.results import Grade, GroupResult, Report, describe, row
+from grader.checks.results import Grade, GroupResult, Report, bounded, describe, row
 from grader.checks.run import Outcome, run_student
 
 TOLERANCES = {  # (rtol, atol): loose enough for any correct order of operations, tight enough
@@ -164,7 +167,7 @@ def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> R
         return Report(False, f"{item.name}: got {len(outcomes)} outcomes for {len(cases)} cases")
     for out in outcomes:
         if out.shortcut:
-            return Report(False, out.shortcut, shortcut=True)
+            return Report(False, bounded(out.shortcut), shortcut=True)
     if item.compare_fn is not None:
         return item.compare_fn(item, cases, outcomes)
     expected = reference_outcomes(item, cases)
@@ -174,9 +177,9 @@ def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> R
             continue
         problem, wrong_value = found
         if not wrong_value:
-            return Report(False, problem)
+            return Report(False, bounded(problem))
         message, mistake = _with_diagnosis(item, cases, outcomes, problem)
-        return Report(False, message, mistake=mistake.key if mistake else None)
+        return Report(False, bounded(message), mistake=mistake.key if mistake else None)
     return Report(True, f"{item.name}: all {len(cases)} cases pass.")
 
 
@@ -204,7 +207,7 @@ def grade(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Gra
     if len(outcomes) != len(cases):
         message = f"{item.name}: got {len(outcomes)} outcomes for {len(cases)} cases"
         return Grade(0.0, [GroupResult(g, False, message) for g in names], message)
-    shortcut = next((out.shortcut for out in outcomes if out.shortcut), None)
+    shortcut = next((bounded(out.shortcut) for out in outcomes if out.shortcut), None)
     if shortcut is not None:
         return Grade(0.0, [GroupResult(g, False, shortcut) for g in names], shortcut, shortcut=True)
     results, mistake_key = [], None
@@ -212,7 +215,7 @@ def grade(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Gra
         for g in names:
             picked = [i for i, c in enumerate(cases) if c.group == g]
             report = item.compare_fn(item, [cases[i] for i in picked], [outcomes[i] for i in picked])
-            results.append(GroupResult(g, report.passed, report.message))
+            results.append(GroupResult(g, report.passed, bounded(report.message)))
             mistake_key = mistake_key or (None if report.passed else report.mistake)
     else:
         expected = reference_outcomes(item, cases)
@@ -231,11 +234,11 @@ def grade(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Gra
                     mistake_key = mistake.key if mistake else None
                 else:
                     message = _message(problem, diagnosis[0])
-                results.append(GroupResult(g, False, message))
+                results.append(GroupResult(g, False, bounded(message)))
             else:
-                results.append(GroupResult(g, False, problem))
+                results.append(GroupResult(g, False, bounded(problem)))
     passed = sum(r.passed for r in results)
     verdict = f"{item.name}: {_verdict(results)}."
     first_failing = next((r for r in results if not r.passed), None)
     message = verdict if first_failing is None else f"{verdict}\n{first_failing.message}"
-    return Grade(passed / len(results) if results else 0.0, results, message, mistake_key)
+    return Grade(passed / len(results) if results else 0.0, results, bounded(message), mistake_key)

@@ -46,18 +46,45 @@ class Grade:
     shortcut: bool = False
 
 
+DESCRIBE_ITEMS = 4       # elements of a list or tuple that describe() names (then "and N more")
+DESCRIBE_DEPTH = 2       # levels of nesting it goes into
+DESCRIBE_CHARS = 300     # characters of a description, whatever the value (a message quotes it whole)
+MAX_MESSAGE = 4000       # characters of one item's report (its feedback cell and comment), whatever it quotes
+
+
 def describe(value: Any) -> str:
-    """A short description of what a submission returned."""
+    """A short description of what a submission returned: at most DESCRIBE_CHARS characters, and work
+    bounded by DESCRIBE_ITEMS ** DESCRIBE_DEPTH elements, however large or deeply nested the value is."""
+    text = _describe(value, 0)
+    return text if len(text) <= DESCRIBE_CHARS else text[:DESCRIBE_CHARS - 3] + "..."
+
+
+def _describe(value: Any, depth: int) -> str:
     if isinstance(value, torch.Tensor):
         return f"a tensor of shape {tuple(value.shape)}, dtype {value.dtype} on {value.device}"
     if isinstance(value, (tuple, list)):
-        return f"a {type(value).__name__} of {len(value)}: (" + ", ".join(describe(v) for v in value) + ")"
+        n = len(value)
+        if depth >= DESCRIBE_DEPTH:
+            return f"a {type(value).__name__} of {n}"
+        shown = [_describe(v, depth + 1) for v in value[:DESCRIBE_ITEMS]]
+        more = [f"and {n - DESCRIBE_ITEMS} more"] if n > DESCRIBE_ITEMS else []
+        return f"a {type(value).__name__} of {n}: (" + ", ".join(shown + more) + ")"
     if value is None:
         return "None (did you forget `return`?)"
     if type(value).__module__ == "numpy" and hasattr(value, "shape"):
         return f"{type(value).__name__} (numpy) of shape {tuple(value.shape)}: return a torch.Tensor"
-    text = f"{type(value).__name__} {value!r}"
+    if isinstance(value, str):   # repr of a prefix: the cost of a long string is its first characters
+        text = f"str {value[:60]!r}"
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        text = f"int of {value.bit_length()} bits"   # str() of a long int takes quadratic time
+    else:
+        text = f"{type(value).__name__} {value!r}"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE) -> str:
+    """`message` cut to `limit` characters (a report quotes student text: it stays small whatever that is)."""
+    return message if len(message) <= limit else message[:limit - 30] + "\n... (the rest is left out)"
 
 
 WIDTH = 80      # nbgrader validate keeps 83 characters of each line of an error (90 minus indent and "...")

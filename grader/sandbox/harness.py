@@ -13,9 +13,9 @@ reference a cell saves under another name is already the trip-wire. Reports go t
 descriptor 3 as frames (one byte of kind, four of length, the payload):
   b"S" {"cell": id} / {"item": name}        a step starts (the grader's clock for that step starts)
   b"E" {"cell": id, "error": str | None}    a cell finished
-  b"O" torch.save({"item", "outcomes"})      an item's outcomes: plain tensors, numbers, strings, lists
-Nothing here is trusted by the grader: it loads outcomes with weights_only=True, checks every type again,
-and compares with the reference in its own process.
+  b"O" wire.encode(item, outcomes)           an item's outcomes (grader.sandbox.wire: JSON + safetensors)
+Nothing here is trusted by the grader: it decodes every frame as hostile data (grader.sandbox.wire checks
+sizes, counts and types before allocating) and compares with the reference in its own process.
 """
 
 from __future__ import annotations
@@ -29,21 +29,10 @@ from typing import Any
 
 import torch
 
+from grader.sandbox import wire
 from grader.sandbox.channel import Channel
 
 MAX_TEXT = 2000   # characters of an error message sent back
-
-
-def plain(value: Any, depth: int = 0) -> Any:
-    """`value` as data the grader accepts: exact torch.Tensor (detached, contiguous copy), int, float, bool,
-    None, str, lists and tuples of those. Anything else becomes a string that describes it."""
-    if type(value) is torch.Tensor:
-        return value.detach().clone().contiguous()
-    if value is None or type(value) in (int, float, bool, str):
-        return value
-    if type(value) in (tuple, list) and depth < 4 and len(value) <= 64:
-        return type(value)(plain(v, depth + 1) for v in value)
-    return f"<{type(value).__module__}.{type(value).__qualname__} object>"
 
 
 def _strip_magics(source: str) -> str:
@@ -70,7 +59,8 @@ def run_cell(cell: dict, namespace: dict) -> str | None:
 
 
 def run_item(item: Any, namespace: dict, cases: list, wires: Any) -> list[dict]:
-    """Call the student's function or class on every case; outcomes as plain dicts."""
+    """Call the student's function or class on every case; outcomes as dicts (grader.sandbox.wire encodes them:
+    exact tensors, numbers, short strings, short lists and tuples; anything else is described in a string)."""
     from grader.checks.run import run_student
 
     impl = namespace.get(item.name)
@@ -81,7 +71,7 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any) -> list[dict]:
         outcomes = run_student(item, impl, cases, wires=wires, source="")
     except BaseException as err:  # the student's code broke the runner itself (e.g. patched it)
         return [{"value": None, "error": f"{type(err).__name__}: {err}"[:MAX_TEXT], "mutated": [], "shortcut": None}]
-    return [{"value": plain(o.value), "error": None if o.error is None else str(o.error)[:MAX_TEXT],
+    return [{"value": o.value, "error": None if o.error is None else str(o.error)[:MAX_TEXT],
              "mutated": [str(m) for m in o.mutated][:16], "shortcut": None if o.shortcut is None else str(o.shortcut)}
             for o in outcomes]
 
@@ -130,9 +120,7 @@ def main() -> None:
     for item in items:
         channel.event(b"S", item=item.name)
         outcomes = run_item(item, namespace, job["cases"][item.name], wires)
-        buffer = io.BytesIO()
-        torch.save({"item": item.name, "outcomes": outcomes}, buffer)
-        channel.send(b"O", buffer.getvalue())
+        channel.send(b"O", wire.encode(item.name, outcomes))
     channel.event(b"E", done=True)
 
 
