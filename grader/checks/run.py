@@ -16,7 +16,7 @@ from grader.checks.cases import Case, clone, same, single_threaded, tree_map
 from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
 from grader.checks.results import describe
-from grader.checks.shortcuts import Tripwires, find_shortcut, find_shortcut_in, shortcut_message
+from grader.checks.shortcuts import Tripwires, find_shortcut, find_shortcut_in, plain_outputs, shortcut_message
 
 
 @dataclass
@@ -39,14 +39,15 @@ class ArityError(TypeError):
 
 @single_threaded
 def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = True,
-                wires: Tripwires | None = None, source: str | None = None) -> list[Outcome]:
+                wires: Tripwires | None = None, source: str | None = None, strict: bool = False) -> list[Outcome]:
     """Run a submission on every case; never raises for anything the submission does.
 
     Inputs are cloned first and compared afterwards (in-place modification). With ``watch`` (the
     default) forbidden shortcuts are caught by tripwires -- `wires`, installed by the caller before
     any student code ran, or else a Tripwires(item.forbidden) installed for this run -- and by
     reading the source: `source` when given (e.g. the whole notebook), else the submission's own
-    source and its helpers' (when Python can find them).
+    source and its helpers' (when Python can find them). `strict` (the grading harness) also forbids
+    calls into the course's checking code while the submission runs.
     """
     static = None
     if watch:
@@ -55,28 +56,37 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
     outcomes = []
     with own or contextlib.nullcontext():
         for case in cases:
-            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None))
+            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None, strict))
     if static is not None:
         for out in outcomes:
             out.shortcut = out.shortcut or shortcut_message(item, static)
     return outcomes
 
 
-def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Outcome:
+def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool = False) -> Outcome:
     given = Case(case.label, *clone((case.args, case.kwargs)), case.init, case.state, case.train, case.group)
     out = Outcome()
     hits: list[str] = []
     try:
-        with (wires.watching(item) if wires is not None else contextlib.nullcontext([])) as hits:
-            value = _call(item, impl, given)
-        out.value = tree_map(lambda t: t.detach(), value)
+        with (wires.watching(item, strict) if wires is not None else contextlib.nullcontext([])) as hits:
+            # made plain while still watched: a tensor subclass's detach or __torch_function__ runs watched
+            out.value = plain_outputs(tree_map(lambda t: t.detach(), _call(item, impl, given)))
     except Exception as err:  # the student's exception becomes a message
         out.error = _format_exception(item, err)
     out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
                                                          (given.args, given.kwargs)) if not same(a, b)]
-    if hits:
+    tampered = wires.tampered() if wires is not None else None
+    if tampered:
+        out.shortcut = tampering_message(item, tampered)
+    elif hits:
         out.shortcut = shortcut_message(item, hits[0])
     return out
+
+
+def tampering_message(item: Item, what: str) -> str:
+    """What the student reads when the watch on shortcuts was changed while `item` ran."""
+    return (f"{item.name} changed the grader's watch on shortcuts while it ran ({what}); this item scores 0 "
+            f"while that is there.")
 
 
 def _format_exception(item: Item, err: BaseException) -> str:

@@ -8,8 +8,10 @@ each item (an item that hung or crashed is no longer among them; cells and items
 solution cell's id is its item's name). The job is read whole before any student code runs; after
 that stdin is empty, so `input()` gets EOF.
 
-Every trip-wire on a forbidden shortcut of the assignment is installed before the first cell runs, so a
-reference a cell saves under another name is already the trip-wire. Reports go to the grader on file
+Every trip-wire on a forbidden shortcut of the assignment is installed before the first cell runs (and put in
+place of every alias a course module bound when it was imported), so a reference a cell saves under another
+name is already the trip-wire; the profile hook and the PyTorch modes of grader.checks.shortcuts watch each
+item and every cell, and an item during which any of it was changed scores 0. Reports go to the grader on file
 descriptor 3 as frames (one byte of kind, four of length, the payload):
   b"S" {"cell": id} / {"item": name}        a step starts (the grader's clock for that step starts)
   b"E" {"cell": id, "error": str | None}    a cell finished
@@ -69,7 +71,7 @@ def run_cell(cell: dict, namespace: dict) -> str | None:
     return None
 
 
-def run_item(item: Any, namespace: dict, cases: list, wires: Any) -> list[dict]:
+def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = None) -> list[dict]:
     """Call the student's function or class on every case; outcomes as plain dicts."""
     from grader.checks.run import run_student
 
@@ -78,9 +80,11 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any) -> list[dict]:
         return [{"value": None, "error": f"`{item.name}` is not defined when the notebook has run",
                  "mutated": [], "shortcut": None}]
     try:
-        outcomes = run_student(item, impl, cases, wires=wires, source="")
+        outcomes = run_student(item, impl, cases, wires=wires, source="", strict=True)
     except BaseException as err:  # the student's code broke the runner itself (e.g. patched it)
         return [{"value": None, "error": f"{type(err).__name__}: {err}"[:MAX_TEXT], "mutated": [], "shortcut": None}]
+    if guard is not None:
+        guard.mark(item, outcomes)
     return [{"value": plain(o.value), "error": None if o.error is None else str(o.error)[:MAX_TEXT],
              "mutated": [str(m) for m in o.mutated][:16], "shortcut": None if o.shortcut is None else str(o.shortcut)}
             for o in outcomes]
@@ -101,6 +105,44 @@ class _AnyCell:
 
         names = ASSIGNMENTS[items[0].assignment] if items else ()
         self.forbidden = set.intersection(*(set(ITEMS[n].forbidden) for n in names)) if names else set()
+        self.forbidden_ops = set.intersection(*(set(ITEMS[n].forbidden_ops) for n in names)) if names else set()
+
+
+class _Guard:
+    """The grader's own modules and classes as they were before the first cell: after each item, any attribute
+    that is no longer the same object (a check, the runner or the trip-wires replaced through some module
+    path), or a grader function whose code was replaced, scores that item 0."""
+
+    def __init__(self) -> None:
+        self.snapshot = self._take()
+
+    @staticmethod
+    def _take() -> dict[tuple[str, str, str], int]:
+        taken = {}
+        for name, module in list(sys.modules.items()):
+            if not (name == "grader" or name.startswith("grader.")) or not hasattr(module, "__dict__"):
+                continue
+            for attr, value in list(vars(module).items()):
+                taken[(name, "", attr)] = id(value)
+                if isinstance(value, type) and value.__module__ == name:
+                    for member, inner in list(vars(value).items()):
+                        taken[(name, value.__qualname__, member)] = id(inner)
+        return taken
+
+    def changed(self) -> str | None:
+        from grader.checks.shortcuts import grader_code_changed
+
+        now = self._take()
+        changed = [".".join(p for p in key if p) for key, value in self.snapshot.items() if now.get(key) != value]
+        return (f"{changed[0]} was replaced" if changed else None) or grader_code_changed()
+
+    def mark(self, item: Any, outcomes: list) -> None:
+        from grader.checks.run import tampering_message
+
+        what = self.changed()
+        if what is not None:
+            for outcome in outcomes:
+                outcome.shortcut = tampering_message(item, what)
 
 
 def main() -> None:
@@ -117,8 +159,11 @@ def main() -> None:
             import transformers  # noqa: F401
         except ImportError:
             pass
-    wires = Tripwires(sorted({name for item in items for name in item.forbidden}))
+    # Installed after the course's modules are imported and before any student code: the trip-wires also
+    # replace every alias of a forbidden object that a module bound when it was imported (rebind).
+    wires = Tripwires(sorted({name for item in items for name in item.forbidden}), rebind=True)
     wires.install()
+    guard = _Guard()
 
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     with wires.watching(_AnyCell(items)):
@@ -129,7 +174,7 @@ def main() -> None:
             channel.event(b"E", cell=cell["id"], error=run_cell(cell, namespace))
     for item in items:
         channel.event(b"S", item=item.name)
-        outcomes = run_item(item, namespace, job["cases"][item.name], wires)
+        outcomes = run_item(item, namespace, job["cases"][item.name], wires, guard)
         buffer = io.BytesIO()
         torch.save({"item": item.name, "outcomes": outcomes}, buffer)
         channel.send(b"O", buffer.getvalue())
