@@ -126,6 +126,8 @@ def resolve(dotted: str) -> tuple[Any, str, Any] | None:
 # and `Tripwires.tampered()` says when any layer is no longer in place.
 
 GRADER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep   # .../grader/
+_TRUSTED_DIRS = tuple(dict.fromkeys((GRADER_DIR, os.path.join(sys.base_prefix, "lib") + os.sep,
+                                     os.path.join(sys.prefix, "lib") + os.sep)))
 _DETACH, _CLONE = torch._C.TensorBase.detach, torch._C.TensorBase.clone   # an immutable type: not patchable
 
 
@@ -281,8 +283,8 @@ class _Profile:
             if verdict == 1:
                 watched.hit(_dotted_of_code(frame.f_code, watched))
             elif verdict == 2 and watched.strict:
-                caller = frame.f_back
-                if caller is None or not caller.f_code.co_filename.startswith(GRADER_DIR):
+                caller = frame.f_back   # the grader's own calls, and the standard library's (contextlib) on its behalf
+                if caller is None or not caller.f_code.co_filename.startswith(_TRUSTED_DIRS):
                     watched.hit("grader")
         elif event == "c_call" and id(arg) in watched.builtins:
             watched.hit(watched.builtins[id(arg)][1])
