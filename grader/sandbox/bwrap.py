@@ -7,21 +7,19 @@ read-only binds of just the Python runtime and the course's two packages, fresh 
 and death with its parent. The kernel limits (setrlimit) and a seccomp filter (passed to bwrap as a
 BPF program) cover what namespaces do not: memory, CPU time, file size, and process creation.
 
-`Limits` says how much a submission may use; `command(...)` is the bwrap command line; `Sandbox.start`
-starts the harness (grader.sandbox.harness) in it. With `isolate=False` (the instructor's explicit --no-sandbox)
+`command(...)` is the bwrap command line; `launch` starts a program in it (grader.sandbox.forkserver
+starts the zygote that forks each run's harness). With `isolate=False` (the instructor's explicit --no-sandbox)
 the same harness runs as a plain child process with the same resource limits and no namespaces.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import grader
@@ -63,8 +61,9 @@ def command(argv: list[str], limits: Limits, seccomp_fd: int | None) -> list[str
     cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
             "--ro-bind-try", "/etc/localtime", "/etc/localtime"]
     # The scratch folders first: a runtime folder that lives under /tmp (a checkout there) is bound on top.
-    cmd += ["--size", str(limits.scratch), "--tmpfs", "/tmp",
-            "--size", str(limits.scratch), "--tmpfs", "/scratch", "--chdir", "/scratch"]
+    for folder in SCRATCH:
+        cmd += ["--size", str(limits.scratch), "--tmpfs", folder]
+    cmd += ["--chdir", SCRATCH[0]]
     for path in _runtime_paths():
         cmd += ["--ro-bind", path, path]
     cmd += ["--proc", "/proc", "--dev", "/dev"]
@@ -97,69 +96,39 @@ def _set_limits(limits: Limits) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
-@dataclass
-class Process:
-    """A started harness: its Popen and the read end of its report channel."""
-
-    popen: subprocess.Popen
-    channel: int          # file descriptor the grader reads frames from
-
-    def kill(self) -> None:
-        """Kill the sandbox and everything in it (its own process group and PID namespace)."""
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait()
-        try:
-            os.close(self.channel)
-        except OSError:   # closed already (kill is called again in a finally)
-            pass
+SCRATCH = ("/scratch", "/tmp")   # the sandbox's writable folders (sized tmpfs); the first is the working folder
 
 
-def start(job: bytes, limits: Limits, isolate: bool = True) -> Process:
-    """Start `python -m grader.sandbox.harness` (in bwrap when `isolate`), hand it `job` on stdin, return at once.
+SECCOMP_FD = 10    # where bwrap reads the seccomp program from, in the started process
 
-    The harness reports on file descriptor 3 (grader.sandbox.channel); stdout and stderr (the student's
-    prints, warnings) are discarded: they never cost points and never fill a disk.
-    """
-    read_end, write_end = os.pipe()
-    argv = [sys.executable, "-s", "-B", "-m", "grader.sandbox.harness"]
-    fds = [write_end]
-    seccomp_read = None
+
+def launch(argv: list[str], limits: Limits, isolate: bool, fds: dict[int, int], cwd: str) -> subprocess.Popen:
+    """Start `argv` (in bwrap when `isolate`) with the limits, the sandbox's environment and `fds` (number in
+    the child -> descriptor here); stdin, stdout and stderr are /dev/null: the student's prints never cost
+    points and never fill a disk. Its own session, so that killing its process group kills it all."""
+    fds = dict(fds)
+    program = seccomp_program(new_processes=True) if isolate else None
+    if program is not None:
+        seccomp_read, seccomp_write = os.pipe()
+        os.write(seccomp_write, program)
+        os.close(seccomp_write)
+        fds[SECCOMP_FD] = seccomp_read
     if isolate:
-        program = seccomp_program()
-        if program is not None:
-            seccomp_read, seccomp_write = os.pipe()
-            os.write(seccomp_write, program)
-            os.close(seccomp_write)
-            fds.append(seccomp_read)
-        argv = command(argv, limits, seccomp_read)
+        argv = command(argv, limits, SECCOMP_FD if program is not None else None)
 
     def child_setup() -> None:
         _set_limits(limits)
-        os.dup2(write_end, 3)
+        moved = {number: fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for number, fd in fds.items()}   # out of the way first
+        for number, fd in moved.items():
+            os.dup2(fd, number)
 
-    stdin_read, stdin_write = os.pipe()
-    popen = subprocess.Popen(argv, stdin=stdin_read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=environment(limits), pass_fds=(3, *fds), preexec_fn=child_setup,
-                             start_new_session=True, cwd="/" if isolate else tempfile.gettempdir())
-    for fd in (write_end, stdin_read, *([seccomp_read] if seccomp_read is not None else [])):
-        os.close(fd)
-    _write_all(stdin_write, job)
-    return Process(popen, read_end)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write the job to the harness's stdin and close it (a harness that died early is not an error here)."""
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    except BrokenPipeError:
-        pass
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=environment(limits), pass_fds=tuple(fds), preexec_fn=child_setup,
+                                start_new_session=True, cwd="/" if isolate else cwd)
     finally:
-        os.close(fd)
+        if program is not None:
+            os.close(fds[SECCOMP_FD])
 
 
 def probe(limits: Limits) -> None:
