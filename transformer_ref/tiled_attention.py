@@ -96,7 +96,7 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     the running state is kept in float32, as FlashAttention does. Fully masked query rows give zeros.
     """
     _check_tiled(q, k, v, mask, block_k, block_q, causal)  # arguments checked here
-    T_q, T_k = q.size(-2), k.size(-2)
+    T_q = q.size(-2)
     block_q = T_q if block_q is None else block_q
     mask = None if mask is None else torch.atleast_2d(mask)  # (..., T_q or 1, T_k or 1)
     tiles = [_attend_query_tile(q, k, v, mask, range(start, min(start + block_q, T_q)), block_k, causal)
