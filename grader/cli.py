@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from grader.course import (DEFAULT_CONFIG, DEFAULT_SOURCE, course_lock, ensure_alembic_on_path, prepare_course,
                            remove_leftovers, sqlite_url)
+from grader.inert import terminal_text
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable, probe
 
 if TYPE_CHECKING:   # grader.runner imports torch: the main process imports it only once its workers are starting
@@ -55,7 +56,8 @@ def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result
                 try:
                     when = parse_utc(stamp.read_text().strip()).isoformat() if stamp.is_file() else None
                 except (ValueError, OverflowError, OSError):
-                    print(f"python -m grader: {stamp} is not a timestamp; graded as not late", file=sys.stderr)
+                    print(f"python -m grader: {terminal_text(stamp)} is not a timestamp; graded as not late",
+                          file=sys.stderr)
                     when = None
                 jobs.append(Job(student.name, assignment.name, assignment.resolve(), when))
             else:
@@ -184,7 +186,7 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
             if on_result is not None:
                 on_result(result)
             results.append(result)
-            bar.set_postfix_str(f"{result.student_id}/{result.assignment_id}", refresh=False)
+            bar.set_postfix_str(terminal_text(f"{result.student_id}/{result.assignment_id}", 60), refresh=False)
             bar.update()
 
         pending = list(jobs)
@@ -283,7 +285,9 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
 
 def summary(run: Run, seconds: float, out: Path) -> str:
     """The closing lines: counts, then every submission not graded normally, with its reason, and every graded
-    one the grader noted something about (a limit hit, a locked cell edited, a shortcut, tampering)."""
+    one the grader noted something about (a limit hit, a locked cell edited, a shortcut, tampering). Student
+    ids (folder names) and reasons (which quote exceptions) are shown through grader.inert.terminal_text."""
+    t = terminal_text
     bad = [r for r in run.rows if r.status != "graded"]
     noted = [r for r in run.rows if r.status == "graded" and r.reason]
     lines = [f"graded {len(run.graded)} submissions in {seconds:.1f} s"
@@ -292,11 +296,11 @@ def summary(run: Run, seconds: float, out: Path) -> str:
                f"grades: {out / 'grades.csv'}, feedback: {out / 'feedback'}"]
     if bad:
         lines.append("not graded normally:")
-        lines += [f"  {r.student_id}/{r.assignment_id}: {r.status}: {r.reason or '(no reason given)'}"
+        lines += [f"  {t(r.student_id)}/{t(r.assignment_id)}: {r.status}: {t(r.reason or '(no reason given)')}"
                   for r in sorted(bad, key=lambda r: (r.status, r.student_id, r.assignment_id))]
     if noted:
         lines.append("graded, with a note worth a look:")
-        lines += [f"  {r.student_id}/{r.assignment_id}: {r.score:g} of {r.max_score:g}: {r.reason}"
+        lines += [f"  {t(r.student_id)}/{t(r.assignment_id)}: {r.score:g} of {r.max_score:g}: {t(r.reason)}"
                   for r in sorted(noted, key=lambda r: (r.student_id, r.assignment_id))]
     return "\n".join(lines)
 
