@@ -22,6 +22,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
@@ -41,29 +42,50 @@ MAX_ATTEMPTS = 2   # a submission whose worker process died is tried once more, 
 def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result]]:
     """Jobs for SUBMISSIONS/<student_id>/<assignment_id>/, and "skipped" results for unknown assignments.
 
-    A job's timestamp is its timestamp.txt (what nbgrader's submit writes and collect keeps with the
-    newest submission), as ISO in UTC; None without one, or when it cannot be read (then never late).
+    A job's timestamp is its timestamp.txt (what `python -m grader collect` writes from the exchange's record),
+    as ISO in UTC; None without one (a hand-in with no time: never late). A timestamp.txt that cannot be read as
+    a time is never taken as on time: the submission is not graded but listed as "needs review", with what the
+    file says (collect writes why there), until someone writes its time.
     """
-    from nbgrader.utils import parse_utc
-
     from grader.records import Job, Result
 
     jobs, skipped = [], []
     for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for assignment in sorted(p for p in student.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if assignment.name in known:
-                stamp = assignment / "timestamp.txt"
                 try:
-                    when = parse_utc(stamp.read_text().strip()).isoformat() if stamp.is_file() else None
-                except (ValueError, OverflowError, OSError):
-                    print(f"python -m grader: {terminal_text(stamp)} is not a timestamp; graded as not late",
-                          file=sys.stderr)
-                    when = None
+                    when = submission_time(assignment / "timestamp.txt")
+                except ValueError as err:
+                    skipped.append(Result(student.name, assignment.name, "needs review",
+                                          reason=f"the submission time is unknown, so it is not graded (neither on "
+                                                 f"time nor late): its timestamp.txt is not a time: {err}"))
+                    continue
                 jobs.append(Job(student.name, assignment.name, assignment.resolve(), when))
             else:
                 skipped.append(Result(student.name, assignment.name, "skipped",
                                       reason=f"no assignment {assignment.name!r} in the course source"))
     return jobs, skipped
+
+
+def submission_time(stamp: Path) -> str | None:
+    """The time in a submission's timestamp.txt as ISO in UTC; None when there is none. Raises ValueError with
+    what it says (its first line, printable) when it is there but is no time: a link, no plain file, text that
+    is not a time."""
+    from nbgrader.utils import parse_utc
+
+    if not os.path.lexists(stamp):
+        return None
+    try:
+        with open(os.open(stamp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+            if not S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError
+            text = f.read(1000).decode("utf-8", "replace").strip()
+    except OSError:
+        raise ValueError("(a link, or no readable file)") from None
+    try:
+        return parse_utc(text).isoformat()
+    except (ValueError, OverflowError, TypeError, LookupError):   # dateutil's errors, a time near year 1 or 9999
+        raise ValueError(terminal_text(text.splitlines()[0] if text else "(nothing)", 300)) from None
 
 
 def course_assignments(source: Path) -> set[str]:
@@ -336,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
-    from grader import export, release, similarity   # after grading: each module adds its command and its run(args)
-    for module in (export, release, similarity):
+    from grader import collect, export, release, similarity   # each module adds its command and its run(args)
+    for module in (collect, export, release, similarity):
         module.add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "grade":
