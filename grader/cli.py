@@ -332,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
-    from grader import export, release, similarity   # after grading: each module adds its command and its run(args)
-    for module in (export, release, similarity):
+    from grader import export, release, report, similarity   # after grading: each module adds its command and run(args)
+    for module in (export, release, report, similarity):
         module.add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "grade":
