@@ -50,8 +50,7 @@ import math
 import os
 import statistics
 import sys
-import tempfile
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -417,15 +416,26 @@ text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:ta
 """
 
 
-def _table(header: list[str], rows: list[list[str]], numeric: set[int]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{' class=n' if k in numeric else ''}>{html.escape(c)}</td>"
-                                    for k, c in enumerate(row)) + "</tr>" for row in rows)
+def _dicts(table: list[list[str]]) -> list[dict[str, str]]:
+    """A CSV table's rows as {column: value}."""
+    return [dict(zip(table[0], row)) for row in table[1:]]
+
+
+def _columns(rows: list[dict[str, str]], shown: dict[str, str], numeric: set[str]) -> str:
+    """An HTML table of some columns of `rows` (shown: column -> heading); every cell escaped."""
+    def td(key: str, value: str) -> str:
+        return f"<td{' class=n' if key in numeric else ''}>{html.escape(value)}</td>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in shown.values())
+    body = "".join("<tr>" + "".join(td(k, r[k]) for k in shown) + "</tr>" for r in rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _pct(x: str) -> str:
     return f"{float(x) * 100:.0f}%" if x else "–"
+
+
+def _label(key: str) -> str:
+    return key.replace("_", " ")
 
 
 def page(data: ClassData, t: Tables, below: float, source: str) -> str:
@@ -443,48 +453,57 @@ def page(data: ClassData, t: Tables, below: float, source: str) -> str:
     if data.unrostered:
         parts.append(f"<p class=note>Graded but not in the roster ({len(data.unrostered)}), counted in the "
                      f"statistics: {e(', '.join(data.unrostered))}.</p>")
-    a_rows, i_rows, m_rows = t.assignments[1:], t.items[1:], t.mistakes[1:]
+    assignments, items, mistakes = _dicts(t.assignments), _dicts(t.items), _dicts(t.mistakes)
     for a in data.assignments:
-        row = next(r for r in a_rows if r[0] == "class" and r[2] == a)
-        top = float(row[3])
-        parts.append(f"<h2 id=\"{e(a)}\">{e(a)}</h2>")
-        parts.append(f"<p>{row[5]} submissions of {row[4]} students: {row[6]} graded, {row[7]} failed to grade, "
-                     f"{row[8]} missing. Mean <b>{row[9] or '–'}</b>, median <b>{row[10] or '–'}</b> of {row[3]} "
-                     f"points; {row[13]} below {below:.0%} of the maximum; {row[14]} late.</p>")
+        row = next(r for r in assignments if r["scope"] == "class" and r["assignment"] == a)
+        top = float(row["max_score"])
+        parts.append(f'<h2 id="{e(a)}">{e(a)}</h2>'
+                     f"<p>{row['submissions']} submissions of {row['students']} students: {row['graded']} graded, "
+                     f"{row['failed_to_grade']} failed to grade, {row['missing']} missing. Mean "
+                     f"<b>{row['mean'] or '–'}</b>, median <b>{row['median'] or '–'}</b> of {row['max_score']} "
+                     f"points; {row['below']} below {below:.0%} of the maximum; {row['late']} late.</p>")
         finals = [s.final for s in data.submissions.values() if s.assignment == a]
         if finals:
-            parts.append(f'<img src="{_histogram_figure(histogram(finals, top), statistics.fmean(finals), statistics.median(finals), top, below * top)}" '
-                         f'alt="Histogram of the final scores of {e(a)}: {e(row[5])} submissions, mean {e(row[9])}, '
-                         f'median {e(row[10])} of {e(row[3])} points">')
-        sections = [r for r in a_rows if r[0] == "section" and r[2] == a]
+            figure = _histogram_figure(histogram(finals, top), statistics.fmean(finals), statistics.median(finals),
+                                       top, below * top)
+            parts.append(f'<img src="{figure}" alt="Histogram of the final scores of {e(a)}: {row["submissions"]} '
+                         f'submissions, mean {row["mean"]}, median {row["median"]} of {row["max_score"]} points">')
+        sections = [r for r in assignments if r["scope"] == "section" and r["assignment"] == a]
         if sections:
-            parts.append("<h3>By section</h3>" + _table(
-                ["section", "students", "submissions", "failed", "missing", "mean", "median", "below"],
-                [[r[1], r[4], r[5], r[7], r[8], r[9], r[10], r[13]] for r in sections], {1, 2, 3, 4, 5, 6, 7}))
-        items = [r for r in i_rows if r[0] == a]
-        parts.append("<h3>Items</h3>" + _table(
-            ["item", "points", "mean", "zeros", "facility", "discrimination", "lost points", "no known mistake"],
-            [[r[2], r[4], r[6], r[7], _pct(r[9]), _pct(r[10]), r[11], r[13]] for r in items], {1, 2, 3, 4, 5, 6, 7}))
+            parts.append("<h3>By section</h3>" + _columns(sections, {
+                "section": "section", "students": "students", "submissions": "submissions",
+                "failed_to_grade": "failed", "missing": "missing", "mean": "mean", "median": "median",
+                "below": "below"}, {"students", "submissions", "failed_to_grade", "missing", "mean", "median",
+                                    "below"}))
+        mine = [{**r, "facility": _pct(r["facility"]), "discrimination": _pct(r["discrimination"])}
+                for r in items if r["assignment"] == a]
+        parts.append("<h3>Items</h3>" + _columns(mine, {
+            "item": "item", "points": "points", "mean": "mean", "zeros": "zeros", "facility": "facility",
+            "discrimination": "discrimination", "failures": "lost points", "unexplained": "no known mistake"},
+            {"points", "mean", "zeros", "facility", "discrimination", "failures", "unexplained"}))
         bars = []
-        for r in items:
-            seen = [m for m in m_rows if m[0] == a and m[1] == r[2] and int(m[3]) > 0]
-            seen.sort(key=lambda m: -int(m[3]))
-            lines = [f"<li><b>{e(m[2].replace('_', ' '))}: {_pct(m[4])}</b> ({m[3]} of {m[5]}) "
-                     f"<span class=says>{e(m[6])}</span></li>" for m in seen]
-            if int(r[13]):
-                lines.append(f"<li>no known mistake explains {r[13]} of the {r[11]} that lost points</li>")
+        for r in mine:
+            seen = sorted((m for m in mistakes if m["assignment"] == a and m["item"] == r["item"]
+                           and int(m["students"])), key=lambda m: -int(m["students"]))
+            lines = [f"<li><b>{e(_label(m['mistake']))}: {_pct(m['share'])}</b> ({m['students']} of {m['graded']}) "
+                     f"<span class=says>{e(m['says'])}</span></li>" for m in seen]
+            if int(r["unexplained"]):
+                lines.append(f"<li>no known mistake explains {r['unexplained']} of the {r['failures']} that lost "
+                             f"points</li>")
             if lines:
-                parts.append(f"<p><b>{e(r[2])}</b></p><ul class=m>{''.join(lines)}</ul>")
-            bars += [(f"{r[2]}: {m[2].replace('_', ' ')}", float(m[4])) for m in seen]
+                parts.append(f"<p><b>{e(r['item'])}</b></p><ul class=m>{''.join(lines)}</ul>")
+            bars += [(f"{r['item']}: {_label(m['mistake'])}", float(m["share"])) for m in seen]
         if bars:
+            described = "; ".join(f"{label} {share:.0%}" for label, share in bars)
             parts.append(f'<img src="{_mistakes_figure(bars)}" alt="The named mistakes of {e(a)} and their share '
-                         f'of the graded submissions: ' + e("; ".join(f"{l} {s:.0%}" for l, s in bars)) + '">')
-    s_rows = t.students[1:]
-    parts.append(f"<h2 id=students>Students to look at ({len({r[0] for r in s_rows})})</h2>"
+                         f'of the graded submissions: {e(described)}">')
+    students = _dicts(t.students)
+    parts.append(f"<h2 id=students>Students to look at ({len({r['student_id'] for r in students})})</h2>"
                  f"<p class=note>Missing (in the class, no submission), failed to grade, or below {below:.0%} of "
                  f"the maximum.</p>")
-    parts.append(_table(["student", "name", "section", "assignment", "status", "final", "of", "reason"],
-                        [[r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[8]] for r in s_rows], {5, 6}))
+    parts.append(_columns(students, {"student_id": "student", "name": "name", "section": "section",
+                                     "assignment": "assignment", "status": "status", "final_score": "final",
+                                     "max_score": "of", "reason": "reason"}, {"final_score", "max_score"}))
     parts.append("<h2>How these are computed</h2><p class=note>Facility: the item's mean score over its points. "
                  "Discrimination: the correlation between the item's score and the rest of the assignment (the "
                  "total minus the item), over the graded submissions, as Moodle's quiz statistics define them; "
@@ -498,9 +517,9 @@ def page(data: ClassData, t: Tables, below: float, source: str) -> str:
 # ---------------------------------------------------------------------------------------------- writing
 
 def _write(path: Path, write) -> None:
-    """Write a file atomically (a reader never sees half of it)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+    """Write a file atomically (a reader never sees half of it), with the umask's permissions."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
         write(f)
     os.replace(tmp, path)
 
