@@ -239,14 +239,17 @@ class Run:
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
           config_file: Path | None = DEFAULT_CONFIG, limits: Limits = Limits(), isolate: bool = True,
           seed: int | None = None, assignments: list[str] | None = None, progress: bool = True,
-          shard: tuple[int, int] | None = None, regrade: bool = False) -> Run:
+          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None) -> Run:
     """Grade the submissions under `submissions` into the course directory `out`; see `main`.
 
     Only the submissions of `shard` (see in_shard), and of those only the ones the gradebook has no result
     for or has with another timestamp (a resubmission), unless `regrade`. Each result is committed to the
     gradebook as it comes. OUT/grades.csv is then written from the gradebook for the whole class (a
     submission no shard has recorded yet is "pending"); a shard also writes OUT/grades-K-of-N.csv with its
-    own submissions. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
+    own submissions. `assignments` and `students` choose what this run grades (grades.csv stays the whole class).
+    A recorded failure is graded again when its folder changed since (a notebook renamed or handed in again).
+    Every student the gradebook or SUBMISSIONS knows gets a "missing" row for each assignment handed in by
+    someone but not by them. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
     """
     from nbgrader.api import Gradebook
 
@@ -265,13 +268,15 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     ensure_alembic_on_path()
     course = course_assignments(source)
     everyone, skipped = discover(submissions, course)          # the class, for grades.csv
-    chosen = [job for job in everyone if not assignments or job.assignment_id in assignments]
+    chosen = [job for job in everyone if (not assignments or job.assignment_id in assignments)
+              and (not students or job.student_id in students)]
     mine = [job for job in chosen if in_shard(job.student_id, shard)]
     db_url = db_url or sqlite_url(out / "gradebook.db")
     work = out / ".work" / (f"shard-{shard[0]}-of-{shard[1]}" if shard else "")
     remove_killed_runs_leftovers(out, work, shard)
     template = prepare_course(out, source, sorted({job.assignment_id for job in chosen}), db_url, config_file, work)
-    from grader.gradebook import late_penalty_plugin, record, recorded, stored_results, write_csv  # imports torch
+    from grader.gradebook import (changed_since, failed_at, late_penalty_plugin, record, recorded,  # imports torch
+                                  stored_results, write_csv)
     from grader.records import Result
     from grader.runner import SandboxRunner
 
@@ -280,9 +285,10 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     runner = SandboxRunner(out, template, config_file, limits, isolate, seed)
     run = Run()
     with Gradebook(db_url) as gb:
-        done = {} if regrade else recorded(gb)
+        done, failed = ({}, {}) if regrade else (recorded(gb), failed_at(gb))
         todo = [job for job in mine if (job.student_id, job.assignment_id) not in done
-                or done[(job.student_id, job.assignment_id)] != job.timestamp]
+                or done[(job.student_id, job.assignment_id)] != job.timestamp
+                or changed_since(job.directory, failed.get((job.student_id, job.assignment_id)))]
         run.already = len(mine) - len(todo)
         if run.already:
             print(f"resuming: {run.already} of {len(mine)} submissions are in the gradebook already; grading the "
@@ -297,12 +303,29 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     # Shards take turns here, so the last one to write grades.csv has read every other shard's commits.
     with course_lock(out, db_url), Gradebook(db_url) as gb:
         stored = stored_results(gb)
-        write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped)
-    run.rows = [row((j.student_id, j.assignment_id)) for j in everyone if in_shard(j.student_id, shard)] \
-        + [r for r in skipped if in_shard(r.student_id, shard)]
+        handed = {(j.student_id, j.assignment_id) for j in everyone} | {
+            (r.student_id, r.assignment_id) for r in skipped if r.status != "skipped"}
+        missing = missing_rows(handed, {s.id for s in gb.students}, source)
+        write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped + missing)
+    concerned = [r for r in [row((j.student_id, j.assignment_id)) for j in chosen] + skipped + missing
+                 if (not assignments or r.assignment_id in assignments) and (not students or r.student_id in students)]
+    run.rows = [r for r in concerned if in_shard(r.student_id, shard)]
     if shard:
         write_csv(out / f"grades-{shard[0]}-of-{shard[1]}.csv", run.rows)
     return run
+
+
+def missing_rows(handed: set[tuple[str, str]], known: set[str], source: Path) -> list[Result]:
+    """A "missing" result (0 points) for each student of `known` or of `handed` ((student, assignment) pairs of
+    the submissions found) and each assignment someone handed in that the student did not."""
+    from grader.records import Result
+    from grader.submission import load_source
+
+    assignments = sorted({a for _, a in handed})
+    points = {a: sum(load_source(p).max_score for p in sorted((source / a).glob("*.ipynb"))) for a in assignments}
+    people = sorted(known | {s for s, _ in handed})
+    return [Result(s, a, "missing", "no submission", 0.0, points[a]) for s in people for a in assignments
+            if (s, a) not in handed]
 
 
 def summary(run: Run, seconds: float, out: Path) -> str:
@@ -352,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--no-sandbox", action="store_true",
                    help="run student code WITHOUT isolation (only for code you trust; recorded in grades.csv)")
     g.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
+    g.add_argument("--student", action="append", help="grade only this student's submissions (repeatable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--shard", type=parse_shard, default=None, metavar="K/N",
                    help="grade only the K-th of N parts of the class (by student id); run K = 1..N at once, "
@@ -372,6 +396,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(args.assignment) - course_assignments(args.source))
         if unknown:
             parser.error(f"--assignment must name an assignment in {args.source}; got {', '.join(unknown)}")
+    for student in args.student or []:
+        if not (args.submissions / student).is_dir():
+            parser.error(f"--student must name a folder of SUBMISSIONS; got {student!r} (no {args.submissions / student})")
     for name in ("timeout", "submission_timeout", "memory"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
@@ -380,7 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         run = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,
-                    not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade)
+                    not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade,
+                    args.student)
     except SandboxUnavailable as err:
         print(f"python -m grader: cannot start the sandbox: {err}\n{HOW_TO_FIX}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import csv
 import os
 import random
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from nbgrader.api import (Assignment, Comment, Grade, Gradebook, MissingEntry, Student, SubmittedAssignment,
@@ -185,6 +185,32 @@ def recorded(gb: Gradebook) -> dict[tuple[str, str], str | None]:
     rows = gb.db.execute(select(RESULTS.c.student_id, RESULTS.c.assignment, RESULTS.c.timestamp)).all()
     gb.db.rollback()   # end the read transaction
     return {(s, a): t for s, a, t in rows}
+
+
+def failed_at(gb: Gradebook) -> dict[tuple[str, str], datetime]:
+    """(student_id, assignment) -> when its recorded result, a failure, was graded (UTC, naive): a failed
+    submission whose files changed since is graded again (see changed_since)."""
+    rows = gb.db.execute(select(RESULTS.c.student_id, RESULTS.c.assignment, RESULTS.c.graded_at)
+                         .where(RESULTS.c.status == "failed")).all()
+    gb.db.rollback()
+    return {(s, a): datetime.fromisoformat(t) for s, a, t in rows}
+
+
+def changed_since(folder: Path, when: datetime | None, most: int = 1000) -> bool:
+    """Whether `folder` or a file in it (links not followed, at most `most` entries looked at) changed after
+    `when` (UTC, naive); a rename counts, as it changes the folder. False when `when` is None."""
+    if when is None:
+        return False
+    since = when.replace(tzinfo=timezone.utc).timestamp()
+    try:
+        if folder.lstat().st_mtime > since:
+            return True
+        for k, entry in enumerate(os.scandir(folder)):
+            if k >= most or entry.stat(follow_symlinks=False).st_mtime > since:
+                return k < most
+    except OSError:
+        return False
+    return False
 
 
 def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
