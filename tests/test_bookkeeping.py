@@ -104,3 +104,32 @@ def test_one_student_and_missing_rows(first, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "grader", "grade", str(submissions), "--out", str(tmp_path / "o"),
                           "--student", "zed"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "--student must name a folder of SUBMISSIONS; got 'zed'" in bad.stderr
+
+
+def test_a_due_date_set_in_the_repository_is_found_and_a_missing_one_is_said(tmp_path):
+    """README step 3 runs nbgrader in the repository: `nbgrader db assignment add --duedate` writes the
+    gradebook next to nbgrader_config.py, not OUT's. The grader takes it from there (and says so)."""
+    from datetime import datetime
+
+    from nbgrader.api import Gradebook
+
+    from grader.course import ensure_alembic_on_path
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(ROOT / "nbgrader_config.py", repo / "nbgrader_config.py")
+    submissions = tmp_path / "submitted"
+    folder = _hand_in(submissions, "ann", {f"{ASSIGNMENT}.ipynb": SOLUTION})
+    (folder / "timestamp.txt").write_text("2026-03-03 12:00:00.000000 UTC")   # two days and 2 hours late
+    quiet = _grade(submissions, tmp_path / "out1", "--config", str(repo / "nbgrader_config.py"))
+    assert f"{ASSIGNMENT} has no due date, so no submission of it is late" in quiet.stderr
+    assert float(_rows(tmp_path / "out1")["ann"]["late_penalty"]) == 0
+    ensure_alembic_on_path()     # nbgrader makes a new gradebook with alembic
+    with Gradebook(f"sqlite:///{repo / 'gradebook.db'}") as gb:
+        gb.update_or_create_assignment(ASSIGNMENT, duedate=datetime(2026, 3, 1, 10, 0))
+    proc = _grade(submissions, tmp_path / "out2", "--config", str(repo / "nbgrader_config.py"))
+    assert f"the due date of {ASSIGNMENT} (2026-03-01 10:00 UTC) is taken from {repo / 'gradebook.db'}" in proc.stderr
+    ann = _rows(tmp_path / "out2")["ann"]
+    assert float(ann["late_penalty"]) == pytest.approx(0.3 * float(ann["score"])), ann   # 10% per day or part
+    with Gradebook(f"sqlite:///{tmp_path / 'out2' / 'gradebook.db'}") as gb:
+        assert gb.find_assignment(ASSIGNMENT).duedate == datetime(2026, 3, 1, 10, 0), "kept in OUT's gradebook"
