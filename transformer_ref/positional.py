@@ -2,7 +2,7 @@
 
 - Absolute: the sinusoidal encoding of Vaswani et al. 2017 (section 3.5) and learned embeddings.
 - Relative: the clipped relative position representations of Shaw et al. 2018 (key and value terms),
-  and the memory-efficient "skewing" of Huang et al. 2018 (Music Transformer, section 3.4.1).
+  and the memory-efficient "skewing" of Huang et al. 2019 (Music Transformer, section 3.4.1).
 - Rotary: the rotary position embedding (RoPE) of Su et al. 2021.
 
 Mask convention (everywhere in this package): bool tensors, True = may attend, broadcastable to
@@ -216,7 +216,7 @@ def _check_rel_logits(rel_logits: torch.Tensor) -> None:
 
 
 def skew(rel_logits: torch.Tensor) -> torch.Tensor:
-    """Huang et al. 2018 (Music Transformer, section 3.4.1): turn logits indexed by relative distance
+    """Huang et al. 2019 (Music Transformer, section 3.4.1): turn logits indexed by relative distance
     into logits indexed by absolute key position, with a pad and a reshape instead of an
     (L, L, d) gather.
 
@@ -260,7 +260,7 @@ def _check_relative_table(q: torch.Tensor, rel_emb: torch.Tensor) -> None:
 
 
 def relative_logits_skewed(q: torch.Tensor, rel_emb: torch.Tensor) -> torch.Tensor:
-    """Relative logits S[i, j] = q_i . E[j - i + L - 1] in O(L^2) memory (Huang et al. 2018).
+    """Relative logits S[i, j] = q_i . E[j - i + L - 1] in O(L^2) memory (Huang et al. 2019).
 
     q: (..., L, d). rel_emb E: one row per distance, from the most negative up:
     (L, d) causal (distances -(L-1) .. 0) or (2L - 1, d) bidirectional (-(L-1) .. L-1).
