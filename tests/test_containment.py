@@ -363,6 +363,34 @@ def test_nothing_outlives_process_kill(how):
     assert all(not d.exists() for d in group.dirs.values()), "the cgroup is removed"
 
 
+def test_a_cgroup_left_by_a_dead_grading_process_is_killed_and_removed(monkeypatch):
+    where = _needs_cgroup()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with monkeypatch.context() as patch:          # a cgroup as a worker killed with kill -9 would leave it
+        patch.setattr(cgroup.os, "getpid", lambda: gone.pid)
+        group = where.create(64 * MiB, 8)
+    left = subprocess.Popen(["sleep", "600"], preexec_fn=group.enter)
+    try:
+        assert group.members() == [left.pid]
+        assert group.dirs["memory"] in where.remove_stale()
+        assert left.wait(timeout=10) == -9
+        assert all(not d.exists() for d in group.dirs.values())
+    finally:
+        left.kill()
+        left.wait()
+        if group.dirs["memory"].exists():
+            group.remove()
+
+
+def test_the_exit_reason_names_the_memory_limit_when_the_cgroup_killed():
+    from grader.execution import _exit_reason
+
+    assert "over the memory limit of 2 GiB" in _exit_reason(137, Limits(), over_memory=True)
+    assert "over the memory limit of 2 GiB" in _exit_reason(None, Limits(), over_memory=True)
+    assert "crashed (SIGBUS)" in _exit_reason(-7, Limits())
+
+
 def _alive(pids: list[int], seconds: float = 5.0) -> list[int]:
     """Those of `pids` still running after `seconds` (a killed process has left its cgroup while it exits, and
     is then a zombie until whoever inherited it reaps it: neither holds memory or runs)."""
@@ -432,3 +460,86 @@ def test_the_probe_says_what_is_lost_without_a_cgroup(monkeypatch):
     monkeypatch.setattr(cgroup, "hierarchy", unavailable)
     notice = bwrap.probe(Limits())
     assert notice and "not by --memory" in notice and "Delegate=yes" in notice and "Slurm" in notice, notice
+
+
+# ------------------------------------------------------------------------------------------------
+# Through `python -m grader grade`
+# ------------------------------------------------------------------------------------------------
+
+# Fills every folder it can write (4 GiB asked of each, 32 MiB a file), then takes memory until it is stopped.
+SHM_HOG = '''import os
+def _fill(folder, total=4 * 2 ** 30):
+    chunk = b"x" * (32 * 2 ** 20)
+    try:
+        for i in range(total // len(chunk)):
+            with open(os.path.join(folder, f"hog-{i}"), "wb") as f:
+                f.write(chunk)
+    except OSError:
+        pass
+for _folder in ("/dev/shm", "/dev", "/tmp", "."):
+    _fill(_folder)
+def _take():
+    blocks = []
+    while True:
+        blocks.append(torch.ones(2 ** 26))   # 256 MiB at a time
+_take()'''
+# Clears its parent-death signal, tries to attach to the sandbox's PID 1, and becomes a sleeping program that
+# holds the grader's channel open.
+SURVIVE = '''import ctypes, os
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl(1, 0, 0, 0, 0)
+_libc.ptrace(16, 1, 0, 0)
+os.execvp("sleep", ["sleep", "{MARKER}"])'''
+
+
+class _SharedMemory:
+    """The host's shared memory (Shmem in /proc/meminfo: tmpfs and shm pages) sampled while a run lasts."""
+
+    def __init__(self) -> None:
+        self.baseline = self.peak = self._now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _now() -> int:
+        line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("Shmem:"))
+        return int(line.split()[1]) * 1024
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self._now())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak - self.baseline
+
+
+@pytest.mark.slow
+def test_grading_a_hog_and_a_survivor(tmp_path):
+    from test_sandbox_attacks import (ASSIGNMENT, CLASS, FULL, NONE, Context, _read_rows, edited, grade, item_scores,
+                                      submit, with_cell)
+
+    marker = str(800000 + uuid.uuid4().int % 99999)
+    students = {"correct": CLASS["correct"][0], "shm_hog": edited("dot_product_attention", before=SHM_HOG),
+                "survivor": with_cell(SURVIVE.replace("{MARKER}", marker))}
+    ctx = Context(tmp_path / "submitted", tmp_path / "graded", "unused", 9)
+    submit(ctx.submissions, students, ctx)
+    shared = _SharedMemory()
+    proc = grade(ctx.submissions, ctx.out, workers=2)
+    grown = shared.stop()
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rows = _read_rows(ctx.out)
+    assert set(rows) == set(students) and all(r["status"] == "graded" for r in rows.values()), rows
+    scores = item_scores(ctx.out, students)
+    assert scores["correct"] == FULL
+    assert scores["shm_hog"][0] == 0.0, scores
+    page = (ctx.out / "feedback" / "shm_hog" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text()
+    assert "memory limit of 2 GiB" in page, page[-3000:]
+    assert scores["survivor"] == NONE, "it uses ctypes"
+    assert not _sleeping(marker), "the survivor outlived its sandbox"
+    # each of 2 sandboxes at once holds at most its three sized tmpfs folders (/tmp, /scratch, /dev/shm)
+    bound = 2 * 3 * Limits().scratch + 256 * MiB
+    assert grown <= bound, f"the host's shared memory grew by {grown / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB)"
+    print(f"host shared memory grew by at most {grown / MiB:.0f} MiB while grading")

@@ -4,6 +4,7 @@ and a kill that nothing in the sandbox survives.
     hierarchy()          where this process may make cgroups (v2 delegated subtree, or v1 as root);
                          raises CgroupUnavailable with what is missing
     Hierarchy.create()   a new cgroup with the limits, made by the host before the sandbox starts
+    Hierarchy.remove_stale()   what a grading process killed with kill -9 left behind (run by hierarchy())
     Cgroup.enter()       called in the child before exec (preexec): the sandbox starts inside it
     Cgroup.kill()        every process in it, then `Cgroup.remove()`
     Cgroup.peak_memory(), Cgroup.over_memory()   what it used, and whether the kernel killed for memory
@@ -172,6 +173,30 @@ class Hierarchy:
     def describe(self) -> str:
         return f"cgroup v{self.version} under {self.bases['memory']}"
 
+    def remove_stale(self) -> list[Path]:
+        """Kill and remove the sandboxes' cgroups of grading processes that died without removing them (a worker
+        killed with kill -9): whatever is still in them was left behind. Returns the ones removed."""
+        removed = []
+        for d in sorted(self.bases["memory"].glob("sandbox-*-*")):
+            try:
+                owner = int(d.name.split("-")[1])
+                os.kill(owner, 0)
+                continue                            # its grading process is alive: its own to remove
+            except ValueError:
+                continue                            # not a name this module makes
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            group = Cgroup(self.version, {c: base / d.name for c, base in self.bases.items()})
+            try:
+                group.kill()
+                group.remove()
+                removed.append(d)
+            except (OSError, RuntimeError):
+                pass                                # another grader removed it first, or it will next time
+        return removed
+
     def create(self, memory: int, pids: int) -> Cgroup:
         """A new, empty cgroup allowed `memory` bytes (swap included, where the kernel counts it) and `pids`
         processes and threads."""
@@ -272,7 +297,9 @@ def hierarchy() -> Hierarchy:
     reasons = []
     for find in (_v2, _v1):
         try:
-            return find()
+            found = find()
+            found.remove_stale()
+            return found
         except CgroupUnavailable as err:
             reasons.append(str(err))
         except OSError as err:
