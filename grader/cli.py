@@ -22,12 +22,14 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
 from grader.course import (DEFAULT_CONFIG, DEFAULT_SOURCE, course_lock, ensure_alembic_on_path, prepare_course,
                            remove_leftovers, sqlite_url)
+from grader.inert import terminal_text
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable, probe
 
 if TYPE_CHECKING:   # grader.runner imports torch: the main process imports it only once its workers are starting
@@ -40,28 +42,50 @@ MAX_ATTEMPTS = 2   # a submission whose worker process died is tried once more, 
 def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result]]:
     """Jobs for SUBMISSIONS/<student_id>/<assignment_id>/, and "skipped" results for unknown assignments.
 
-    A job's timestamp is its timestamp.txt (what nbgrader's submit writes and collect keeps with the
-    newest submission), as ISO in UTC; None without one, or when it cannot be read (then never late).
+    A job's timestamp is its timestamp.txt (what `python -m grader collect` writes from the exchange's record),
+    as ISO in UTC; None without one (a hand-in with no time: never late). A timestamp.txt that cannot be read as
+    a time is never taken as on time: the submission is not graded but listed as "needs review", with what the
+    file says (collect writes why there), until someone writes its time.
     """
-    from nbgrader.utils import parse_utc
-
     from grader.records import Job, Result
 
     jobs, skipped = [], []
     for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for assignment in sorted(p for p in student.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if assignment.name in known:
-                stamp = assignment / "timestamp.txt"
                 try:
-                    when = parse_utc(stamp.read_text().strip()).isoformat() if stamp.is_file() else None
-                except (ValueError, OverflowError, OSError):
-                    print(f"python -m grader: {stamp} is not a timestamp; graded as not late", file=sys.stderr)
-                    when = None
+                    when = submission_time(assignment / "timestamp.txt")
+                except ValueError as err:
+                    skipped.append(Result(student.name, assignment.name, "needs review",
+                                          reason=f"the submission time is unknown, so it is not graded (neither on "
+                                                 f"time nor late): its timestamp.txt is not a time: {err}"))
+                    continue
                 jobs.append(Job(student.name, assignment.name, assignment.resolve(), when))
             else:
                 skipped.append(Result(student.name, assignment.name, "skipped",
                                       reason=f"no assignment {assignment.name!r} in the course source"))
     return jobs, skipped
+
+
+def submission_time(stamp: Path) -> str | None:
+    """The time in a submission's timestamp.txt as ISO in UTC; None when there is none. Raises ValueError with
+    what it says (its first line, printable) when it is there but is no time: a link, no plain file, text that
+    is not a time."""
+    from nbgrader.utils import parse_utc
+
+    if not os.path.lexists(stamp):
+        return None
+    try:
+        with open(os.open(stamp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+            if not S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError
+            text = f.read(1000).decode("utf-8", "replace").strip()
+    except OSError:
+        raise ValueError("(a link, or no readable file)") from None
+    try:
+        return parse_utc(text).isoformat()
+    except (ValueError, OverflowError, TypeError, LookupError):   # dateutil's errors, a time near year 1 or 9999
+        raise ValueError(terminal_text(text.splitlines()[0] if text else "(nothing)", 300)) from None
 
 
 def course_assignments(source: Path) -> set[str]:
@@ -184,7 +208,7 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
             if on_result is not None:
                 on_result(result)
             results.append(result)
-            bar.set_postfix_str(f"{result.student_id}/{result.assignment_id}", refresh=False)
+            bar.set_postfix_str(terminal_text(f"{result.student_id}/{result.assignment_id}", 60), refresh=False)
             bar.update()
 
         pending = list(jobs)
@@ -285,7 +309,9 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
 
 def summary(run: Run, seconds: float, out: Path) -> str:
     """The closing lines: counts, then every submission not graded normally, with its reason, and every graded
-    one the grader noted something about (a limit hit, a locked cell edited, a shortcut, tampering)."""
+    one the grader noted something about (a limit hit, a locked cell edited, a shortcut, tampering). Student
+    ids (folder names) and reasons (which quote exceptions) are shown through grader.inert.terminal_text."""
+    t = terminal_text
     bad = [r for r in run.rows if r.status != "graded"]
     noted = [r for r in run.rows if r.status == "graded" and r.reason]
     lines = [f"graded {len(run.graded)} submissions in {seconds:.1f} s"
@@ -294,11 +320,11 @@ def summary(run: Run, seconds: float, out: Path) -> str:
                f"grades: {out / 'grades.csv'}, feedback: {out / 'feedback'}"]
     if bad:
         lines.append("not graded normally:")
-        lines += [f"  {r.student_id}/{r.assignment_id}: {r.status}: {r.reason or '(no reason given)'}"
+        lines += [f"  {t(r.student_id)}/{t(r.assignment_id)}: {r.status}: {t(r.reason or '(no reason given)')}"
                   for r in sorted(bad, key=lambda r: (r.status, r.student_id, r.assignment_id))]
     if noted:
         lines.append("graded, with a note worth a look:")
-        lines += [f"  {r.student_id}/{r.assignment_id}: {r.score:g} of {r.max_score:g}: {r.reason}"
+        lines += [f"  {t(r.student_id)}/{t(r.assignment_id)}: {r.score:g} of {r.max_score:g}: {t(r.reason)}"
                   for r in sorted(noted, key=lambda r: (r.student_id, r.assignment_id))]
     return "\n".join(lines)
 
@@ -334,8 +360,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
-    from grader import export, release, similarity   # after grading: each module adds its command and its run(args)
-    for module in (export, release, similarity):
+    from grader import collect, export, release, report, similarity   # each module adds its command and its run(args)
+    for module in (collect, export, release, report, similarity):
         module.add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "grade":

@@ -32,6 +32,7 @@ DEFAULT_SOURCE = REPO_ROOT / "solutions"
 DEFAULT_CONFIG = REPO_ROOT / "nbgrader_config.py"
 FEEDBACK_PREPROCESSORS = [
     "nbgrader.preprocessors.GetGrades",
+    "grader.feedback.InertComments",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
     "grader.feedback.RedactHiddenTests",
 ]

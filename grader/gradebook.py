@@ -204,13 +204,17 @@ def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
 
 def write_csv(path: Path, results: list[Result]) -> None:
     """grades.csv, one row per submission, sorted by student then assignment; written to a temporary file
-    and renamed, so a reader (or a run killed meanwhile) never sees half a file."""
+    and renamed, so a reader (or a run killed meanwhile) never sees half a file. Every cell goes through
+    grader.inert.csv_cell: a student id or reason that starts like a formula is not one."""
+    from grader.inert import csv_cell
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in sorted(results, key=lambda r: (r.student_id, r.assignment_id)):
-            writer.writerow([r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}",
-                             r.status, r.reason, f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}"])
+            writer.writerow([csv_cell(x) for x in (
+                r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}", r.status, r.reason,
+                f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}")])
     os.replace(tmp, path)

@@ -33,7 +33,7 @@ from grader.checks.compare import grade
 from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
 from grader.course import ensure_alembic_on_path, nbgrader_config, new_folder, replace_dir, sqlite_url
 from grader.execution import Execution, execute, memory_note
-from grader.feedback import failure_page
+from grader.feedback import failure_page, inert_pages
 from grader.records import CellGrade, ItemScore, Job, Result
 from grader.sandbox.limits import Limits
 from grader.submission import Cell, SourceNotebook, code_cells, load_source, read_notebook
@@ -209,6 +209,7 @@ class SandboxRunner:
         converter.start()
         if not (ws / "feedback" / job.student_id / job.assignment_id).exists():
             raise RuntimeError("nbgrader generate_feedback produced no feedback")
+        inert_pages(ws / "feedback" / job.student_id / job.assignment_id)   # grader.inert: no student markup
         for step in ("autograded", "feedback"):
             src = ws / step / job.student_id / job.assignment_id
             if src.exists():

@@ -1,11 +1,13 @@
 """Containment by the kernel: the seccomp filter, the sandbox's cgroup, sized tmpfs, and a kill nothing survives.
 
-The filter is read twice without a sandbox: in libseccomp's own decoding (PFC), and by running the exported
-BPF program on each system call here. Then each denied call is made for real inside a sandbox (through
-grader.sandbox.bwrap's own command line), a normal torch workload runs unaffected, memory written where
-RLIMIT_AS does not see it (/dev/shm, /tmp, /dev, a memfd, a nested namespace's tmpfs) is bounded, and a
-process that tries to outlive its sandbox is gone after `Process.kill()`. Last, a class with a shared-memory
-hog and a survivor is graded through `python -m grader grade`.
+Both filters (the sandbox's, under which the zygote may fork, and the run's, which forbids new processes)
+are read twice without a sandbox: in libseccomp's own decoding (PFC), and by running the exported BPF
+program on each system call here. Then each denied call is made for real in a run of the zygote
+(grader.sandbox.forkserver, as grading makes one), a normal torch workload runs unaffected, memory written
+where RLIMIT_AS does not see it (/dev/shm, /tmp, /dev, a memfd, a nested namespace's tmpfs) is bounded and
+gone before the next run, the cgroup stops a tmpfs larger than the memory limit, and a run that tries to
+outlive its sandbox is gone once its zygote is stopped or killed. Last, a class with a shared-memory hog and
+a survivor is graded through `python -m grader grade`.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_containment.py
 """
@@ -13,9 +15,9 @@ hog and a survivor is graded through `python -m grader grade`.
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
-import select
 import struct
 import subprocess
 import sys
@@ -26,7 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from grader.sandbox import bwrap, cgroup, seccomp
+import torch
+
+from grader.sandbox import bwrap, cgroup, forkserver, seccomp
+from grader.sandbox.channel import Reader
 from grader.sandbox.limits import GiB, MiB, Limits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +39,7 @@ X86_64 = os.uname().machine == "x86_64"
 AUDIT_ARCH_X86_64, AUDIT_ARCH_I386 = 0xC000003E, 0x40000003
 ALLOW, KILL_PROCESS = 0x7FFF0000, 0x80000000
 EPERM, ENOSYS = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+LIMITS = Limits(cell_seconds=60.0, submission_seconds=120.0)
 CLONE_THREADS = 0x003D0F00      # what glibc's pthread_create passes (CLONE_VM | CLONE_FS | ... | CLONE_THREAD ...)
 
 # The calls the brief names, each with what the filter must answer.
@@ -41,9 +47,9 @@ MUST_DENY = ("ptrace", "process_vm_readv", "process_vm_writev", "io_uring_setup"
              "io_uring_register", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "request_key",
              "unshare", "setns", "mount", "umount2", "pivot_root", "fsopen", "fsmount", "move_mount", "open_tree",
              "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module", "reboot", "swapon",
-             "swapoff", "acct", "quotactl", "name_to_handle_at", "open_by_handle_at", "memfd_create", "fork",
-             "vfork")
-MUST_ALLOW = ("read", "write", "openat", "mmap", "munmap", "mprotect", "futex", "execve", "sched_getaffinity",
+             "swapoff", "acct", "quotactl", "name_to_handle_at", "open_by_handle_at", "memfd_create")
+NEW_PROCESSES = ("fork", "vfork", "execve", "execveat")   # the run's filter only
+MUST_ALLOW = ("read", "write", "openat", "mmap", "munmap", "mprotect", "futex", "sched_getaffinity",
               "getrandom", "clock_gettime", "prctl", "setsid", "socket", "rt_sigaction")
 
 
@@ -91,31 +97,39 @@ def _run_bpf(program: bytes, nr: int, arch: int = AUDIT_ARCH_X86_64, args: tuple
 
 
 # ------------------------------------------------------------------------------------------------
-# The filter, decoded (no sandbox)
+# The filters, decoded (no sandbox)
 # ------------------------------------------------------------------------------------------------
 
-def test_libseccomp_decodes_a_deny_rule_for_each_call():
-    pfc = seccomp.describe()
-    for name in MUST_DENY:
+@pytest.mark.parametrize("new_processes", [True, False], ids=["sandbox", "run"])
+def test_libseccomp_decodes_a_deny_rule_for_each_call(new_processes):
+    pfc = seccomp.describe(new_processes)
+    denied = MUST_DENY + (() if new_processes else NEW_PROCESSES)
+    for name in denied:
         block = pfc.split(f'# filter for syscall "{name}"')
         assert len(block) == 2, f"{name} has no rule in the filter"
         assert block[1].split("# filter for")[0].count("action ERRNO(1);") >= 1, (name, block[1][:200])
+    for name in (NEW_PROCESSES if new_processes else ()):
+        assert f'syscall "{name}"' not in pfc, f"the zygote must be allowed {name}"
     assert 'syscall "clone3"' in pfc and "action ERRNO(38);" in pfc
     assert "# invalid architecture action\naction KILL_PROCESS;" in pfc, "another architecture is killed"
 
 
 @pytest.mark.skipif(not X86_64, reason="the system-call numbers and audit architecture below are x86_64's")
-def test_the_exported_program_answers_each_call():
-    program = seccomp.program()
+@pytest.mark.parametrize("new_processes", [True, False], ids=["sandbox", "run"])
+def test_the_exported_program_answers_each_call(new_processes):
+    program = seccomp.program(new_processes)
     for name in MUST_DENY:
         assert _run_bpf(program, _nr(name)) == EPERM, name
     for name in MUST_ALLOW:
         assert _run_bpf(program, _nr(name)) == ALLOW, name
+    for name in NEW_PROCESSES:
+        assert _run_bpf(program, _nr(name)) == (ALLOW if new_processes else EPERM), name
     assert _run_bpf(program, _nr("clone3")) == ENOSYS
     clone = _nr("clone")
+    process = ALLOW if new_processes else EPERM
     assert _run_bpf(program, clone, args=(CLONE_THREADS,)) == ALLOW, "a thread"
-    assert _run_bpf(program, clone, args=(0x11,)) == EPERM, "a process (SIGCHLD, what fork() passes)"
-    assert _run_bpf(program, clone, args=(0x11 | (1 << 40),)) == EPERM, "high bits do not hide a process"
+    assert _run_bpf(program, clone, args=(0x11,)) == process, "a process (SIGCHLD, what fork() passes)"
+    assert _run_bpf(program, clone, args=(0x11 | (1 << 40),)) == process, "high bits do not hide a process"
     for flag in seccomp.CLONE_NEW.values():
         assert _run_bpf(program, clone, args=(CLONE_THREADS | flag,)) == EPERM, hex(flag)
         assert _run_bpf(program, clone, args=(flag | 0x11,)) == EPERM, hex(flag)
@@ -128,37 +142,8 @@ def test_the_exported_program_answers_each_call():
 
 
 # ------------------------------------------------------------------------------------------------
-# Inside a real sandbox
+# Inside a real sandbox: a run of the zygote (grader.sandbox.forkserver), as grading makes one
 # ------------------------------------------------------------------------------------------------
-
-def _sandboxed(code: str, limits: Limits = Limits(), *extra: str) -> bwrap.Process:
-    """`code` started by grader.sandbox.bwrap.start in a sandbox of its own; it reports on file descriptor 3."""
-    return bwrap.start(b"", limits, True, [sys.executable, "-s", "-B", "-c", code, *extra])
-
-
-def _report(process: bwrap.Process, seconds: float = 120) -> dict:
-    """The JSON object the sandbox writes on its channel, once it is whole ({} when the sandbox ends first)."""
-    text, deadline = b"", time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.channel], [], [], max(0.0, deadline - time.monotonic()))
-        chunk = os.read(process.channel, 1 << 16) if ready else b""
-        if not chunk:
-            break
-        text += chunk
-        try:
-            return json.loads(text)
-        except ValueError:
-            continue
-    return {}
-
-
-def _run(code: str, limits: Limits = Limits(), seconds: float = 120) -> tuple[dict, bwrap.Process]:
-    process = _sandboxed(code, limits)
-    try:
-        return _report(process, seconds), process
-    finally:
-        process.kill()
-
 
 def _needs_cgroup() -> cgroup.Hierarchy:
     where = bwrap.containment()
@@ -170,10 +155,50 @@ def _needs_cgroup() -> cgroup.Hierarchy:
     return where
 
 
+@pytest.fixture(scope="module")
+def server():
+    server = forkserver.ForkServer(LIMITS, isolate=True)
+    yield server
+    server.stop()
+
+
+def _job(sources: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"items": [], "cells": [{"id": f"c{k}", "source": s} for k, s in enumerate(sources)],
+                "skip_cells": [], "cases": {}, "import_transformers": False}, buffer)
+    return buffer.getvalue()
+
+
+def _reports(run: forkserver.Run, cells: int, seconds: float = 120) -> list[dict]:
+    """What each of the first `cells` cells reported (a cell reports by raising REPORT + JSON; {}: it did not),
+    once the last of them has ended or the run has."""
+    found: list[dict] = []
+    reader, deadline = Reader(run.channel), time.monotonic() + seconds
+    while len(found) < cells and (frame := reader.frame(deadline)) is not None:
+        event = json.loads(frame[1])
+        if frame[0] == b"E" and "cell" in event:
+            error = event["error"] or ""
+            found.append(json.loads(error.split("REPORT", 1)[1]) if "REPORT" in error else {"error": error})
+    return found + [{}] * (cells - len(found))
+
+
+def _run(server: forkserver.ForkServer, code: str, seconds: float = 120) -> tuple[dict, forkserver.Run]:
+    """`code` as the one cell of a run; what it reported, and the ended run."""
+    run = server.start(_job([code]))
+    try:
+        report = _reports(run, 1, seconds)[0]
+        run.wait(30)
+        return report, run
+    finally:
+        run.kill()
+
+
 REPORT = '''
 import json, os
+class Report(Exception):
+    pass
 def report(value):
-    os.write(3, json.dumps(value).encode())
+    raise Report("REPORT" + json.dumps(value))
 '''
 
 SYSCALLS = REPORT + '''
@@ -182,7 +207,8 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 CALLS = {  # name: (x86_64 number, arguments)
     "ptrace": (101, (16, 1, 0, 0)),                 # PTRACE_ATTACH to the sandbox's PID 1
-    "process_vm_readv": (310, (1, 0, 0, 0, 0, 0)),
+    "ptrace_zygote": (101, (16, os.getppid(), 0, 0)),
+    "process_vm_readv": (310, (os.getppid(), 0, 0, 0, 0, 0)),
     "io_uring_setup": (425, (8, 0)),
     "bpf": (321, (0, 0, 0)),
     "perf_event_open": (298, (0, 0, -1, -1, 0)),
@@ -194,32 +220,67 @@ CALLS = {  # name: (x86_64 number, arguments)
     "mount": (165, (0, 0, 0, 0, 0)),
     "memfd_create": (319, (0, 0)),
     "fork": (57, ()),
+    "vfork_as_clone": (56, (0x4111, 0, 0, 0, 0)),   # CLONE_VM | CLONE_VFORK | SIGCHLD
     "clone3": (435, (0, 0)),
     "clone_process": (56, (17, 0, 0, 0, 0)),        # SIGCHLD: what fork() asks clone for
+    "execve": (59, (0, 0, 0)),                      # EFAULT if it were allowed
+    "execveat": (322, (-100, 0, 0, 0, 0)),
 }
 result = {}
 for name, (nr, args) in CALLS.items():
     ctypes.set_errno(0)
     rc = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
     result[name] = [rc, errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))]
-try:
-    os.fork()
-    result["os.fork"] = "forked"
-except OSError as err:
-    result["os.fork"] = errno.errorcode[err.errno]
+for name, call in (("os.fork", os.fork), ("os.execv", lambda: os.execv("/usr/bin/true", ["true"])),
+                   ("posix_spawn", lambda: os.posix_spawn("/usr/bin/true", ["true"], {}))):
+    try:
+        call()
+        result[name] = "ran"
+    except OSError as err:
+        result[name] = errno.errorcode[err.errno]
 report(result)
 '''
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not X86_64, reason="the system-call numbers in the sandboxed script are x86_64's")
-def test_each_denied_call_is_refused_inside_the_sandbox():
-    result, _ = _run(SYSCALLS)
-    assert result, "the sandbox reported nothing"
-    for name, (rc, code) in ((n, v) for n, v in result.items() if n != "os.fork"):
+def test_each_denied_call_is_refused_in_a_run(server):
+    result, _ = _run(server, SYSCALLS)
+    assert "error" not in result and result, result
+    for name, (rc, code) in ((n, v) for n, v in result.items() if not n.startswith(("os.", "posix"))):
         expected = "ENOSYS" if name == "clone3" else "EPERM"
         assert (rc, code) == (-1, expected), f"{name}: returned {rc} with {code}"
-    assert result["os.fork"] == "EPERM"
+    assert (result["os.fork"], result["os.execv"], result["posix_spawn"]) == ("EPERM",) * 3, result
+
+
+SANDBOX_ONLY = '''
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+result = {"ptrace": libc.ptrace(16, 1, 0, 0), "unshare": libc.unshare(0x10000000),
+          "memfd_create": libc.memfd_create(b"x", 0)}
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+result["fork"] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+os.write(3, json.dumps(result).encode())
+'''
+
+
+@pytest.mark.slow
+def test_the_zygotes_sandbox_is_filtered_too_and_may_fork():
+    """bwrap loads the sandbox's filter before the zygote starts: the zygote may fork, nothing else."""
+    read, write = os.pipe()
+    try:
+        popen = bwrap.launch([sys.executable, "-s", "-B", "-c", SANDBOX_ONLY], LIMITS, True, {3: write},
+                             cwd=bwrap.SCRATCH[0])
+    finally:
+        os.close(write)
+    try:
+        assert popen.wait(timeout=60) == 0
+        result = json.loads(os.read(read, 4096))
+    finally:
+        os.close(read)
+    assert result == {"ptrace": -1, "unshare": -1, "memfd_create": -1, "fork": 7}, result
 
 
 TORCH_WORKLOAD = REPORT + '''
@@ -242,9 +303,10 @@ report({"product": math.isfinite(product), "rows": torch.allclose(weights.sum(-1
 
 
 @pytest.mark.slow
-def test_a_normal_torch_workload_is_unaffected():
-    result, _ = _run(TORCH_WORKLOAD)
+def test_a_normal_torch_workload_is_unaffected(server):
+    result, run = _run(server, TORCH_WORKLOAD)
     assert result == {"product": True, "rows": True, "grad": True, "threads": 8, "batches": 5}, result
+    assert not run.over_memory()
 
 
 # Writes up to 1 GiB (in files of 32 MiB: RLIMIT_FSIZE bounds one file) where RLIMIT_AS does not look.
@@ -271,96 +333,107 @@ else:
     result["nested"] = [-1, os.strerror(ctypes.get_errno())]
 report(result)
 '''
+LEFT = REPORT + 'report({folder: os.listdir(folder) for folder in ("/dev/shm", "/tmp", "/scratch")})'
 
 
 @pytest.mark.slow
-def test_memory_outside_the_address_space_is_bounded():
-    limits = Limits()
-    result, process = _run(FILL, limits)
-    assert result, f"the sandbox reported nothing (killed for memory: {process.over_memory()})"
+def test_memory_outside_the_address_space_is_bounded_and_emptied_after_each_run(server):
+    result, run = _run(server, FILL)
+    assert result and "error" not in result, f"the run reported {result} (killed for memory: {run.over_memory()})"
     for folder in ("/dev/shm", "/tmp", "/scratch"):
         written, error = result[folder]
-        assert written <= limits.scratch and error and "No space left" in error, (folder, result[folder])
+        assert written <= LIMITS.scratch and error and "No space left" in error, (folder, result[folder])
     assert result["/dev"][0] == 0 and "Read-only" in result["/dev"][1], result["/dev"]
     assert result["memfd"][0] == -1, result["memfd"]
     assert result["nested"][0] == -1, result["nested"]
-    if bwrap.containment() is not None:
-        assert process.peak_memory is not None and process.peak_memory <= limits.cgroup_memory, process.peak_memory
+    group = server.group
+    if group is not None:
+        assert group.peak_memory() <= LIMITS.cgroup_memory, group.peak_memory()
+    left, _ = _run(server, LEFT)
+    assert left == {"/dev/shm": [], "/tmp": [], "/scratch": []}, f"the next run sees {left}"
+    assert server.group is group, "the same zygote ran both"
 
 
 TMP_HOG = REPORT + '''
-import os
-report({"started": True})
 CHUNK = b"x" * (32 * 2 ** 20)
-for i in range(64):                       # 2 GiB of files in /tmp, which may hold 4 GiB
+for i in range(127):                      # 4 GiB of files in /tmp, which may hold 4 GiB
     with open(f"/tmp/hog-{i}", "wb") as f:
         f.write(CHUNK)
-os.write(3, b"]")                         # never reached: the JSON above would not parse
+report({"wrote": 64})                     # never reached
 '''
 
 
 @pytest.mark.slow
 def test_the_cgroup_counts_tmpfs_and_kills_at_its_limit():
-    """A tmpfs larger than the memory limit: the cgroup, not the tmpfs size, stops it."""
+    """A tmpfs larger than the memory limit: the cgroup, not the tmpfs size, stops the run, and says so."""
     _needs_cgroup()
-    limits = Limits(memory=512 * MiB, scratch=4 * GiB)
-    process = _sandboxed(TMP_HOG, limits)
+    limits = Limits(scratch=4 * GiB, cell_seconds=60.0, submission_seconds=120.0)   # the cgroup: 2.5 GiB
+    hogged = forkserver.ForkServer(limits, isolate=True)
     try:
-        report = _report(process)
-        code = process.popen.wait(timeout=60)
-        assert report == {"started": True}, report
-        assert process.over_memory(), "the kernel killed for memory"
-        assert code in (-9, 137), code
+        report, run = _run(hogged, TMP_HOG)
+        assert report == {}, report
+        assert run.returncode in (-9, None), run.returncode   # the run killed, or the zygote with it
+        assert run.over_memory(), "the kernel killed for memory"
+        group = hogged.group
+        if group is not None:                                   # the zygote lived on: the next run has it all
+            assert group.peak_memory() <= limits.cgroup_memory + 16 * MiB, group.peak_memory()
+        left, _ = _run(hogged, LEFT)
+        assert left == {"/dev/shm": [], "/tmp": [], "/scratch": []}, left
+        print(f"the hog's run ended with {run.returncode} (None: its zygote was killed and restarted)")
     finally:
-        process.kill()
-    assert process.peak_memory <= limits.cgroup_memory + 16 * MiB, process.peak_memory
+        hogged.stop()
 
 
+# Clears its parent-death signal, leaves the zygote's session, tries ptrace on PID 1 and on the zygote, starts
+# threads and ignores SIGTERM and SIGHUP; the next cell keeps the process alive (after killing the zygote,
+# in the variant).
 SURVIVOR = REPORT + """
-import ctypes, os, signal, sys, threading, time
+import ctypes, os, signal, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
-tried = {"pdeathsig": libc.prctl(1, 0, 0, 0, 0)}          # PR_SET_PDEATHSIG 0: no signal when bwrap dies
+tried = {"pdeathsig": libc.prctl(1, 0, 0, 0, 0)}          # PR_SET_PDEATHSIG 0: no signal when the zygote dies
 try:
     os.setsid()
     tried["setsid"] = "new session"
 except OSError as err:
     tried["setsid"] = err.strerror
 tried["ptrace_pid1"] = libc.ptrace(16, 1, 0, 0)          # PTRACE_ATTACH to bwrap's PID 1, to clear its own
+tried["ptrace_zygote"] = libc.ptrace(16, os.getppid(), 0, 0)
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 signal.signal(signal.SIGHUP, signal.SIG_IGN)
 for _ in range(8):
     threading.Thread(target=lambda: [time.sleep(0.05) for _ in iter(int, 1)]).start()
 report(tried)
-os.close(3)
-if sys.argv[2] == "exec":
-    os.execvp("sleep", ["sleep", sys.argv[1]])            # the harness's process, now a sleeping program
-while True:                                               # or Python itself, with its threads running
-    time.sleep(1)
 """
+STAY = {"stopped": "import time\nwhile True:\n    time.sleep(1)",
+        "zygote_killed": "import os, signal, time\nos.kill(os.getppid(), signal.SIGKILL)\nwhile True:\n    time.sleep(1)"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["exec", "threads"])
-def test_nothing_outlives_process_kill(how):
+@pytest.mark.parametrize("how", sorted(STAY))
+def test_nothing_of_a_survivor_outlives_its_sandbox(how):
+    """`stopped`: the grader stops the zygote while the run survives; `zygote_killed`: the run kills its own
+    zygote, so that nothing would wait for it. Either way its cgroup is killed and removed."""
     _needs_cgroup()
-    marker = str(900000 + uuid.uuid4().int % 99999)
-    process = _sandboxed(SURVIVOR, Limits(), marker, how)
-    group = process.group
+    survived = forkserver.ForkServer(LIMITS, isolate=True)
     try:
-        tried = _report(process, 60)
-        assert tried["ptrace_pid1"] == -1 and tried["pdeathsig"] == 0, tried
-        deadline = time.monotonic() + 20
-        while how == "exec" and not _sleeping(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        run = survived.start(_job([SURVIVOR, STAY[how]]))
+        tried = _reports(run, 1, 60)[0]
+        assert tried.get("ptrace_pid1") == -1 and tried["ptrace_zygote"] == -1 and tried["pdeathsig"] == 0, tried
+        group = survived.group
         members = group.members()
-        assert len(members) >= 3, f"bwrap, its PID 1 and the survivor are in the cgroup: {members}"
-        if how == "exec":
-            assert _sleeping(marker), "the survivor is running before the kill"
+        assert len(members) >= 3, f"bwrap, the zygote and the run are in the cgroup: {members}"
+        if how == "stopped":
+            survived.stop()
+        else:
+            assert run.wait(30) is None, "the zygote died: no exit status"
+        run.kill()
+        assert survived.group is None
+        assert not _alive(members), "a member of the cgroup is still running"
+        assert all(not d.exists() for d in group.dirs.values()), "the cgroup is removed"
+        again, _ = _run(survived, LEFT)
+        assert again == {"/dev/shm": [], "/tmp": [], "/scratch": []}, again
     finally:
-        process.kill()
-    assert not _sleeping(marker), "a process of the sandbox outlived Process.kill()"
-    assert not _alive(members), "a member of the cgroup is still running"
-    assert all(not d.exists() for d in group.dirs.values()), "the cgroup is removed"
+        survived.stop()
 
 
 def test_a_cgroup_left_by_a_dead_grading_process_is_killed_and_removed(monkeypatch):

@@ -50,13 +50,16 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int, device: torch.dev
     return pe.to(dtype)
 
 
-def _check_sequence(x: torch.Tensor, d_model: int, max_len: int) -> None:
-    """x must be (B, T, d_model) with T <= max_len."""
+def _check_sequence(x: torch.Tensor, d_model: int, max_len: int, offset: int = 0) -> None:
+    """x must be (B, T, d_model) with offset + T <= max_len (offset: a non-negative int)."""
     check_floating(x, "x")
     check_ndim(x, "x", 3, "(B, T, d_model)")
     check_size(x, "x", 2, d_model, "d_model")
-    if x.size(1) > max_len:
-        raise ValueError(f"x has sequence length T = {x.size(1)} but the positional table has max_len = "
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int; got {offset!r}")
+    if offset + x.size(1) > max_len:
+        at = f" from position offset = {offset}" if offset else ""
+        raise ValueError(f"x has sequence length T = {x.size(1)}{at} but the positional table has max_len = "
                          f"{max_len}; build the module with a larger max_len")
 
 
@@ -65,7 +68,8 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     The table is a non-persistent buffer: it follows .to(device) but is not saved in state_dict,
     because it is a function of (max_len, d_model), not a learned parameter.
-    forward: x (B, T, d_model) with T <= max_len -> (B, T, d_model).
+    forward: x (B, T, d_model) with offset + T <= max_len -> (B, T, d_model); x holds positions
+    offset .. offset + T - 1 (offset > 0: the new tokens of incremental decoding).
     """
 
     pe: torch.Tensor
@@ -77,9 +81,9 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("pe", sinusoidal_positional_encoding(max_len, d_model), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_sequence(x, self.d_model, self.max_len)
-        pe = self.pe[: x.size(1)].to(device=x.device, dtype=x.dtype)  # (T, d_model)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        _check_sequence(x, self.d_model, self.max_len, offset)
+        pe = self.pe[offset: offset + x.size(1)].to(device=x.device, dtype=x.dtype)  # (T, d_model)
         return self.dropout(x + pe)
 
 

@@ -11,22 +11,21 @@ limit, a kill nothing survives), setrlimit bounds one process's address space, C
 and a seccomp filter (grader.sandbox.seccomp, built with libseccomp) refuses new processes, namespaces,
 mounts, ptrace and the kernel interfaces a notebook never needs.
 
-`Limits` says how much a submission may use; `command(...)` is the bwrap command line; `start` starts the
-harness (grader.sandbox.harness) in it; `probe` checks, once per run, that all of this works here and
-says what is missing. With `isolate=False` (the instructor's explicit --no-sandbox) the same harness runs
-as a plain child process with the same resource limits, no namespaces and no cgroup.
+`command(...)` is the bwrap command line; `launch` starts a program in it, inside a cgroup when given one
+(grader.sandbox.forkserver starts the zygote that forks each run's harness); `probe` checks, once per
+grading, that all of this works here and says what is missing. With `isolate=False` (the instructor's
+explicit --no-sandbox) the same harness runs as a plain child process with the same resource limits, no
+namespaces and no cgroup.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -69,8 +68,9 @@ def command(argv: list[str], limits: Limits, seccomp_fd: int) -> list[str]:
     cmd += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache",
             "--ro-bind-try", "/etc/localtime", "/etc/localtime"]
     # The scratch folders first: a runtime folder that lives under /tmp (a checkout there) is bound on top.
-    cmd += ["--size", str(limits.scratch), "--tmpfs", "/tmp",
-            "--size", str(limits.scratch), "--tmpfs", "/scratch", "--chdir", "/scratch"]
+    for folder in SCRATCH:
+        cmd += ["--size", str(limits.scratch), "--tmpfs", folder]
+    cmd += ["--chdir", SCRATCH[0]]
     for path in _runtime_paths():
         cmd += ["--ro-bind", path, path]
     # /dev is a tmpfs bwrap fills with the usual devices: read-only once its own sized /dev/shm is on it
@@ -118,102 +118,49 @@ def containment() -> cgroup.Hierarchy | None:
         return None
 
 
-@dataclass
-class Process:
-    """A started harness: its Popen, the read end of its report channel, and its cgroup (None without one)."""
-
-    popen: subprocess.Popen
-    channel: int          # file descriptor the grader reads frames from
-    group: cgroup.Cgroup | None = None
-    peak_memory: int | None = None     # bytes, read from the cgroup when it is killed
-    killed_for_memory: bool = False
-
-    def over_memory(self) -> bool:
-        """Whether the kernel killed a process of this sandbox for going over its cgroup's memory limit."""
-        return self.killed_for_memory or (self.group is not None and self.group.over_memory())
-
-    def kill(self) -> None:
-        """Kill the sandbox and everything in it: its cgroup (nothing in it survives), and its process group."""
-        if self.group is not None:
-            self.group.kill()
-        try:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.popen.wait()
-        if self.group is not None:
-            self.peak_memory, self.killed_for_memory = self.group.peak_memory(), self.group.over_memory()
-            self.group.remove()
-            self.group = None
-        try:
-            os.close(self.channel)
-        except OSError:   # closed already (kill is called again in a finally)
-            pass
+SCRATCH = ("/scratch", "/tmp")   # the sandbox's writable folders (sized tmpfs); the first is the working folder
+TMPFS = (*SCRATCH, "/dev/shm")   # every sized tmpfs of the sandbox: what the zygote empties after each run
+SECCOMP_FD = 10    # where bwrap reads the seccomp program from, in the started process
 
 
-def start(job: bytes, limits: Limits, isolate: bool = True, argv: list[str] | None = None) -> Process:
-    """Start `python -m grader.sandbox.harness` (or `argv`) in bwrap and a cgroup of its own when `isolate`,
-    hand it `job` on stdin, return at once.
-
-    The harness reports on file descriptor 3 (grader.sandbox.channel); stdout and stderr (the student's
-    prints, warnings) are discarded: they never cost points and never fill a disk.
-    """
-    read_end, write_end = os.pipe()
-    argv = argv or [sys.executable, "-s", "-B", "-m", "grader.sandbox.harness"]
-    fds = [write_end]
-    seccomp_read = None
-    group = None
+def launch(argv: list[str], limits: Limits, isolate: bool, fds: dict[int, int], cwd: str,
+           group: cgroup.Cgroup | None = None) -> subprocess.Popen:
+    """Start `argv` (in bwrap, under the sandbox's seccomp filter, when `isolate`) inside `group` with the
+    limits, the sandbox's environment and `fds` (number in the child -> descriptor here); stdin, stdout and
+    stderr are /dev/null: the student's prints never cost points and never fill a disk. Its own session, so
+    that killing its process group kills it all (and `group.kill()` what left the group)."""
+    fds = dict(fds)
     if isolate:
-        seccomp_read = _seccomp_fd()
-        fds.append(seccomp_read)
-        argv = command(argv, limits, seccomp_read)
-        where = containment()
-        group = where.create(limits.cgroup_memory, limits.pids) if where else None
+        fds[SECCOMP_FD] = _seccomp_fd()
+        argv = command(argv, limits, SECCOMP_FD)
 
     def child_setup() -> None:
         if group is not None:
             group.enter()
         _set_limits(limits)
-        os.dup2(write_end, 3)
+        moved = {number: fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for number, fd in fds.items()}   # out of the way first
+        for number, fd in moved.items():
+            os.dup2(fd, number)
 
-    stdin_read, stdin_write = os.pipe()
     try:
-        popen = subprocess.Popen(argv, stdin=stdin_read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                 env=environment(limits), pass_fds=(3, *fds), preexec_fn=child_setup,
-                                 start_new_session=True, cwd="/" if isolate else tempfile.gettempdir())
-    except BaseException:
-        if group is not None:
-            group.remove()
-        raise
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=environment(limits), pass_fds=tuple(fds), preexec_fn=child_setup,
+                                start_new_session=True, cwd="/" if isolate else cwd)
     finally:
-        for fd in (write_end, stdin_read, *([seccomp_read] if seccomp_read is not None else [])):
-            os.close(fd)
-    _write_all(stdin_write, job)
-    return Process(popen, read_end, group)
+        if isolate:
+            os.close(fds[SECCOMP_FD])
 
 
 def _seccomp_fd() -> int:
-    """A pipe's read end holding the seccomp program (bwrap reads it whole before it runs anything)."""
+    """A pipe's read end holding the sandbox's seccomp program (bwrap reads it whole before it runs anything)."""
     try:
-        program = seccomp.program()
+        program = seccomp.program(new_processes=True)
     except seccomp.SeccompUnavailable as err:
         raise SandboxUnavailable(str(err)) from err
     read, write = os.pipe()
     os.write(write, program)
     os.close(write)
     return read
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write the job to the harness's stdin and close it (a harness that died early is not an error here)."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    except BrokenPipeError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def probe(limits: Limits) -> str | None:
@@ -227,6 +174,10 @@ def probe(limits: Limits) -> str | None:
         notice = None
     except cgroup.CgroupUnavailable as err:
         where, notice = None, f"no cgroup for the sandboxes ({err}): {cgroup.LOST}. {cgroup.HOW_TO_DELEGATE}"
+    try:
+        seccomp.program(new_processes=False)   # the run's filter: the zygote's children load it
+    except seccomp.SeccompUnavailable as err:
+        raise SandboxUnavailable(str(err)) from err
     seccomp_read = _seccomp_fd()
     group = where.create(limits.cgroup_memory, limits.pids) if where else None
 

@@ -91,6 +91,7 @@ class Cgroup:
 
     version: int
     dirs: dict[str, Path]
+    _oom_kills: int = 0   # the count last read, for after the cgroup is removed
 
     def _procs_files(self) -> list[bytes]:
         return [bytes(d / "cgroup.procs") for d in dict.fromkeys(self.dirs.values())]
@@ -152,15 +153,26 @@ class Cgroup:
         except (FileNotFoundError, ValueError):
             return None
 
+    def oom_kills(self) -> int:
+        """How many processes of it the kernel killed for going over its memory limit so far (the last count
+        read once it is removed). Kernels before 4.13 (v1) count only that the limit was reached."""
+        memory = self.dirs["memory"]
+        try:
+            if self.version == 2:
+                count = _keyed(memory / "memory.events").get("oom_kill")
+            else:
+                count = _keyed(memory / "memory.oom_control").get("oom_kill")
+                if count is None:
+                    count = int(_read(memory / "memory.failcnt"))
+        except (FileNotFoundError, ValueError):
+            count = None
+        if count is not None:
+            self._oom_kills = count
+        return self._oom_kills
+
     def over_memory(self) -> bool:
         """Whether the kernel killed a process of it for going over its memory limit."""
-        memory = self.dirs["memory"]
-        if self.version == 2:
-            return _keyed(memory / "memory.events").get("oom_kill", 0) > 0
-        control = _keyed(memory / "memory.oom_control")
-        if "oom_kill" in control:
-            return control["oom_kill"] > 0
-        return int(_read(memory / "memory.failcnt")) > 0   # kernels before 4.13: the limit was reached
+        return self.oom_kills() > 0
 
 
 @dataclass(frozen=True)
@@ -208,9 +220,9 @@ class Hierarchy:
         try:
             if self.version == 2:
                 _write(dirs["memory"] / "memory.max", str(memory))
-                for optional, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
-                    if (dirs["memory"] / optional).exists():
-                        _write(dirs["memory"] / optional, value)
+                # memory.oom.group stays 0: the kernel kills the run that went over, not the zygote with it
+                if (dirs["memory"] / "memory.swap.max").exists():
+                    _write(dirs["memory"] / "memory.swap.max", "0")
                 _write(dirs["pids"] / "pids.max", str(pids))
             else:
                 _write(dirs["memory"] / "memory.limit_in_bytes", str(memory))

@@ -1,7 +1,10 @@
-"""The system-call filter the sandbox runs under, built with libseccomp and handed to bwrap as BPF.
+"""The system-call filters student code runs under, both built with libseccomp.
 
-    program()    the filter as classic BPF, for `bwrap --seccomp FD`
-    describe()   the same filter as libseccomp's pseudo-filter code (PFC), for reading and for the tests
+    program(new_processes=True)    the sandbox's filter, loaded by bwrap (`--seccomp FD`) before it starts the
+                                   zygote (grader.sandbox.zygote), which forks one child per run
+    program(new_processes=False)   the run's filter: the same rules, and no new process; the zygote's child
+                                   loads it (stacked on the sandbox's) before it runs any student code
+    describe(new_processes)        either one as libseccomp's pseudo-filter code (PFC), for reading and tests
 
 Built with libseccomp, the library systemd, Docker and Flatpak use, rather than by hand: it knows every
 architecture's system-call numbers, checks the architecture and the x32 ABI itself, and compiles the
@@ -10,21 +13,28 @@ Ubuntu machine), because the dozen calls used here fit in this file; Debian's py
 the system Python, not for a virtual environment, and the PyPI wrappers add a dependency for the same
 dozen lines.
 
-The filter allows by default (a notebook calls hundreds of system calls; an allow list would break on the
-next glibc or torch) and denies, with EPERM, what no notebook needs and what reaches past the sandbox:
+Both filters are built here, on the host, and the run's reaches the zygote as a prepared BPF program on a
+file descriptor: the child loads it with one prctl right after fork. Building it in the child would run
+libseccomp (malloc, a temporary file) in a process forked from a multi-threaded one (torch's threads),
+where only async-signal-safe calls are safe, and would need libseccomp inside the sandbox.
+
+Both allow by default (a notebook calls hundreds of system calls; an allow list would break on the next
+glibc or torch) and deny, with EPERM, what no notebook needs and what reaches past the sandbox:
   - other processes: ptrace, process_vm_readv/writev, pidfd_getfd, kcmp, process_madvise (ptrace on the
     sandbox's PID 1 could clear its parent-death signal and outlive the grader);
-  - new processes: fork, vfork, clone without CLONE_THREAD (threads stay allowed: torch and Python need
-    them); clone3 fails with ENOSYS, so glibc falls back to clone, whose flags the filter can read;
   - new namespaces: unshare, setns, clone with a CLONE_NEW* flag (a nested user namespace could mount a
-    tmpfs of any size), and every mount call;
+    tmpfs of any size), and every mount call; clone3 fails with ENOSYS, so glibc falls back to clone, whose
+    flags a filter can read;
   - memory outside the memory limits: memfd_create (its pages count against no rlimit; in a cgroup they
     are charged, but without one they are not, and a notebook never needs one), SysV shared memory and
     message queues (shmget, msgget), userfaultfd;
   - kernel attack surface a notebook never touches: io_uring, bpf, perf_event_open, the key store,
     modules, kexec, reboot, swap, acct, quotactl, file handles (name_to_handle_at, open_by_handle_at),
     any personality call but the query (ADDR_NO_RANDOMIZE, READ_IMPLIES_EXEC).
-Any other architecture's system calls (i386 through int 0x80, the x32 ABI) kill the process.
+The run's filter also denies new processes: fork, vfork, clone without CLONE_THREAD (threads stay
+allowed: torch and Python need them), and execve/execveat (the harness is Python already; a program it
+became would no longer be). Any other architecture's system calls (i386 through int 0x80, the x32 ABI)
+kill the process.
 """
 
 from __future__ import annotations
@@ -56,8 +66,6 @@ PERSONALITY_QUERY = 0xFFFFFFFF
 DENIED = (
     # other processes
     "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp", "process_madvise",
-    # new processes (threads go through clone, below)
-    "fork", "vfork",
     # namespaces and mounts
     "unshare", "setns", "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount", "fspick",
     "move_mount", "open_tree", "mount_setattr",
@@ -71,6 +79,7 @@ DENIED = (
     "iopl", "ioperm", "syslog", "settimeofday", "clock_settime", "clock_adjtime",
 )
 NO_SUCH_CALL = ("clone3",)   # ENOSYS: the caller falls back to clone
+NEW_PROCESSES = ("fork", "vfork", "execve", "execveat")   # denied in a run (and clone without CLONE_THREAD)
 
 
 class _ArgCmp(ctypes.Structure):
@@ -114,7 +123,7 @@ def _rule(lib, ctx, action: int, name: str, *cmps: tuple[int, int, int, int]) ->
     _check(lib.seccomp_rule_add_array(ctx, action, nr, len(cmps), array), f"the rule on {name}")
 
 
-def _build(lib) -> int:
+def _build(lib, new_processes: bool) -> int:
     ctx = lib.seccomp_init(_ACT_ALLOW)
     if not ctx:
         raise SeccompUnavailable("libseccomp: seccomp_init failed")
@@ -125,8 +134,10 @@ def _build(lib) -> int:
             _rule(lib, ctx, deny, name)
         for name in NO_SUCH_CALL:
             _rule(lib, ctx, _errno(errno.ENOSYS), name)
-        # clone: a process (no CLONE_THREAD), or any new namespace, even for a thread
-        _rule(lib, ctx, deny, "clone", (0, _CMP_MASKED_EQ, CLONE_THREAD, 0))
+        if not new_processes:   # clone without CLONE_THREAD is a process
+            for name in NEW_PROCESSES:
+                _rule(lib, ctx, deny, name)
+            _rule(lib, ctx, deny, "clone", (0, _CMP_MASKED_EQ, CLONE_THREAD, 0))
         for flag in CLONE_NEW.values():
             _rule(lib, ctx, deny, "clone", (0, _CMP_MASKED_EQ, flag, flag))
         # personality: only the query (libseccomp allows one test per argument in a rule, so setting even the
@@ -138,11 +149,11 @@ def _build(lib) -> int:
     return ctx
 
 
-def _export(export: str) -> bytes:
+def _export(export: str, new_processes: bool) -> bytes:
     lib = _library()
     if lib is None:
         raise SeccompUnavailable("libseccomp (`libseccomp.so.2`, Debian's libseccomp2) is not installed")
-    ctx = _build(lib)
+    ctx = _build(lib, new_processes)
     try:
         with tempfile.TemporaryFile() as f:
             _check(getattr(lib, export)(ctx, f.fileno()), export)
@@ -152,12 +163,13 @@ def _export(export: str) -> bytes:
         lib.seccomp_release(ctx)
 
 
-@lru_cache(maxsize=1)
-def program() -> bytes:
-    """The filter as a classic-BPF program (struct sock_filter[]), what `bwrap --seccomp FD` reads."""
-    return _export("seccomp_export_bpf")
+@lru_cache(maxsize=2)
+def program(new_processes: bool) -> bytes:
+    """A filter as a classic-BPF program (struct sock_filter[]): what `bwrap --seccomp FD` reads
+    (new_processes=True, the sandbox's) and what the zygote's child loads (False, the run's)."""
+    return _export("seccomp_export_bpf", new_processes)
 
 
-def describe() -> str:
-    """The filter in libseccomp's pseudo-filter code: one block per architecture and system call."""
-    return _export("seccomp_export_pfc").decode()
+def describe(new_processes: bool) -> str:
+    """A filter in libseccomp's pseudo-filter code: one block per architecture and system call."""
+    return _export("seccomp_export_pfc", new_processes).decode()
