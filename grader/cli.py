@@ -260,7 +260,9 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     pool = start_pool(workers, log_file)   # the workers start while the sandbox is probed and the course prepared
     if isolate:
         try:
-            probe(limits)
+            notice = probe(limits)
+            if notice:
+                print(f"python -m grader: {notice}", file=sys.stderr, flush=True)
         except SandboxUnavailable:
             pool.shutdown(cancel_futures=True)
             log_file.unlink(missing_ok=True)

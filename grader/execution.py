@@ -85,7 +85,11 @@ def load_outcomes(payload: bytes, item: str, n_cases: int) -> list[Outcome]:
 
 
 # ----------------------------------------------------------------------------- why a sandbox ended
-def _exit_reason(code: int | None, limits: Limits) -> str:
+def _exit_reason(code: int | None, limits: Limits, over_memory: bool = False) -> str:
+    """Why the sandbox ended; `over_memory`: its cgroup says the kernel killed for memory (whatever the code)."""
+    if over_memory:
+        return (f"the process was killed: over the memory limit of {limits.describe_memory()} (the notebook's "
+                f"memory, its files in /tmp and shared memory count)")
     if code is None:
         return "the notebook's process stopped answering"
     signum = -code if code < 0 else code - 128 if code > 128 else 0
@@ -178,7 +182,7 @@ def _attempt(process: forkserver.Run, result: Execution, cases: dict[str, list],
         if frame is None:
             code = process.wait(timeout=5)
             what = f"while running `{step[1]}`" if step else "outside any cell"
-            raise _Stop(f"the kernel died {what}: {_exit_reason(code, limits)}", step)
+            raise _Stop(f"the kernel died {what}: {_exit_reason(code, limits, process.over_memory())}", step)
         kind, payload = frame
         if kind == b"O":
             if step is None or step[0] != "item":

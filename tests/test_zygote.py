@@ -67,11 +67,13 @@ def _report(expression: str) -> str:
 def test_a_run_sees_nothing_of_the_run_before(server):
     leave = ("open('/tmp/left', 'w').write('x'); open('left-in-scratch', 'w').write('x')\n"
              "os.makedirs('/tmp/locked/deep'); os.chmod('/tmp/locked', 0); os.chmod('/tmp', 0o500)\n"
-             "import ctypes; libc = ctypes.CDLL(None); assert libc.shmget(0, 4096, 0o1000 | 0o600) >= 0")
+             "open('/dev/shm/left', 'w').write('x')\n"
+             "import ctypes; libc = ctypes.CDLL(None); assert libc.semget(0, 1, 0o1000 | 0o600) >= 0\n"
+             "assert libc.shmget(0, 4096, 0o1000 | 0o600) == -1   # denied by the filter (grader.sandbox.seccomp)")
     assert run_cells(server, [leave]) == {"c0": None}
-    seen = run_cells(server, [_report("(sorted(os.listdir('/tmp')), sorted(os.listdir('.')), "
-                                      "open('/proc/sysvipc/shm').read().count('\\n'), os.access('/tmp', os.W_OK))")])
-    assert seen["c0"].endswith("([], [], 1, True)"), seen
+    seen = run_cells(server, [_report("(sorted(os.listdir('/tmp')), sorted(os.listdir('.')), os.listdir('/dev/shm'), "
+                                      "open('/proc/sysvipc/sem').read().count('\\n'), os.access('/tmp', os.W_OK))")])
+    assert seen["c0"].endswith("([], [], [], 1, True)"), seen
 
 
 def test_a_run_cannot_start_processes_or_read_the_zygote(server):

@@ -2,10 +2,18 @@
 
 `ForkServer.start(job)` hands `job` to a fresh child of the zygote (grader.sandbox.zygote) and returns a
 `Run`: the read end of its report channel, `wait(timeout)` for its return code and `kill()`. The zygote
-is started on first use (bwrap, the limits, the seccomp program without the rule against new processes,
-about a second to import torch) and again whenever it has died, answers late or was killed with a run
-that would not stop. Everything a run does stays in its child: the zygote only forks, waits and cleans
-up, and never sees a job's contents.
+is started on first use (bwrap, the limits, the sandbox's seccomp filter, which allows fork; about a
+second to import torch) and again whenever it has died, answers late or was killed with a run that would
+not stop. Everything a run does stays in its child: the zygote only forks, waits and cleans up, and never
+sees a job's contents. The child loads the run's filter (grader.sandbox.seccomp: no new processes), which
+the host builds and hands the zygote on a file descriptor.
+
+Each zygote's sandbox lives in a cgroup of its own (grader.sandbox.cgroup), made here before bwrap starts:
+its memory limit counts the run's tmpfs files and shared memory (the zygote empties them after each run,
+which gives their memory back), its pids limit counts every thread. When the zygote is stopped or dies,
+the cgroup is killed (nothing a run started or kept alive survives) and removed. A run the kernel killed
+for memory says so: `Run.over_memory()`. Without a cgroup (none can be made here: probe's notice says what
+is lost) the sandbox runs with its rlimits and sized tmpfs only.
 """
 
 from __future__ import annotations
@@ -20,9 +28,8 @@ import subprocess
 import sys
 import tempfile
 
-from grader.sandbox import bwrap
+from grader.sandbox import bwrap, cgroup, seccomp
 from grader.sandbox.limits import Limits
-from grader.sandbox.seccomp import seccomp_program
 
 START_SECONDS = 180.0   # importing torch on a loaded 2-core machine
 ANSWER_SECONDS = 10.0   # for "started" and for a killed child's "exit"
@@ -39,6 +46,13 @@ class Run:
         self.server, self.channel = server, channel
         self.returncode: int | None = None
         self._ended = False
+        self._group = server.group
+        self._oom_kills = self._group.oom_kills() if self._group is not None else 0
+
+    def over_memory(self) -> bool:
+        """Whether the kernel killed a process of the sandbox for memory while this run lasted (the run
+        itself, or the zygote when the run's memory pushed it over)."""
+        return self._group is not None and self._group.oom_kills() > self._oom_kills
 
     def wait(self, timeout: float) -> int | None:
         """The child's return code (Popen's convention), or None if the zygote does not say in time."""
@@ -66,23 +80,33 @@ class ForkServer:
         self._popen: subprocess.Popen | None = None
         self._control: socket.socket | None = None
         self._scratch: tempfile.TemporaryDirectory | None = None
+        self.group: cgroup.Cgroup | None = None   # the running zygote's sandbox's cgroup
 
     # -- the zygote ----------------------------------------------------------------------------------
     def _start(self) -> None:
         here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        program = (seccomp_program() or b"") if self.isolate else b""
+        try:
+            program = seccomp.program(new_processes=False) if self.isolate else b""
+        except seccomp.SeccompUnavailable as err:
+            raise bwrap.SandboxUnavailable(str(err)) from err
         filter_read, filter_write = os.pipe()
         os.write(filter_write, program)   # a few hundred bytes: within the pipe's buffer
         os.close(filter_write)
         if self.isolate:
-            scratch = list(bwrap.SCRATCH)
+            scratch = list(bwrap.TMPFS)
+            where = bwrap.containment()
+            self.group = where.create(self.limits.cgroup_memory, self.limits.pids) if where else None
         else:   # --no-sandbox: a private folder of its own, never the host's /tmp
             self._scratch = tempfile.TemporaryDirectory(prefix="grader-zygote-")
             scratch = [self._scratch.name]
         argv = [sys.executable, "-s", "-B", "-m", "grader.sandbox.zygote", *scratch]
         try:
             self._popen = bwrap.launch(argv, self.limits, self.isolate, {3: there.fileno(), 4: filter_read},
-                                       cwd=scratch[0])
+                                       cwd=scratch[0], group=self.group)
+        except BaseException:
+            here.close()
+            self.stop()
+            raise
         finally:
             there.close()
             os.close(filter_read)
@@ -92,10 +116,12 @@ class ForkServer:
             raise ZygoteDied("the sandbox did not start (python, torch or the course could not be imported)")
 
     def stop(self) -> None:
-        """Kill the zygote's sandbox and everything in it."""
+        """Kill the zygote's sandbox and everything in it (its cgroup: whatever left the process group too)."""
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self.group is not None:
+            self.group.kill()
         if self._popen is not None:
             try:
                 os.killpg(self._popen.pid, signal.SIGKILL)
@@ -103,6 +129,10 @@ class ForkServer:
                 pass
             self._popen.wait()
             self._popen = None
+        if self.group is not None:
+            self.group.oom_kills()   # read before it goes: a Run asks after its zygote died for memory
+            self.group.remove()
+            self.group = None
         if self._scratch is not None:
             self._scratch.cleanup()
             self._scratch = None
