@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from grader.sandbox import bwrap as sandbox
+from grader.sandbox import forkserver
 from grader.sandbox.channel import Reader
 from grader.sandbox.limits import Limits
 from grader.checks.run import Outcome
@@ -85,7 +85,11 @@ def load_outcomes(payload: bytes, item: str, n_cases: int) -> list[Outcome]:
 
 
 # ----------------------------------------------------------------------------- why a sandbox ended
-def _exit_reason(code: int | None, limits: Limits) -> str:
+def _exit_reason(code: int | None, limits: Limits, over_memory: bool = False) -> str:
+    """Why the sandbox ended; `over_memory`: its cgroup says the kernel killed for memory (whatever the code)."""
+    if over_memory:
+        return (f"the process was killed: over the memory limit of {limits.describe_memory()} (the notebook's "
+                f"memory, its files in /tmp and shared memory count)")
     if code is None:
         return "the notebook's process stopped answering"
     signum = -code if code < 0 else code - 128 if code > 128 else 0
@@ -128,7 +132,12 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
                "import_transformers": import_transformers}
         buffer = io.BytesIO()
         torch.save(job, buffer)
-        process = sandbox.start(buffer.getvalue(), limits, isolate)
+        try:
+            process = forkserver.shared(limits, isolate).start(buffer.getvalue())
+        except forkserver.ZygoteDied as err:
+            for name in remaining:
+                result.failures.setdefault(name, str(err))
+            return result
         try:
             _attempt(process, result, cases, limits, deadline)
             for name in remaining:             # the harness finished normally; "done" came from the notebook?
@@ -153,7 +162,7 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
             process.kill()
 
 
-def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list], limits: Limits,
+def _attempt(process: forkserver.Run, result: Execution, cases: dict[str, list], limits: Limits,
              deadline: float) -> None:
     """Read one sandbox's frames to its end; raise _Stop when it has to be killed or died."""
     reader = Reader(process.channel)
@@ -171,12 +180,9 @@ def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list]
         except ValueError as err:
             raise _Stop(f"{'`' + step[1] + '`' if step else 'the notebook'} produced {err}", step)
         if frame is None:
-            try:
-                code = process.popen.wait(timeout=5)
-            except Exception:
-                code = None
+            code = process.wait(timeout=5)
             what = f"while running `{step[1]}`" if step else "outside any cell"
-            raise _Stop(f"the kernel died {what}: {_exit_reason(code, limits)}", step)
+            raise _Stop(f"the kernel died {what}: {_exit_reason(code, limits, process.over_memory())}", step)
         kind, payload = frame
         if kind == b"O":
             if step is None or step[0] != "item":

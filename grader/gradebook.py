@@ -15,7 +15,7 @@ import csv
 import os
 import random
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from nbgrader.api import (Assignment, Comment, Grade, Gradebook, MissingEntry, Student, SubmittedAssignment,
@@ -187,6 +187,32 @@ def recorded(gb: Gradebook) -> dict[tuple[str, str], str | None]:
     return {(s, a): t for s, a, t in rows}
 
 
+def failed_at(gb: Gradebook) -> dict[tuple[str, str], datetime]:
+    """(student_id, assignment) -> when its recorded result, a failure, was graded (UTC, naive): a failed
+    submission whose files changed since is graded again (see changed_since)."""
+    rows = gb.db.execute(select(RESULTS.c.student_id, RESULTS.c.assignment, RESULTS.c.graded_at)
+                         .where(RESULTS.c.status == "failed")).all()
+    gb.db.rollback()
+    return {(s, a): datetime.fromisoformat(t) for s, a, t in rows}
+
+
+def changed_since(folder: Path, when: datetime | None, most: int = 1000) -> bool:
+    """Whether `folder` or a file in it (links not followed, at most `most` entries looked at) changed after
+    `when` (UTC, naive); a rename counts, as it changes the folder. False when `when` is None."""
+    if when is None:
+        return False
+    since = when.replace(tzinfo=timezone.utc).timestamp()
+    try:
+        if folder.lstat().st_mtime > since:
+            return True
+        for k, entry in enumerate(os.scandir(folder)):
+            if k >= most or entry.stat(follow_symlinks=False).st_mtime > since:
+                return k < most
+    except OSError:
+        return False
+    return False
+
+
 def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
     """Every recorded submission as a Result (grades not filled in), with its late penalty."""
     rows = gb.db.execute(select(RESULTS)).mappings().all()
@@ -204,13 +230,17 @@ def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
 
 def write_csv(path: Path, results: list[Result]) -> None:
     """grades.csv, one row per submission, sorted by student then assignment; written to a temporary file
-    and renamed, so a reader (or a run killed meanwhile) never sees half a file."""
+    and renamed, so a reader (or a run killed meanwhile) never sees half a file. Every cell goes through
+    grader.inert.csv_cell: a student id or reason that starts like a formula is not one."""
+    from grader.inert import csv_cell
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in sorted(results, key=lambda r: (r.student_id, r.assignment_id)):
-            writer.writerow([r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}",
-                             r.status, r.reason, f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}"])
+            writer.writerow([csv_cell(x) for x in (
+                r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}", r.status, r.reason,
+                f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}")])
     os.replace(tmp, path)
