@@ -16,7 +16,8 @@ from grader.checks.cases import Case, clone, same, single_threaded, tree_map
 from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
 from grader.checks.results import describe
-from grader.checks.shortcuts import Tripwires, find_shortcut, find_shortcut_in, plain_outputs, shortcut_message
+from grader.checks.shortcuts import find_shortcut, find_shortcut_in, shortcut_message
+from grader.checks.watch import Tripwires, plain_outputs
 
 
 @dataclass
@@ -66,15 +67,19 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
 def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool = False) -> Outcome:
     given = Case(case.label, *clone((case.args, case.kwargs)), case.init, case.state, case.train, case.group)
     out = Outcome()
-    hits: list[str] = []
-    try:
-        with (wires.watching(item, strict) if wires is not None else contextlib.nullcontext([])) as hits:
-            # made plain while still watched: a tensor subclass's detach or __torch_function__ runs watched
+    # Everything that touches what the submission made happens in the window, while it is watched: making the
+    # outputs plain (a tensor subclass's detach or __torch_function__), reading an exception's text (its __str__),
+    # comparing the inputs (a tensor whose class the code changed).
+    with wires.watching(item, strict) if wires is not None else contextlib.nullcontext([]) as hits:
+        try:
             out.value = plain_outputs(tree_map(lambda t: t.detach(), _call(item, impl, given)))
-    except Exception as err:  # the student's exception becomes a message
-        out.error = _format_exception(item, err)
-    out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
-                                                         (given.args, given.kwargs)) if not same(a, b)]
+        except Exception as err:  # the student's exception becomes a message
+            out.error = _format_exception(item, err)
+        try:
+            out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
+                                                                 (given.args, given.kwargs)) if not same(a, b)]
+        except Exception as err:
+            out.error = out.error or _format_exception(item, err)
     tampered = wires.tampered() if wires is not None else None
     if tampered:
         out.shortcut = tampering_message(item, tampered)
@@ -90,13 +95,20 @@ def tampering_message(item: Item, what: str) -> str:
 
 
 def _format_exception(item: Item, err: BaseException) -> str:
+    """The student's exception as one line for the student; never raises (an exception's __str__ is theirs)."""
+    try:
+        return _describe_exception(item, err)
+    except Exception as inner:   # noqa: BLE001 -- whatever the submission's exception does
+        return f"{item.name} raised an exception whose message could not be read ({type(inner).__name__})"
+
+
+def _describe_exception(item: Item, err: BaseException) -> str:
     if isinstance(err, NotImplementedError):
         return (f"{item.name} is not implemented yet: it raised NotImplementedError. Replace "
                 f"`raise NotImplementedError()` with your code.")
-    if isinstance(err, SetupError):
+    if isinstance(err, (SetupError, ArityError)):
         return str(err)
-    if isinstance(err, ArityError):
-        return str(err)
+    text = (str(err).strip().splitlines() or [""])[0]   # before the traceback's lines are read (linecache)
     frames = traceback.extract_tb(err.__traceback__)
     # The student's own frames: not this package, not torch.
     own = [f for f in frames if "/grader/checks/" not in f.filename and "site-packages" not in f.filename
@@ -106,7 +118,6 @@ def _format_exception(item: Item, err: BaseException) -> str:
         f = own[-1]
         line = f" `{f.line.strip()}`" if f.line else ""
         where = f" at line {f.lineno}{line}"
-    text = (str(err).strip().splitlines() or [""])[0]
     text = text if len(text) <= 160 else text[:157] + "..."
     hint = ""
     if isinstance(err, NameError) and getattr(err, "name", None) in IMPORTED:

@@ -2,16 +2,18 @@
 
 Two independent guards:
 
-- :class:`Tripwires` replaces each forbidden callable (by dotted name, e.g.
-  ``torch.nn.functional.scaled_dot_product_attention``) with a wrapper. While an item is being
-  watched, a wrapper whose name that item forbids records the call and raises
-  :class:`ShortcutError`; every other call passes through to the original. This catches calls made
-  through a module attribute (``F.scaled_dot_product_attention(...)``), however the name was reached.
-- :func:`find_shortcut` reads the submission's source text (``ast``, no bytecode, so it does not depend
+- the watch at run time (grader.checks.watch): trip-wires on the forbidden names, a profile hook that knows
+  forbidden code by content and the course's by location, PyTorch modes and the dispatcher's trace for the
+  forbidden ATen operators, an audit hook. It catches a shortcut however its object was reached, while the
+  code runs.
+- :func:`find_shortcut` (here) reads the submission's source text (``ast``, no bytecode, so it does not depend
   on one Python version's opcodes) and finds references to forbidden names through import aliases,
   and ways around the check (``importlib``, ``sys.modules``, ``getattr(m, "x" + "y")``, ...). This
-  catches names bound before the tripwires were installed (``from torch.nn.functional import
+  catches names bound before the watch was installed (``from torch.nn.functional import
   scaled_dot_product_attention as sdpa``) and subclasses of forbidden classes.
+
+This module also holds what both share: the messages, how a dotted name is resolved, and the forbidden names
+several assignments share.
 """
 
 from __future__ import annotations
@@ -21,18 +23,11 @@ import contextlib
 import functools
 import importlib
 import inspect
-import os
 import sys
 import textwrap
-import threading
 import types
-import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-
-import torch
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 if TYPE_CHECKING:
     from grader.checks.item import Item
@@ -52,6 +47,11 @@ _EVASIVE_MODULES = ("importlib", "ctypes", "builtins", "inspect", "gc", "grader"
 _EVASIVE_CALLS = ("__import__", "exec", "eval", "compile")
 _EVASIVE_ATTRIBUTES = ("__closure__", "__wrapped__", "__globals__", "__builtins__",   # and the frames of the
                        "_getframe", "f_back", "f_locals", "f_globals", "tb_frame", "gi_frame")   # grader's code
+# A forbidden name for every function of the course package, wherever it is bound or copied: what the notebooks
+# mean by "nothing from transformer_ref". The watch knows that code by where it is and by what it is.
+ANY_COURSE_CODE = "transformer_ref.*"
+# What the watch reports for ways around it that only run time shows (grader.checks.watch).
+RUNTIME_EVASIONS = ("the course's source files", "types.CodeType", "marshal.loads")
 _CLASS_METHODS = ("forward", "__init__", "__call__")   # forbidding X.forward forbids the class X
 # Conventional names a submission's function body uses without importing them itself (the imports
 # sit in another notebook cell): used only when neither the source nor the namespace binds them.
@@ -66,7 +66,7 @@ def _public_check(dotted: str) -> bool:
 
 def shortcut_message(item: Item, dotted: str) -> str:
     """What the student reads when `item`'s submission uses `dotted`."""
-    if dotted in EVASIONS:
+    if dotted in EVASIONS or dotted in RUNTIME_EVASIONS:
         return (f"{item.name} uses {dotted}, which can reach code around the course's check for ready-made "
                 f"answers. Write this part with ordinary imports and calls; this item scores 0 while that "
                 f"is there.")
@@ -112,429 +112,11 @@ def resolve(dotted: str) -> tuple[Any, str, Any] | None:
         return None
 
 
-# ---------------------------------------------------------------- the watch at run time
-#
-# Three layers, each of which catches a forbidden shortcut however its object was reached (an alias bound
-# before the watch, a fresh copy of a module, an attribute walk from a check function, a trip-wire's original):
-#   - trip-wires on the names (below, class Tripwires), also put in every module that holds the same object;
-#   - a profile hook (sys.setprofile) that recognises forbidden Python code by its content (a fresh copy from
-#     runpy, importlib or exec has new objects but the same bytecode), forbidden C functions by identity, and
-#     calls into the course's own checking code from anything but that code;
-#   - PyTorch modes (TorchFunctionMode, TorchDispatchMode) that see the item's forbidden ATen operators
-#     (``Item.forbidden_ops``) however they are called: torch.ops.aten, torch._C, a composite that runs them.
-# An audit hook (it cannot be removed) records attempts to replace the profile hook while an item is watched,
-# and `Tripwires.tampered()` says when any layer is no longer in place.
-
-GRADER_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep   # .../grader/
-_TRUSTED_DIRS = tuple(dict.fromkeys((GRADER_DIR, os.path.join(sys.base_prefix, "lib") + os.sep,
-                                     os.path.join(sys.prefix, "lib") + os.sep)))
-_DETACH, _CLONE = torch._C.TensorBase.detach, torch._C.TensorBase.clone   # an immutable type: not patchable
-
-
-def _fingerprint(code: types.CodeType) -> tuple:
-    """Where a function's code comes from: a fresh copy of a reference module (runpy, importlib, exec of the
-    file's code) or types.FunctionType(ref.__code__, ...) has new objects but the same file, name and line.
-    (Not the bytecode alone: the book shows the reference's source, and typing it in is not a shortcut.)"""
-    return os.path.realpath(code.co_filename), code.co_qualname, code.co_firstlineno
-
-
-def _op_matches(name: str, patterns: frozenset[str]) -> bool:
-    """'aten::_scaled_dot_product_flash_attention_for_cpu' against {'aten::_scaled_dot_product_*', ...}."""
-    return name in patterns or any(p.endswith("*") and name.startswith(p[:-1]) for p in patterns)
-
-
-def _op_name(func: Any) -> str:
-    """The ATen name of what a torch function mode sees: an OpOverload(Packet), a torch builtin, a torch function."""
-    schema = getattr(func, "_schema", None)
-    if schema is not None:
-        return schema.name
-    qualified = getattr(func, "_qualified_op_name", None)
-    if isinstance(qualified, str):
-        return qualified
-    return "aten::" + str(getattr(func, "__name__", ""))
-
-
-class _Watched:
-    """What is forbidden while one item (or the cells) is watched; a hit raises ShortcutError from the modes and
-    wires, and is recorded by the profile hook (an exception there would switch the hook off)."""
-
-    __slots__ = ("item", "names", "ops", "fingerprints", "builtins", "strict", "hits")
-
-    def __init__(self, item: Any, strict: bool) -> None:
-        self.item, self.strict, self.hits = item, strict, []
-        self.names = frozenset(item.forbidden)
-        self.ops = frozenset(getattr(item, "forbidden_ops", ()))
-        self.fingerprints, self.builtins = _identities(self.names)
-
-    def hit(self, what: str) -> str:
-        self.hits.append(what)
-        return shortcut_message(self.item, what)
-
-
-@functools.lru_cache(maxsize=256)
-def _identities(names: frozenset[str]) -> tuple[frozenset, dict[int, tuple[Any, str]]]:
-    """The code fingerprints of the forbidden Python functions among `names`, and the forbidden C functions by id."""
-    fingerprints, builtins = set(), {}
-    for dotted in names:
-        for obj in _callables_of(dotted):
-            if isinstance(obj, types.FunctionType):
-                fingerprints.add(_fingerprint(obj.__code__))
-            elif isinstance(obj, types.BuiltinFunctionType):
-                builtins[id(obj)] = (obj, dotted)
-    return frozenset(fingerprints), builtins
-
-
-def _callables_of(dotted: str) -> list[Any]:
-    """The original callables `dotted` names (a class's forbidden method, a function, a C function)."""
-    found = resolve(dotted)
-    if found is None:
-        return []
-    owner, attr, _ = found
-    try:
-        raw = inspect.getattr_static(owner, attr)
-    except AttributeError:
-        return []
-    raw = _original(raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw)
-    return [raw, _original(getattr(owner, attr, None))]
-
-
-class _FunctionModeWatch(TorchFunctionMode):
-    """Sees torch functions and torch.ops calls before they dispatch (even a composite such as the math SDPA)."""
-
-    def __init__(self, watched: _Watched) -> None:
-        super().__init__()
-        self.watched = watched
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        name = _op_name(func)
-        if self.watched.ops and _op_matches(name, self.watched.ops):
-            raise ShortcutError(self.watched.hit(name))
-        return func(*args, **(kwargs or {}))
-
-
-class _DispatchModeWatch(TorchDispatchMode):
-    """Sees every ATen kernel that runs (below autograd), whatever Python route reached it."""
-
-    @classmethod
-    def _should_skip_dynamo(cls) -> bool:   # True would import torch._dynamo (seconds) to wrap __torch_dispatch__
-        return False
-
-    def __init__(self, watched: _Watched) -> None:
-        super().__init__()
-        self.watched = watched
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._schema.name
-        if _op_matches(name, self.watched.ops):
-            raise ShortcutError(self.watched.hit(name))
-        return func(*args, **(kwargs or {}))
-
-
-_AUDIT: dict[str, Any] = {}   # "events": what the audit hook saw while "armed"; "grader": grader code replaced
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event in ("sys.setprofile", "sys.settrace") and _AUDIT.get("armed") and not _AUDIT.get("ours"):
-        _AUDIT["events"].append(event)
-    elif event == "object.__setattr__" and len(args) == 3 and isinstance(args[0], types.FunctionType) \
-            and args[1] in ("__code__", "__defaults__", "__kwdefaults__") \
-            and args[0].__code__.co_filename.startswith(GRADER_DIR):
-        _AUDIT["grader"].append(f"{args[0].__qualname__}.{args[1]} was replaced")
-
-
-def _install_audit_hook() -> None:
-    if not _AUDIT:
-        _AUDIT.update(events=[], grader=[], armed=False, ours=False)
-        sys.addaudithook(_audit)   # for the life of the process: Python has no way to remove it
-
-
-def grader_code_changed() -> str | None:
-    """The first grader function whose code or defaults were replaced since the watch was installed, or None."""
-    return (_AUDIT.get("grader") or [None])[0]
-
-
-class _Profile:
-    """The profile hook: forbidden Python code by fingerprint, forbidden C functions by identity, and (strict)
-    a call into the course's own checking code from code that is not the course's."""
-
-    __slots__ = ("watched", "verdicts", "exempt")
-
-    def __init__(self, exempt: frozenset) -> None:
-        self.watched: _Watched | None = None
-        self.verdicts: dict[types.CodeType, tuple[tuple, int]] = {}
-        self.exempt = exempt   # the grader's own code that student code calls into legitimately (wires, modes)
-
-    def _verdict(self, code: types.CodeType) -> int:
-        """0: anything else; 1: forbidden for the item; 2: the course's checking code."""
-        known = self.verdicts.get(code)
-        if known is None:
-            grader = code.co_filename.startswith(GRADER_DIR) and code not in self.exempt
-            known = self.verdicts[code] = (_fingerprint(code), 2 if grader else 0)
-        if known[1] != 2 and known[0] in self.watched.fingerprints:
-            return 1
-        return known[1]
-
-    def __call__(self, frame: types.FrameType, event: str, arg: Any) -> None:
-        watched = self.watched
-        if watched is None:
-            return
-        if event == "call":
-            verdict = self._verdict(frame.f_code)
-            if verdict == 1:
-                watched.hit(_dotted_of_code(frame.f_code, watched))
-            elif verdict == 2 and watched.strict:
-                caller = frame.f_back   # the grader's own calls, and the standard library's (contextlib) on its behalf
-                if caller is None or not caller.f_code.co_filename.startswith(_TRUSTED_DIRS):
-                    watched.hit("grader")
-        elif event == "c_call" and id(arg) in watched.builtins:
-            watched.hit(watched.builtins[id(arg)][1])
-
-
-def _dotted_of_code(code: types.CodeType, watched: _Watched) -> str:
-    """The forbidden name whose code `code` is a copy of."""
-    fingerprint = _fingerprint(code)
-    for dotted in sorted(watched.names):
-        if any(isinstance(obj, types.FunctionType) and _fingerprint(obj.__code__) == fingerprint
-               for obj in _callables_of(dotted)):
-            return dotted
-    return code.co_qualname
-
-
-# trip-wire -> the callable it stands for. Kept here rather than on the wrapper (which holds only its name), so
-# that a trip-wire in student hands carries no way back to the original; and calling an original that was
-# found some other way is caught by identity anyway (the profile hook and the modes).
-_ORIGINALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_CURRENT: list[_Watched] = []   # the item being watched, if any (one at a time)
-
-
-def _original(obj: Any) -> Any:
-    """The callable a tripwire wrapper stands for (obj itself when it is not a wrapper)."""
-    try:
-        return _ORIGINALS.get(obj, obj)
-    except TypeError:   # neither hashable nor weakly referable: not a wrapper
-        return obj
-
-
-class _Wire:
-    """A trip-wire: a call passes through to the original unless the watched item forbids `dotted`."""
-
-    __slots__ = ("dotted", "__weakref__")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        watched = _CURRENT[-1] if _CURRENT else None
-        if watched is not None and self.dotted in watched.names:
-            raise ShortcutError(watched.hit(self.dotted))
-        return _ORIGINALS[self](*args, **kwargs)
-
-    def __get__(self, obj: Any, cls: Any = None) -> Any:
-        return self if obj is None else types.MethodType(self, obj)
-
-    def __repr__(self) -> str:
-        return f"<trip-wire on {self.dotted}>"
-
-    @property
-    def __name__(self) -> str:
-        return self.dotted.rpartition(".")[2]
-
-
-# ---------------------------------------------------------------- tripwires
-
-class Tripwires:
-    """The watch on forbidden shortcuts (see above): trip-wires on names, profile hook, PyTorch modes.
-
-    ``install()`` replaces every resolvable name in `dotted_names` with a trip-wire (with ``rebind``, also
-    every other module attribute that holds the same object), ``uninstall()`` puts the originals back (also
-    usable as a context manager). ``watching(item)`` yields the list of forbidden names and operators the
-    code called while it was active; ``tampered()`` says what of the watch is no longer in place.
-    """
-
-    def __init__(self, dotted_names: Iterable[str], rebind: bool = False) -> None:
-        self.names = tuple(dict.fromkeys(dotted_names))
-        self.rebind = rebind
-        self._patched: list[tuple[Any, str, Any, bool, Any]] = []   # owner, attribute, raw value, own, wire
-        self._profile = _Profile(frozenset(f.__code__ for f in _EXEMPT))
-        self._previous_profile: Any = None
-        self._tampering: list[str] = []
-
-    def install(self) -> Tripwires:
-        if self._patched:
-            return self
-        wired: dict[int, Any] = {}
-        for dotted in self.names:
-            found = resolve(dotted)
-            if found is None:
-                continue
-            owner, attr = found[0], found[1]
-            own = isinstance(owner, type) and attr in vars(owner) or not isinstance(owner, type)
-            raw = inspect.getattr_static(owner, attr)
-            wire = self._wire(dotted, raw)
-            try:
-                setattr(owner, attr, wire)
-            except (AttributeError, TypeError):  # some C types refuse new attributes
-                continue
-            self._patched.append((owner, attr, raw, own, wire))
-            if not isinstance(raw, (staticmethod, classmethod)):
-                wired.setdefault(id(raw), (raw, wire))
-        if self.rebind:
-            self._rebind(wired)
-        _install_audit_hook()
-        self._previous_profile = sys.getprofile()
-        self._set_profile(self._profile)
-        return self
-
-    def _rebind(self, wired: dict[int, tuple[Any, Any]]) -> None:
-        """Every module attribute that is one of the wired objects (an alias a module bound when it was imported,
-        ``from transformer_ref.attention import scaled_dot_product_attention``) becomes its trip-wire too."""
-        for module in list(sys.modules.values()):
-            namespace = getattr(module, "__dict__", None)
-            if not isinstance(namespace, dict):
-                continue
-            for name, value in list(namespace.items()):
-                try:
-                    entry = wired.get(id(value))
-                except TypeError:
-                    continue
-                if entry is not None and entry[0] is value:
-                    namespace[name] = entry[1]
-                    self._patched.append((module, name, value, True, entry[1]))
-
-    def uninstall(self) -> None:
-        for owner, attr, raw, own, _ in reversed(self._patched):
-            if own:
-                setattr(owner, attr, raw)
-            else:
-                delattr(owner, attr)
-        self._patched = []
-        self._set_profile(self._previous_profile)
-
-    def __enter__(self) -> Tripwires:
-        return self.install()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.uninstall()
-
-    @staticmethod
-    def _set_profile(hook: Any) -> None:
-        _AUDIT["ours"] = True
-        try:
-            sys.setprofile(hook)
-            threading.setprofile(hook)
-        finally:
-            _AUDIT["ours"] = False
-
-    @contextlib.contextmanager
-    def watching(self, item: Item, strict: bool = False) -> Iterator[list[str]]:
-        """While active, a call of a name, code or operator that `item` forbids is recorded (in the yielded list)
-        and raises where it can. `strict` (an item being graded, not a cell) also forbids calling into the
-        course's checking code. Whatever of the watch is found changed afterwards is in ``tampered()``."""
-        watched = _Watched(item, strict)
-        saved = self._profile.watched
-        functions, dispatch = _FunctionModeWatch(watched), _DispatchModeWatch(watched)
-        depth = (len(_function_mode_stack()), len(_dispatch_mode_stack()))
-        _CURRENT.append(watched)
-        self._profile.watched = watched
-        self._set_profile(self._profile)
-        events = len(_AUDIT["events"])
-        _AUDIT["armed"] = True
-        functions.__enter__()
-        dispatch.__enter__()
-        try:
-            yield watched.hits
-        finally:
-            self._tampering = self._check_modes(functions, dispatch, depth)
-            _AUDIT["armed"] = False
-            if sys.getprofile() is not self._profile:
-                self._tampering.append("the profile hook was replaced")
-            if len(_AUDIT["events"]) > events:
-                self._tampering.append(f"{_AUDIT['events'][-1]} was called")
-            self._tampering += [f"{getattr(owner, '__name__', owner)}.{attr} was changed"
-                                for owner, attr, _, _, wire in self._patched
-                                if _static_or_none(owner, attr) is not wire]
-            if _CURRENT and _CURRENT[-1] is watched:
-                _CURRENT.pop()
-            else:
-                self._tampering.append("the watch was changed")
-                _CURRENT[:] = [w for w in _CURRENT if w is not watched]
-            self._profile.watched = saved
-            self._set_profile(self._profile)
-
-    @staticmethod
-    def _check_modes(functions: Any, dispatch: Any, depth: tuple[int, int]) -> list[str]:
-        """Pop the watch's modes (and anything the code left above them); what was changed, if anything."""
-        problems = []
-        for stack, pop, mode, base, what in (
-                (_dispatch_mode_stack, _pop_dispatch_mode, dispatch, depth[1], "dispatch"),
-                (_function_mode_stack, _pop_function_mode, functions, depth[0], "function")):
-            current = stack()
-            if len(current) != base + 1 or current[base] is not mode:
-                problems.append(f"the torch {what} mode stack was changed")
-            while len(stack()) > base:
-                pop()
-        return problems
-
-    def tampered(self) -> str | None:
-        """What of the watch was found changed when the last ``watching`` ended (None: nothing)."""
-        return "; ".join(self._tampering) or None
-
-    def _wire(self, dotted: str, raw: Any) -> Any:
-        """A trip-wire for `raw` (a function, staticmethod or classmethod)."""
-        fn = raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw
-        wire = _Wire()
-        wire.dotted = dotted
-        _ORIGINALS[wire] = fn
-        if isinstance(raw, staticmethod):
-            return staticmethod(wire)
-        if isinstance(raw, classmethod):
-            return classmethod(wire)
-        return wire
-
-
-def _static_or_none(owner: Any, attr: str) -> Any:
-    try:
-        return inspect.getattr_static(owner, attr)
-    except AttributeError:
-        return None
-
-
-def _function_mode_stack() -> list:
-    return torch.overrides._get_current_function_mode_stack()
-
-
-def _dispatch_mode_stack() -> list:
-    return torch.utils._python_dispatch._get_current_dispatch_mode_stack()
-
-
-def _pop_function_mode() -> None:
-    torch._C._pop_torch_function_stack()
-
-
-def _pop_dispatch_mode() -> None:
-    torch.utils._python_dispatch._pop_mode()
-
-
-def plain_outputs(value: Any, depth: int = 0) -> Any:
-    """`value` with every exact torch.Tensor replaced by a detached copy made by the C methods (a patched
-    torch.Tensor.detach is not called), and any other tensor left as it is (the grader describes it, never calls
-    it). Called while the item is still watched, so that a tensor subclass's code runs watched, if at all."""
-    if type(value) is torch.Tensor:
-        return _CLONE(_DETACH(value))
-    if type(value) in (tuple, list) and depth < 8:
-        return type(value)(plain_outputs(v, depth + 1) for v in value)
-    if type(value) is dict and depth < 8:
-        return {k: plain_outputs(v, depth + 1) for k, v in value.items()}
-    return value
-
-
-# The grader's own code that student code calls into legitimately: the trip-wires and the modes.
-_EXEMPT = (_Wire.__call__, _Wire.__get__, _Wire.__repr__, _FunctionModeWatch.__torch_function__,
-           _DispatchModeWatch.__torch_dispatch__)
-
-
 # ---------------------------------------------------------------- reading the source
 
 def _forbidden_objects(forbidden: Iterable[str]) -> tuple[set[str], dict[int, str]]:
     """The forbidden dotted names (plus the classes whose forward/__init__/__call__ is forbidden), and
-    the objects they name today by id (to catch the same object under another name)."""
+    the objects they name today by id (to catch the same object under another name, a trip-wire's original too)."""
     names, objects = set(), {}
     for dotted in forbidden:
         names.add(dotted)
@@ -551,8 +133,15 @@ def _forbidden_objects(forbidden: Iterable[str]) -> tuple[set[str], dict[int, st
             if attr in _CLASS_METHODS:
                 objects.setdefault(id(owner), owner_name)
         objects[id(value)] = dotted
-        objects[id(_original(value))] = dotted
+        objects[id(_unwrapped(value))] = dotted
     return names, objects
+
+
+def _unwrapped(obj: Any) -> Any:
+    """The original behind a trip-wire (obj itself when it is none)."""
+    from grader.checks.watch import original   # (the watch imports this module)
+
+    return original(obj)
 
 
 def _lookup(dotted: str) -> Any:
@@ -782,6 +371,8 @@ class _Reader(ast.NodeVisitor):
         return _lookup(_CONVENTIONAL[root]) if root in _CONVENTIONAL else None
 
     def _forbidden_dotted(self, dotted: str) -> str | None:
+        if ANY_COURSE_CODE in self.names and dotted.startswith(ANY_COURSE_CODE[:-1]) and dotted.count(".") > 1:
+            return dotted   # transformer_ref.<module>.<anything>: the course's code (a module alone is no call)
         parts = dotted.split(".")
         return next((".".join(parts[:n]) for n in range(1, len(parts) + 1) if ".".join(parts[:n]) in self.names),
                     None)
@@ -789,7 +380,7 @@ class _Reader(ast.NodeVisitor):
     def _forbidden_object(self, obj: Any) -> str | None:
         if obj is None:
             return None
-        return self.objects.get(id(obj)) or self.objects.get(id(_original(obj)))
+        return self.objects.get(id(obj)) or self.objects.get(id(_unwrapped(obj)))
 
     def _judge_chain(self, root: str, attrs: list[str]) -> str | None:
         """The forbidden name `root.attrs...` refers to: by its dotted name, or by the object it names."""
@@ -907,4 +498,4 @@ TORCH_ATTENTION_OPS = ("aten::scaled_dot_product_attention", "aten::_scaled_dot_
 REF_ATTENTION = tuple(f"transformer_ref.attention.{n}" for n in (
     "dot_product_attention", "scaled_dot_product_attention", "fused_attention", "_fused_attention",
     "_masked_softmax", "self_attention",
-    "SelfAttention.forward", "additive_attention", "AdditiveAttention.forward"))
+    "SelfAttention.forward", "additive_attention", "AdditiveAttention.forward")) + (ANY_COURSE_CODE,)

@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from grader.checks.watch import own_code
 from grader.sandbox.channel import Channel
 
 MAX_TEXT = 2000   # characters of an error message sent back
@@ -55,7 +56,9 @@ def _strip_magics(source: str) -> str:
 
 
 def _describe_error(err: BaseException, filename: str) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
+    # without the frames' lines: what linecache read from the course's files would be there for the next cell
+    summary = traceback.StackSummary.extract(traceback.walk_tb(err.__traceback__), lookup_lines=False)
+    frames = [f for f in summary if f.filename == filename]
     where = f" at line {frames[-1].lineno}" if frames else ""
     return f"{type(err).__name__}{where}: {err}"[:MAX_TEXT]
 
@@ -65,14 +68,17 @@ def run_cell(cell: dict, namespace: dict) -> str | None:
     filename = f"<cell {cell['id']}>"
     try:
         code = compile(_strip_magics(cell["source"]), filename, "exec")
+        own_code(code)   # the functions it defines are the student's own, whatever their text
         exec(code, namespace)  # noqa: S102 -- this is the sandbox's whole purpose
     except BaseException as err:  # SystemExit and KeyboardInterrupt from student code too
         return _describe_error(err, filename)
     return None
 
 
-def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = None) -> list[dict]:
-    """Call the student's function or class on every case; outcomes as plain dicts."""
+def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = None,
+             before: str | None = None) -> list[dict]:
+    """Call the student's function or class on every case; outcomes as plain dicts. `before`: the message for
+    what the watch saw before this item (in the cells or between items) that costs it its points."""
     from grader.checks.run import run_student
 
     impl = namespace.get(item.name)
@@ -85,6 +91,8 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = N
         return [{"value": None, "error": f"{type(err).__name__}: {err}"[:MAX_TEXT], "mutated": [], "shortcut": None}]
     if guard is not None:
         guard.mark(item, outcomes)
+    for outcome in outcomes:
+        outcome.shortcut = outcome.shortcut or before
     return [{"value": plain(o.value), "error": None if o.error is None else str(o.error)[:MAX_TEXT],
              "mutated": [str(m) for m in o.mutated][:16], "shortcut": None if o.shortcut is None else str(o.shortcut)}
             for o in outcomes]
@@ -130,7 +138,7 @@ class _Guard:
         return taken
 
     def changed(self) -> str | None:
-        from grader.checks.shortcuts import grader_code_changed
+        from grader.checks.watch import grader_code_changed
 
         now = self._take()
         changed = [".".join(p for p in key if p) for key, value in self.snapshot.items() if now.get(key) != value]
@@ -151,7 +159,9 @@ def main() -> None:
     sys.stdin = open(os.devnull)
 
     from grader.checks import ITEMS
-    from grader.checks.shortcuts import Tripwires
+    from grader.checks.run import tampering_message
+    from grader.checks.shortcuts import shortcut_message
+    from grader.checks.watch import Tripwires
 
     items = [ITEMS[name] for name in job["items"]]
     if job.get("import_transformers"):   # so that the transformers library's shortcuts get trip-wires too
@@ -159,26 +169,48 @@ def main() -> None:
             import transformers  # noqa: F401
         except ImportError:
             pass
-    # Installed after the course's modules are imported and before any student code: the trip-wires also
-    # replace every alias of a forbidden object that a module bound when it was imported (rebind).
-    wires = Tripwires(sorted({name for item in items for name in item.forbidden}), rebind=True)
-    wires.install()
+    # Installed after the course's modules are imported (in the zygote, before it forked this process) and before
+    # any student code: the trip-wires also replace every alias of a forbidden object that a module bound when it
+    # was imported (rebind), and from here on every moment is watched: a cell, an item's case, or what lies
+    # between (the base window: what any item forbids).
+    wires = Tripwires(sorted({name for item in items for name in item.forbidden}), rebind=True, between=True,
+                      ops=sorted({op for item in items for op in item.forbidden_ops})).install()
     guard = _Guard()
 
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    with wires.watching(_AnyCell(items)):
+    cells = _AnyCell(items)
+    with wires.watching(cells) as hits:
         for cell in job["cells"]:
             if cell["id"] in job["skip_cells"]:
                 continue
             channel.event(b"S", cell=cell["id"])
             channel.event(b"E", cell=cell["id"], error=run_cell(cell, namespace))
+    # A shortcut a cell took (it may have answered the grader's cases, which are in this process) costs every item,
+    # and so does one taken between items (a finaliser, a signal handler, a patched method the harness calls).
+    tampered, shortcut = wires.tampered(), hits[0] if hits else None
+
+    def before(item: Any) -> str | None:
+        if tampered or shortcut:
+            return tampering_message(item, tampered) if tampered else shortcut_message(cells, shortcut)
+        between = wires.between_windows()
+        return tampering_message(item, between) if between else None
+
     for item in items:
         channel.event(b"S", item=item.name)
-        outcomes = run_item(item, namespace, job["cases"][item.name], wires, guard)
-        buffer = io.BytesIO()
-        torch.save({"item": item.name, "outcomes": outcomes}, buffer)
-        channel.send(b"O", buffer.getvalue())
+        outcomes = run_item(item, namespace, job["cases"][item.name], wires, guard, before(item))
+        payload = _serialise(item, outcomes)
+        late = before(item)   # code of the student's that ran while the outcomes were written
+        if late and not all(o["shortcut"] for o in outcomes):
+            payload = _serialise(item, [{"value": None, "error": None, "mutated": [], "shortcut": late}
+                                        for _ in outcomes])
+        channel.send(b"O", payload)
     channel.event(b"E", done=True)
+
+
+def _serialise(item: Any, outcomes: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"item": item.name, "outcomes": outcomes}, buffer)
+    return buffer.getvalue()
 
 
 if __name__ == "__main__":
