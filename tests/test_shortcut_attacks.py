@@ -146,3 +146,53 @@ def test_in_the_sandbox_honest_code_is_not_a_shortcut(sandboxed, name):
     outcomes = sandboxed[name].outcomes[attack.item]
     assert [o.shortcut for o in outcomes] == [None] * len(outcomes), outcomes[0].shortcut
     assert grade(ITEMS[attack.item], cases(attack.item), outcomes).fraction == 1.0
+
+
+# ---------------------------------------------------------------- through `python -m grader grade`
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> dict[str, dict]:
+    """Every attack and honest notebook as a student of its assignment, graded in one run with 2 workers:
+    student -> {"row": its grades.csv row, "items": item -> points, "page": its feedback page's text}."""
+    import csv
+
+    from nbgrader.api import Gradebook
+
+    from grader.feedback import html_text
+
+    base = tmp_path_factory.mktemp("shortcut-attacks")
+    students = {**ATTACKS, **HONEST}
+    for student, attack in students.items():
+        folder = base / "submitted" / student / attack.assignment
+        folder.mkdir(parents=True)
+        nbformat.write(notebook(attack), folder / f"{attack.assignment}.ipynb")
+    out = base / "graded"
+    proc = subprocess.run(
+        [sys.executable, "-m", "grader", "grade", str(base / "submitted"), "--out", str(out), "--workers", "2",
+         "--no-progress", "--timeout", "30", "--seed", str(SEED)],
+        capture_output=True, text=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    with open(out / "grades.csv", newline="") as f:
+        rows = {(r["student_id"], r["assignment"]): r for r in csv.DictReader(f)}
+    results = {}
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        for student, attack in students.items():
+            items = {grade.name.removeprefix("test_"): grade.score
+                     for grade in gb.find_submission_notebook(attack.assignment, attack.assignment, student).grades}
+            page = out / "feedback" / student / attack.assignment / f"{attack.assignment}.html"
+            results[student] = {"row": rows[(student, attack.assignment)], "items": items,
+                                "page": html_text(page.read_text())}
+    return results
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_graded_the_attacked_item_scores_0(graded, name):
+    attack, result = ATTACKS[name], graded[name]
+    assert result["items"][attack.item] == 0.0, result["page"][-3000:]
+    assert "scores 0" in result["page"], result["page"][-3000:]
+
+
+@pytest.mark.parametrize("name", list(HONEST))
+def test_graded_honest_notebooks_keep_full_marks(graded, name):
+    result = graded[name]
+    assert float(result["row"]["score"]) == float(result["row"]["max_score"]) > 0, result["page"][-3000:]

@@ -67,19 +67,23 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
 def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool = False) -> Outcome:
     given = Case(case.label, *clone((case.args, case.kwargs)), case.init, case.state, case.train, case.group)
     out = Outcome()
-    # Everything that touches what the submission made happens in the window, while it is watched: making the
-    # outputs plain (a tensor subclass's detach or __torch_function__), reading an exception's text (its __str__),
-    # comparing the inputs (a tensor whose class the code changed).
+    raised: Exception | None = None
+    # Everything that decides the grade happens in the window, while it is watched: making the outputs plain (a
+    # tensor subclass's detach or __torch_function__) and comparing the inputs (a tensor whose class the code
+    # changed). The student's exception is only put into words after it: the traceback reads source files, which
+    # the watch would count as reading the course's code, and a case that raised scores 0 whatever its text says.
     with wires.watching(item, strict) if wires is not None else contextlib.nullcontext([]) as hits:
         try:
             out.value = plain_outputs(tree_map(lambda t: t.detach(), _call(item, impl, given)))
-        except Exception as err:  # the student's exception becomes a message
-            out.error = _format_exception(item, err)
+        except Exception as err:  # the student's exception becomes a message, below
+            raised = err
         try:
             out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
                                                                  (given.args, given.kwargs)) if not same(a, b)]
         except Exception as err:
-            out.error = out.error or _format_exception(item, err)
+            raised = raised or err
+    if raised is not None:
+        out.error = _format_exception(item, raised)
     tampered = wires.tampered() if wires is not None else None
     if tampered:
         out.shortcut = tampering_message(item, tampered)
