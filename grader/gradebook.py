@@ -29,7 +29,7 @@ from traitlets import Float as FloatTrait
 from grader.records import Result
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox",
-               "late_penalty"]
+               "late_penalty", "final_score"]
 RETRIES = 8
 
 # The grader's own table beside nbgrader's: what nbgrader has no column for. nbgrader ignores it.
@@ -214,18 +214,29 @@ def changed_since(folder: Path, when: datetime | None, most: int = 1000) -> bool
 
 
 def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
-    """Every recorded submission as a Result (grades not filled in), with its late penalty."""
+    """Every recorded submission as a Result (grades not filled in), with its late penalty and its final score:
+    nbgrader's score for it (a manual grade where an instructor set one in formgrader, else the autograded one)
+    less the penalty, never below 0, as `python -m grader export` and nbgrader's own export compute it."""
     rows = gb.db.execute(select(RESULTS)).mappings().all()
-    penalties = dict(((student, assignment), penalty) for student, assignment, penalty in gb.db.execute(
-        select(SubmittedAssignment.student_id, Assignment.name, SubmittedAssignment.late_submission_penalty)
-        .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id)))
+    nbgrader = {(student, assignment): (score, penalty) for student, assignment, score, penalty in gb.db.execute(
+        select(SubmittedAssignment.student_id, Assignment.name, SubmittedAssignment.score,
+               SubmittedAssignment.late_submission_penalty)
+        .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id))}
     gb.db.rollback()
     out = {}
     for row in rows:
         key = (row["student_id"], row["assignment"])
+        score, penalty = nbgrader.get(key, (None, None))
+        final = None if score is None else max(0.0, float(score) - float(penalty or 0.0))
         out[key] = Result(*key, row["status"], row["reason"], row["score"], row["max_score"], timestamp=row["timestamp"],
-                          seconds=row["seconds"], sandbox=row["sandbox"], late_penalty=penalties.get(key) or 0.0)
+                          seconds=row["seconds"], sandbox=row["sandbox"], late_penalty=float(penalty or 0.0),
+                          final=final)
     return out
+
+
+def _final(r: Result) -> str:
+    """The final_score cell: the gradebook's final score where it holds one, else the score less the penalty."""
+    return f"{r.final if r.final is not None else max(0.0, r.score - r.late_penalty):g}"
 
 
 def write_csv(path: Path, results: list[Result]) -> None:
@@ -242,5 +253,5 @@ def write_csv(path: Path, results: list[Result]) -> None:
         for r in sorted(results, key=lambda r: (r.student_id, r.assignment_id)):
             writer.writerow([csv_cell(x) for x in (
                 r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}", r.status, r.reason,
-                f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}")])
+                f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}", _final(r))])
     os.replace(tmp, path)

@@ -133,3 +133,36 @@ def test_a_due_date_set_in_the_repository_is_found_and_a_missing_one_is_said(tmp
     assert float(ann["late_penalty"]) == pytest.approx(0.3 * float(ann["score"])), ann   # 10% per day or part
     with Gradebook(f"sqlite:///{tmp_path / 'out2' / 'gradebook.db'}") as gb:
         assert gb.find_assignment(ASSIGNMENT).duedate == datetime(2026, 3, 1, 10, 0), "kept in OUT's gradebook"
+
+
+def test_final_score_is_the_graded_score_with_manual_grades_less_the_late_penalty(tmp_path):
+    """grades.csv's final_score is what the feedback page and the exports show: nbgrader's score, with a manual
+    grade an instructor set in formgrader, less the late penalty; writing grades.csv again (a resumed run) picks a
+    manual grade up without regrading."""
+    from datetime import datetime
+
+    from nbgrader.api import Gradebook
+
+    from grader.course import ensure_alembic_on_path
+
+    submissions, out = tmp_path / "submitted", tmp_path / "out"
+    folder = _hand_in(submissions, "ann", {f"{ASSIGNMENT}.ipynb": SOLUTION})
+    (folder / "timestamp.txt").write_text("2026-03-03 12:00:00.000000 UTC")   # two days and 2 hours late
+    _grade(submissions, out)
+    ensure_alembic_on_path()
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        gb.update_or_create_assignment(ASSIGNMENT, duedate=datetime(2026, 3, 1, 10, 0))
+    _grade(submissions, out, "--regrade")
+    ann = _rows(out)["ann"]
+    score, penalty = float(ann["score"]), float(ann["late_penalty"])
+    assert penalty > 0 and float(ann["final_score"]) == pytest.approx(score - penalty), ann
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        grade = next(g for g in gb.find_submission(ASSIGNMENT, "ann").notebooks[0].grades if g.max_score > 0)
+        grade.manual_score = 0.0
+        gb.db.commit()
+        expected = max(0.0, gb.find_submission(ASSIGNMENT, "ann").score - penalty)
+    _grade(submissions, out)
+    ann = _rows(out)["ann"]
+    assert float(ann["score"]) == score, "the autograded score stays"
+    assert float(ann["final_score"]) == pytest.approx(expected), ann
+    assert expected < score - penalty, "the manual grade counts"

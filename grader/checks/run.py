@@ -16,8 +16,7 @@ from grader.checks.cases import Case, clone, same, single_threaded, tree_map
 from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
 from grader.checks.results import describe
-from grader.checks.shortcuts import find_shortcut, find_shortcut_in, shortcut_message
-from grader.checks.watch import Tripwires, plain_outputs
+from grader.checks.shortcuts import Tripwires, find_shortcut, find_shortcut_in, shortcut_message
 
 
 @dataclass
@@ -40,15 +39,14 @@ class ArityError(TypeError):
 
 @single_threaded
 def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = True,
-                wires: Tripwires | None = None, source: str | None = None, strict: bool = False) -> list[Outcome]:
+                wires: Tripwires | None = None, source: str | None = None) -> list[Outcome]:
     """Run a submission on every case; never raises for anything the submission does.
 
     Inputs are cloned first and compared afterwards (in-place modification). With ``watch`` (the
     default) forbidden shortcuts are caught by tripwires -- `wires`, installed by the caller before
     any student code ran, or else a Tripwires(item.forbidden) installed for this run -- and by
     reading the source: `source` when given (e.g. the whole notebook), else the submission's own
-    source and its helpers' (when Python can find them). `strict` (the grading harness) also forbids
-    calls into the course's checking code while the submission runs.
+    source and its helpers' (when Python can find them).
     """
     static = None
     if watch:
@@ -57,62 +55,38 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
     outcomes = []
     with own or contextlib.nullcontext():
         for case in cases:
-            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None, strict))
+            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None))
     if static is not None:
         for out in outcomes:
             out.shortcut = out.shortcut or shortcut_message(item, static)
     return outcomes
 
 
-def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool = False) -> Outcome:
+def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Outcome:
     given = Case(case.label, *clone((case.args, case.kwargs)), case.init, case.state, case.train, case.group)
     out = Outcome()
-    raised: Exception | None = None
-    # Everything that decides the grade happens in the window, while it is watched: making the outputs plain (a
-    # tensor subclass's detach or __torch_function__) and comparing the inputs (a tensor whose class the code
-    # changed). The student's exception is only put into words after it: the traceback reads source files, which
-    # the watch would count as reading the course's code, and a case that raised scores 0 whatever its text says.
-    with wires.watching(item, strict) if wires is not None else contextlib.nullcontext([]) as hits:
-        try:
-            out.value = plain_outputs(tree_map(lambda t: t.detach(), _call(item, impl, given)))
-        except Exception as err:  # the student's exception becomes a message, below
-            raised = err
-        try:
-            out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
-                                                                 (given.args, given.kwargs)) if not same(a, b)]
-        except Exception as err:
-            raised = raised or err
-    if raised is not None:
-        out.error = _format_exception(item, raised)
-    tampered = wires.tampered() if wires is not None else None
-    if tampered:
-        out.shortcut = tampering_message(item, tampered)
-    elif hits:
+    hits: list[str] = []
+    try:
+        with (wires.watching(item) if wires is not None else contextlib.nullcontext([])) as hits:
+            value = _call(item, impl, given)
+        out.value = tree_map(lambda t: t.detach(), value)
+    except Exception as err:  # the student's exception becomes a message
+        out.error = _format_exception(item, err)
+    out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
+                                                         (given.args, given.kwargs)) if not same(a, b)]
+    if hits:
         out.shortcut = shortcut_message(item, hits[0])
     return out
 
 
-def tampering_message(item: Item, what: str) -> str:
-    """What the student reads when the watch on shortcuts was changed while `item` ran."""
-    return (f"{item.name} changed the grader's watch on shortcuts while it ran ({what}); this item scores 0 "
-            f"while that is there.")
-
-
 def _format_exception(item: Item, err: BaseException) -> str:
-    """The student's exception as one line for the student; never raises (an exception's __str__ is theirs)."""
-    try:
-        return _describe_exception(item, err)
-    except Exception as inner:   # noqa: BLE001 -- whatever the submission's exception does
-        return f"{item.name} raised an exception whose message could not be read ({type(inner).__name__})"
-
-
-def _describe_exception(item: Item, err: BaseException) -> str:
     if isinstance(err, NotImplementedError):
         return (f"{item.name} is not implemented yet: it raised NotImplementedError. Replace "
                 f"`raise NotImplementedError()` with your code.")
-    if isinstance(err, (SetupError, ArityError)):
+    if isinstance(err, SetupError):
         return str(err)
-    text = (str(err).strip().splitlines() or [""])[0]   # before the traceback's lines are read (linecache)
+    if isinstance(err, ArityError):
+        return str(err)
     frames = traceback.extract_tb(err.__traceback__)
     # The student's own frames: not this package, not torch.
     own = [f for f in frames if "/grader/checks/" not in f.filename and "site-packages" not in f.filename
@@ -122,6 +96,7 @@ def _describe_exception(item: Item, err: BaseException) -> str:
         f = own[-1]
         line = f" `{f.line.strip()}`" if f.line else ""
         where = f" at line {f.lineno}{line}"
+    text = (str(err).strip().splitlines() or [""])[0]
     text = text if len(text) <= 160 else text[:157] + "..."
     hint = ""
     if isinstance(err, NameError) and getattr(err, "name", None) in IMPORTED:
