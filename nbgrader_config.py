@@ -64,6 +64,7 @@ c.LatePenaltyPerDay.percent_per_day = 10.0
 # from tracebacks, so the HTML a student receives shows visible tests and diagnostics only.
 c.GenerateFeedback.preprocessors = [
     "nbgrader.preprocessors.GetGrades",
+    "grader.feedback.InertComments",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
     "grader.feedback.RedactHiddenTests",
 ]

@@ -23,12 +23,14 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
 from grader.course import (DEFAULT_CONFIG, DEFAULT_SOURCE, course_lock, ensure_alembic_on_path, prepare_course,
                            remove_leftovers, sqlite_url)
+from grader.inert import terminal_text
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable, probe
 
 if TYPE_CHECKING:   # grader.runner imports torch: the main process imports it only once its workers are starting
@@ -46,28 +48,50 @@ WORKER_MEMORY = 4 * 2**30
 def discover(submissions: Path, known: set[str]) -> tuple[list[Job], list[Result]]:
     """Jobs for SUBMISSIONS/<student_id>/<assignment_id>/, and "skipped" results for unknown assignments.
 
-    A job's timestamp is its timestamp.txt (what nbgrader's submit writes and collect keeps with the
-    newest submission), as ISO in UTC; None without one, or when it cannot be read (then never late).
+    A job's timestamp is its timestamp.txt (what `python -m grader collect` writes from the exchange's record),
+    as ISO in UTC; None without one (a hand-in with no time: never late). A timestamp.txt that cannot be read as
+    a time is never taken as on time: the submission is not graded but listed as "needs review", with what the
+    file says (collect writes why there), until someone writes its time.
     """
-    from nbgrader.utils import parse_utc
-
     from grader.records import Job, Result
 
     jobs, skipped = [], []
     for student in sorted(p for p in submissions.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for assignment in sorted(p for p in student.iterdir() if p.is_dir() and not p.name.startswith(".")):
             if assignment.name in known:
-                stamp = assignment / "timestamp.txt"
                 try:
-                    when = parse_utc(stamp.read_text().strip()).isoformat() if stamp.is_file() else None
-                except (ValueError, OverflowError, OSError):
-                    print(f"python -m grader: {stamp} is not a timestamp; graded as not late", file=sys.stderr)
-                    when = None
+                    when = submission_time(assignment / "timestamp.txt")
+                except ValueError as err:
+                    skipped.append(Result(student.name, assignment.name, "needs review",
+                                          reason=f"the submission time is unknown, so it is not graded (neither on "
+                                                 f"time nor late): its timestamp.txt is not a time: {err}"))
+                    continue
                 jobs.append(Job(student.name, assignment.name, assignment.resolve(), when))
             else:
                 skipped.append(Result(student.name, assignment.name, "skipped",
                                       reason=f"no assignment {assignment.name!r} in the course source"))
     return jobs, skipped
+
+
+def submission_time(stamp: Path) -> str | None:
+    """The time in a submission's timestamp.txt as ISO in UTC; None when there is none. Raises ValueError with
+    what it says (its first line, printable) when it is there but is no time: a link, no plain file, text that
+    is not a time."""
+    from nbgrader.utils import parse_utc
+
+    if not os.path.lexists(stamp):
+        return None
+    try:
+        with open(os.open(stamp, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb") as f:
+            if not S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OSError
+            text = f.read(1000).decode("utf-8", "replace").strip()
+    except OSError:
+        raise ValueError("(a link, or no readable file)") from None
+    try:
+        return parse_utc(text).isoformat()
+    except (ValueError, OverflowError, TypeError, LookupError):   # dateutil's errors, a time near year 1 or 9999
+        raise ValueError(terminal_text(text.splitlines()[0] if text else "(nothing)", 300)) from None
 
 
 def course_assignments(source: Path) -> set[str]:
@@ -216,7 +240,7 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
             if on_result is not None:
                 on_result(result)
             results.append(result)
-            bar.set_postfix_str(f"{result.student_id}/{result.assignment_id}", refresh=False)
+            bar.set_postfix_str(terminal_text(f"{result.student_id}/{result.assignment_id}", 60), refresh=False)
             bar.update()
 
         pending = list(jobs)
@@ -250,14 +274,17 @@ class Run:
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
           config_file: Path | None = DEFAULT_CONFIG, limits: Limits = Limits(), isolate: bool = True,
           seed: int | None = None, assignments: list[str] | None = None, progress: bool = True,
-          shard: tuple[int, int] | None = None, regrade: bool = False) -> Run:
+          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None) -> Run:
     """Grade the submissions under `submissions` into the course directory `out`; see `main`.
 
     Only the submissions of `shard` (see in_shard), and of those only the ones the gradebook has no result
     for or has with another timestamp (a resubmission), unless `regrade`. Each result is committed to the
     gradebook as it comes. OUT/grades.csv is then written from the gradebook for the whole class (a
     submission no shard has recorded yet is "pending"); a shard also writes OUT/grades-K-of-N.csv with its
-    own submissions. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
+    own submissions. `assignments` and `students` choose what this run grades (grades.csv stays the whole class).
+    A recorded failure is graded again when its folder changed since (a notebook renamed or handed in again).
+    Every student the gradebook or SUBMISSIONS knows gets a "missing" row for each assignment handed in by
+    someone but not by them. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
     """
     from nbgrader.api import Gradebook
 
@@ -268,7 +295,9 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     pool = start_pool(workers, log_file)   # the workers start while the sandbox is probed and the course prepared
     if isolate:
         try:
-            probe(limits)
+            notice = probe(limits)
+            if notice:
+                print(f"python -m grader: {notice}", file=sys.stderr, flush=True)
         except SandboxUnavailable:
             pool.shutdown(cancel_futures=True)
             log_file.unlink(missing_ok=True)
@@ -276,13 +305,15 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     ensure_alembic_on_path()
     course = course_assignments(source)
     everyone, skipped = discover(submissions, course)          # the class, for grades.csv
-    chosen = [job for job in everyone if not assignments or job.assignment_id in assignments]
+    chosen = [job for job in everyone if (not assignments or job.assignment_id in assignments)
+              and (not students or job.student_id in students)]
     mine = [job for job in chosen if in_shard(job.student_id, shard)]
     db_url = db_url or sqlite_url(out / "gradebook.db")
     work = out / ".work" / (f"shard-{shard[0]}-of-{shard[1]}" if shard else "")
     remove_killed_runs_leftovers(out, work, shard)
     template = prepare_course(out, source, sorted({job.assignment_id for job in chosen}), db_url, config_file, work)
-    from grader.gradebook import late_penalty_plugin, record, recorded, stored_results, write_csv  # imports torch
+    from grader.gradebook import (changed_since, failed_at, late_penalty_plugin, record, recorded,  # imports torch
+                                  stored_results, write_csv)
     from grader.records import Result
     from grader.runner import SandboxRunner
 
@@ -291,9 +322,10 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     runner = SandboxRunner(out, template, config_file, limits, isolate, seed)
     run = Run()
     with Gradebook(db_url) as gb:
-        done = {} if regrade else recorded(gb)
+        done, failed = ({}, {}) if regrade else (recorded(gb), failed_at(gb))
         todo = [job for job in mine if (job.student_id, job.assignment_id) not in done
-                or done[(job.student_id, job.assignment_id)] != job.timestamp]
+                or done[(job.student_id, job.assignment_id)] != job.timestamp
+                or changed_since(job.directory, failed.get((job.student_id, job.assignment_id)))]
         run.already = len(mine) - len(todo)
         if run.already:
             print(f"resuming: {run.already} of {len(mine)} submissions are in the gradebook already; grading the "
@@ -310,17 +342,36 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     # Shards take turns here, so the last one to write grades.csv has read every other shard's commits.
     with course_lock(out, db_url), Gradebook(db_url) as gb:
         stored = stored_results(gb)
-        write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped)
-    run.rows = [row((j.student_id, j.assignment_id)) for j in everyone if in_shard(j.student_id, shard)] \
-        + [r for r in skipped if in_shard(r.student_id, shard)]
+        handed = {(j.student_id, j.assignment_id) for j in everyone} | {
+            (r.student_id, r.assignment_id) for r in skipped if r.status != "skipped"}
+        missing = missing_rows(handed, {s.id for s in gb.students}, source)
+        write_csv(out / "grades.csv", [row((j.student_id, j.assignment_id)) for j in everyone] + skipped + missing)
+    concerned = [r for r in [row((j.student_id, j.assignment_id)) for j in chosen] + skipped + missing
+                 if (not assignments or r.assignment_id in assignments) and (not students or r.student_id in students)]
+    run.rows = [r for r in concerned if in_shard(r.student_id, shard)]
     if shard:
         write_csv(out / f"grades-{shard[0]}-of-{shard[1]}.csv", run.rows)
     return run
 
 
+def missing_rows(handed: set[tuple[str, str]], known: set[str], source: Path) -> list[Result]:
+    """A "missing" result (0 points) for each student of `known` or of `handed` ((student, assignment) pairs of
+    the submissions found) and each assignment someone handed in that the student did not."""
+    from grader.records import Result
+    from grader.submission import load_source
+
+    assignments = sorted({a for _, a in handed})
+    points = {a: sum(load_source(p).max_score for p in sorted((source / a).glob("*.ipynb"))) for a in assignments}
+    people = sorted(known | {s for s, _ in handed})
+    return [Result(s, a, "missing", "no submission", 0.0, points[a]) for s in people for a in assignments
+            if (s, a) not in handed]
+
+
 def summary(run: Run, seconds: float, out: Path) -> str:
     """The closing lines: counts, then every submission not graded normally, with its reason, and every graded
-    one the grader noted something about (a limit hit, a locked cell edited, a shortcut, tampering)."""
+    one the grader noted something about (a limit hit, a locked cell edited, a shortcut, tampering). Student
+    ids (folder names) and reasons (which quote exceptions) are shown through grader.inert.terminal_text."""
+    t = terminal_text
     bad = [r for r in run.rows if r.status != "graded"]
     noted = [r for r in run.rows if r.status == "graded" and r.reason]
     lines = [f"graded {len(run.graded)} submissions in {seconds:.1f} s"
@@ -329,11 +380,11 @@ def summary(run: Run, seconds: float, out: Path) -> str:
                f"grades: {out / 'grades.csv'}, feedback: {out / 'feedback'}"]
     if bad:
         lines.append("not graded normally:")
-        lines += [f"  {r.student_id}/{r.assignment_id}: {r.status}: {r.reason or '(no reason given)'}"
+        lines += [f"  {t(r.student_id)}/{t(r.assignment_id)}: {r.status}: {t(r.reason or '(no reason given)')}"
                   for r in sorted(bad, key=lambda r: (r.status, r.student_id, r.assignment_id))]
     if noted:
         lines.append("graded, with a note worth a look:")
-        lines += [f"  {r.student_id}/{r.assignment_id}: {r.score:g} of {r.max_score:g}: {r.reason}"
+        lines += [f"  {t(r.student_id)}/{t(r.assignment_id)}: {r.score:g} of {r.max_score:g}: {t(r.reason)}"
                   for r in sorted(noted, key=lambda r: (r.student_id, r.assignment_id))]
     return "\n".join(lines)
 
@@ -363,14 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--no-sandbox", action="store_true",
                    help="run student code WITHOUT isolation (only for code you trust; recorded in grades.csv)")
     g.add_argument("--assignment", action="append", help="grade only this assignment (repeatable)")
+    g.add_argument("--student", action="append", help="grade only this student's submissions (repeatable)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--shard", type=parse_shard, default=None, metavar="K/N",
                    help="grade only the K-th of N parts of the class (by student id); run K = 1..N at once, "
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
-    from grader import export, release, similarity   # after grading: each module adds its command and its run(args)
-    for module in (export, release, similarity):
+    from grader import collect, export, release, report, similarity   # each module adds its command and its run(args)
+    for module in (collect, export, release, report, similarity):
         module.add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "grade":
@@ -383,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(args.assignment) - course_assignments(args.source))
         if unknown:
             parser.error(f"--assignment must name an assignment in {args.source}; got {', '.join(unknown)}")
+    for student in args.student or []:
+        if not (args.submissions / student).is_dir():
+            parser.error(f"--student must name a folder of SUBMISSIONS; got {student!r} (no {args.submissions / student})")
     for name in ("timeout", "submission_timeout", "memory"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
@@ -391,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         run = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,
-                    not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade)
+                    not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade,
+                    args.student)
     except SandboxUnavailable as err:
         print(f"python -m grader: cannot start the sandbox: {err}\n{HOW_TO_FIX}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ DEFAULT_SOURCE = REPO_ROOT / "solutions"
 DEFAULT_CONFIG = REPO_ROOT / "nbgrader_config.py"
 FEEDBACK_PREPROCESSORS = [
     "nbgrader.preprocessors.GetGrades",
+    "grader.feedback.InertComments",
     "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
     "grader.feedback.RedactHiddenTests",
 ]
@@ -263,6 +264,33 @@ def due_dates(db_url: str) -> dict:
         return {a.name: a.duedate for a in gb.assignments}
 
 
+def adopt_due_dates(db_url: str, assignments: list[str], known: dict, config_file: Path | None) -> dict:
+    """Due dates of `assignments` that the main gradebook (`db_url`) lacks but the instructor's own gradebook
+    has: the one next to nbgrader_config.py, where `nbgrader db assignment add ID --duedate=...` run in the
+    repository (README step 3's folder) puts them. They are written into the main gradebook and returned; each
+    adopted date, and each assignment left without one (nobody is late), is said on stderr."""
+    from nbgrader.api import Gradebook
+
+    own = (config_file.parent if config_file else REPO_ROOT) / "gradebook.db"
+    found = {}
+    if own.is_file() and sqlite_url(own) != db_url:
+        try:
+            found = {a: d for a, d in due_dates(sqlite_url(own)).items()
+                     if a in assignments and a not in known and d is not None}
+        except Exception as err:   # not a gradebook, or another nbgrader's schema: the dates are not there
+            print(f"python -m grader: cannot read due dates from {own}: {type(err).__name__}: {err}", file=sys.stderr)
+    if found:
+        with Gradebook(db_url) as gb:
+            for name, date in found.items():
+                gb.update_or_create_assignment(name, duedate=date)
+                print(f"python -m grader: the due date of {name} ({date:%Y-%m-%d %H:%M} UTC) is taken from {own} "
+                      f"into the grading gradebook", file=sys.stderr)
+    for name in sorted(set(assignments) - set(known) - set(found)):
+        print(f"python -m grader: {name} has no due date, so no submission of it is late (set one: cd OUT && "
+              f"nbgrader db assignment add {name} --duedate=...)", file=sys.stderr)
+    return found
+
+
 def prepare_course(
     out: Path, source: Path, assignments: list[str], db_url: str, config_file: Path | None, work: Path | None = None
 ) -> Path:
@@ -273,7 +301,9 @@ def prepare_course(
     gets the assignments added or updated in place when its cells differ from the template's
     (stored_cells), so grading again into the same OUT keeps earlier results. Due dates are the main
     gradebook's (set with `nbgrader db assignment add ID --duedate=...` or in formgrader) and are copied
-    into the template, so the workers' feedback shows late penalties.
+    into the template, so the workers' feedback shows late penalties; one set only in the instructor's own
+    gradebook (see adopt_due_dates) is copied into the main gradebook first, and an assignment with no due date
+    is named on stderr.
     Safe to run from several shards at once (course_lock).
     """
     from nbgrader.api import Gradebook
@@ -301,6 +331,7 @@ def prepare_course(
             finally:
                 engine.dispose()
         dates = {name: date for name, date in due_dates(db_url).items() if name in assignments and date is not None}
+        dates |= adopt_due_dates(db_url, assignments, dates, config_file)
         with Gradebook(sqlite_url(template)) as gb:
             for name, date in dates.items():
                 gb.update_or_create_assignment(name, duedate=date)

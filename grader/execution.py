@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grader.sandbox import bwrap as sandbox
-from grader.sandbox import wire
+from grader.sandbox import forkserver, wire
 from grader.sandbox.channel import Reader
 from grader.sandbox.limits import Limits
 from grader.checks.run import Outcome
@@ -59,7 +58,11 @@ def load_outcomes(payload: bytes, item: str, n_cases: int) -> list[Outcome]:
 
 
 # ----------------------------------------------------------------------------- why a sandbox ended
-def _exit_reason(code: int | None, limits: Limits) -> str:
+def _exit_reason(code: int | None, limits: Limits, over_memory: bool = False) -> str:
+    """Why the sandbox ended; `over_memory`: its cgroup says the kernel killed for memory (whatever the code)."""
+    if over_memory:
+        return (f"the process was killed: over the memory limit of {limits.describe_memory()} (the notebook's "
+                f"memory, its files in /tmp and shared memory count)")
     if code is None:
         return "the notebook's process stopped answering"
     signum = -code if code < 0 else code - 128 if code > 128 else 0
@@ -102,7 +105,12 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
                "import_transformers": import_transformers}
         buffer = io.BytesIO()
         torch.save(job, buffer)
-        process = sandbox.start(buffer.getvalue(), limits, isolate)
+        try:
+            process = forkserver.shared(limits, isolate).start(buffer.getvalue())
+        except forkserver.ZygoteDied as err:
+            for name in remaining:
+                result.failures.setdefault(name, str(err))
+            return result
         try:
             _attempt(process, result, cases, limits, deadline)
             for name in remaining:             # the harness finished normally; "done" came from the notebook?
@@ -112,26 +120,30 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
         except _Stop as stop:
             process.kill()
             reason = stop.reason
-            if stop.step is None:               # before the first cell or between steps: nothing to skip
+            if stop.step is None:               # before the first step: nothing to skip
                 for name in remaining:
-                    result.failures.setdefault(name, reason)
+                    if name not in result.outcomes:
+                        result.failures.setdefault(name, reason)
                 return result
             kind, step_id = stop.step
             if kind == "cell":
-                result.cell_errors[step_id] = reason
+                result.cell_errors.setdefault(step_id, reason)
                 result.stopped.add(step_id)
                 skip.add(step_id)
-            else:
-                result.failures[step_id] = reason
+            else:                               # the first reason stays (a refused frame, then the channel)
+                result.failures.setdefault(step_id, reason)
         finally:
             process.kill()
 
 
-def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list], limits: Limits,
+def _attempt(process: forkserver.Run, result: Execution, cases: dict[str, list], limits: Limits,
              deadline: float) -> None:
-    """Read one sandbox's frames to its end; raise _Stop when it has to be killed or died."""
+    """Read one sandbox's frames to its end; raise _Stop when it has to be killed or died. Between steps the
+    last step is blamed: what arrives then was written by code that step started (a cell's thread, or an item
+    that forged a frame before its own), so that step is skipped and the rest graded in a new sandbox."""
     reader = Reader(process.channel)
     step: tuple[str, str] | None = None
+    last: tuple[str, str] | None = None
     step_deadline = deadline
     while True:
         try:
@@ -145,22 +157,19 @@ def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list]
         except ValueError as err:
             raise _Stop(f"{'`' + step[1] + '`' if step else 'the notebook'} produced {err}", step)
         if frame is None:
-            try:
-                code = process.popen.wait(timeout=5)
-            except Exception:
-                code = None
+            code = process.wait(timeout=5)
             what = f"while running `{step[1]}`" if step else "outside any cell"
-            raise _Stop(f"the kernel died {what}: {_exit_reason(code, limits)}", step)
+            raise _Stop(f"the kernel died {what}: {_exit_reason(code, limits, process.over_memory())}", step or last)
         kind, payload = frame
         if kind == b"O":
             if step is None or step[0] != "item":
-                raise _Stop("the notebook's code wrote to the grader's channel", step)
+                raise _Stop("the notebook's code wrote to the grader's channel", step or last)
             name = step[1]
             try:
                 result.outcomes[name] = load_outcomes(payload, name, len(cases[name]))
             except ValueError as err:
                 result.failures[name] = f"`{name}` returned something the grader cannot accept: {err}"
-            step, step_deadline = None, deadline
+            step, last, step_deadline = None, step, deadline
             continue
         try:
             event = wire.decode_event(payload)
@@ -169,7 +178,7 @@ def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list]
         # The harness opens a step only when none is open, ends only the open cell, and says "done" between
         # steps; any other event was written by the notebook's code (it shares the harness's process).
         if not isinstance(event, dict):
-            raise _Stop("the notebook's code wrote to the grader's channel", step)
+            raise _Stop("the notebook's code wrote to the grader's channel", step or last)
         opened = (("cell", event["cell"]) if isinstance(event.get("cell"), str) else
                   ("item", event["item"]) if isinstance(event.get("item"), str) and event["item"] in cases else None)
         if kind == b"S" and step is None and opened is not None:
@@ -180,6 +189,6 @@ def _attempt(process: sandbox.Process, result: Execution, cases: dict[str, list]
         elif kind == b"E" and step is not None and step[0] == "cell" and event.get("cell") == step[1]:
             if event.get("error"):
                 result.cell_errors[step[1]] = memory_note(str(event["error"]), limits)
-            step, step_deadline = None, deadline
+            step, last, step_deadline = None, step, deadline
         else:
-            raise _Stop("the notebook's code wrote to the grader's channel", step)
+            raise _Stop("the notebook's code wrote to the grader's channel", step or last)

@@ -1,7 +1,13 @@
 """`python -m grader export OUT --format canvas|moodle|csv --to FILE`: the gradebook's scores as a file an LMS imports.
 
 Scores come from nbgrader's gradebook (OUT/gradebook.db, or any SQLAlchemy URL with --db-url): one column per
-assignment, the submission's score (autograded, or the manual score where an instructor set one in formgrader).
+assignment. The score is the final one, the number the student's feedback page shows: the submission's score (autograded,
+or the manual score where an instructor set one in formgrader) less nbgrader's late_submission_penalty, never
+below 0, as `nbgrader export` computes it. --raw writes the score before the penalty instead, with each
+submission's time (UTC, ISO 8601) for an LMS that applies its own late policy: in a column "<assignment>
+(submitted)" after each assignment's (csv, moodle: map it to "Ignore" at import), and for canvas, whose importer
+takes every column as an assignment, in FILE's sibling <FILE stem>.submitted.csv (student_id, assignment,
+submitted). Every cell goes through grader.inert.csv_cell: a name or id that starts like a formula is not one.
 A column is named by the nbgrader assignment id unless --title ASSIGNMENT=TITLE gives the LMS's name (Canvas:
 "Title (ID)" names an existing Canvas assignment by its ID, as Canvas's own export does; a new title makes
 Canvas create the assignment, with the points of the "Points Possible" row).
@@ -79,8 +85,10 @@ class Scores:
 
     assignments: list[str]
     points: dict[str, float]
-    scores: dict[tuple[str, str], float]          # (student_id, assignment) -> score
+    scores: dict[tuple[str, str], float]          # (student_id, assignment) -> final score (after the penalty)
     students: dict[str, Person] = field(default_factory=dict)   # nbgrader's Student table
+    raw: dict[tuple[str, str], float] = field(default_factory=dict)   # the score before the late penalty
+    submitted: dict[tuple[str, str], str] = field(default_factory=dict)   # ISO time in UTC, "" if unknown
 
     @property
     def graded_students(self) -> set[str]:
@@ -88,16 +96,24 @@ class Scores:
 
 
 def read_scores(db_url: str) -> Scores:
-    """Assignments, their points and every submission's score from nbgrader's gradebook at `db_url`."""
+    """Assignments, their points and every submission's final and raw score and time from nbgrader's gradebook
+    at `db_url`. Final = max(0, score - late_submission_penalty), as nbgrader's export plugin computes it; the
+    score is nbgrader's (a grade's manual score where there is one, else its autograded score)."""
     from nbgrader.api import Gradebook
 
+    scores, raw, submitted = {}, {}, {}
     with Gradebook(db_url) as gb:
         assignments = sorted(a.name for a in gb.assignments)
         points = {a: float(gb.find_assignment(a).max_score) for a in assignments}
-        scores = {(row["student"], a): float(row["score"]) for a in assignments for row in gb.submission_dicts(a)}
+        for a in assignments:
+            for sub in gb.assignment_submissions(a):
+                key = (sub.student.id, a)
+                raw[key] = float(sub.score or 0.0)
+                scores[key] = max(0.0, raw[key] - float(sub.late_submission_penalty or 0.0))
+                submitted[key] = sub.timestamp.isoformat() if sub.timestamp else ""
         students = {s.id: Person(s.id, name=_full_name(s.first_name, s.last_name), canvas_id=s.lms_user_id or "",
                                  sis_login_id=s.id, email=s.email or "", id_number=s.id) for s in gb.students}
-    return Scores(assignments, points, scores, students)
+    return Scores(assignments, points, scores, students, raw, submitted)
 
 
 def _full_name(first: str | None, last: str | None) -> str:
@@ -145,20 +161,29 @@ def _number(x: float) -> str:
 
 
 def table(scores: Scores, people: list[Person], fmt: str, missing: str = "empty",
-          titles: dict[str, str] | None = None) -> list[list[str]]:
-    """The rows of the export file, header first, one row per person (in the given order). `titles` renames
-    assignment columns (nbgrader id -> the LMS's title)."""
+          titles: dict[str, str] | None = None, raw: bool = False) -> list[list[str]]:
+    """The rows of the export file, header first, one row per person (in the given order), every cell through
+    csv_cell. `titles` renames assignment columns (nbgrader id -> the LMS's title); `raw`: scores before the
+    late penalty, and (csv, moodle) a "(submitted)" column after each assignment's."""
+    from grader.inert import csv_cell
+
+    given = scores.raw if raw else scores.scores
+    times = raw and fmt != "canvas"
     if fmt not in FORMATS:
         raise ValueError(f"fmt must be one of {FORMATS}; got {fmt!r}")
     if missing not in ("empty", "zero"):
         raise ValueError(f"missing must be 'empty' or 'zero'; got {missing!r}")
-    header = [(titles or {}).get(a, a) for a in scores.assignments]
+    header = []
+    for a in scores.assignments:
+        header += [(titles or {}).get(a, a)] + ([f"{a} (submitted)"] if times else [])
 
     def cells(person: Person) -> list[str]:
         values = []
         for a in scores.assignments:
-            score = scores.scores.get((person.student_id, a))
+            score = given.get((person.student_id, a))
             values.append(_number(score) if score is not None else ("0" if missing == "zero" else ""))
+            if times:
+                values.append(scores.submitted.get((person.student_id, a), ""))
         return values
 
     if fmt == "canvas":
@@ -172,13 +197,27 @@ def table(scores: Scores, people: list[Person], fmt: str, missing: str = "empty"
     else:
         rows = [CSV_COLUMNS + header + ["total"]]
         for p in people:
-            total = sum(scores.scores.get((p.student_id, a), 0.0) for a in scores.assignments)
+            total = sum(given.get((p.student_id, a), 0.0) for a in scores.assignments)
             rows.append([p.student_id, p.name, p.email] + cells(p) + [_number(total)])
-    return rows
+    return [[csv_cell(x) for x in row] for row in rows]
+
+
+def _write(rows: list[list[str]], to: Path) -> None:
+    """Write `rows` as CSV to `to` through a temporary file and a rename."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=to.parent, prefix=f".{to.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    os.replace(tmp, to)
+
+
+def submitted_path(to: Path) -> Path:
+    """Where --raw --format canvas writes the submission times: FILE's sibling <stem>.submitted.csv."""
+    return to.with_name(f"{to.stem}.submitted.csv")
 
 
 def export(db_url: str, fmt: str, to: Path, roster: Path | None = None, missing: str = "empty",
-           allow_unrostered: bool = False, titles: dict[str, str] | None = None) -> list[str]:
+           allow_unrostered: bool = False, titles: dict[str, str] | None = None, raw: bool = False) -> list[str]:
     """Write the export file `to` (atomically) and return the graded students left out (not in the roster).
 
     Raises ExportError when a graded student is not in the roster (unless `allow_unrostered`) or when the
@@ -205,13 +244,15 @@ def export(db_url: str, fmt: str, to: Path, roster: Path | None = None, missing:
     if unknown:
         raise ExportError(f"--title names assignments the gradebook does not have: {', '.join(unknown)}; "
                           f"it has {', '.join(scores.assignments)}")
-    rows = table(scores, people, fmt, missing, titles)
+    from grader.inert import csv_cell
+
     to = Path(to)
-    to.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=to.parent, prefix=f".{to.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows(rows)
-    os.replace(tmp, to)
+    _write(table(scores, people, fmt, missing, titles, raw), to)
+    if raw and fmt == "canvas":
+        times = [["student_id", "assignment", "submitted"]]
+        times += [[csv_cell(x) for x in (p.student_id, a, scores.submitted[(p.student_id, a)])]
+                  for p in people for a in scores.assignments if (p.student_id, a) in scores.submitted]
+        _write(times, submitted_path(to))
     return unrostered
 
 
@@ -233,6 +274,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--title", action="append", default=[], metavar="ASSIGNMENT=TITLE",
                    help="the LMS's name of an assignment's column (repeatable); for Canvas, 'Title (ID)' with the "
                         "ID of an existing Canvas assignment updates that one, as in Canvas's own export")
+    p.add_argument("--raw", action="store_true",
+                   help="scores before the late penalty, with each submission's time (for an LMS that applies its "
+                        "own late policy; canvas: the times go to <FILE stem>.submitted.csv)")
     p.add_argument("--allow-unrostered", action="store_true",
                    help="export even if graded students are missing from the roster (they are listed on stderr)")
     p.set_defaults(run=run)
@@ -240,6 +284,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from grader.course import sqlite_url
+    from grader.inert import terminal_text
 
     db_url = args.db_url
     if db_url is None:
@@ -260,12 +305,14 @@ def run(args: argparse.Namespace) -> int:
             return 2
         titles[assignment.strip()] = title.strip()
     try:
-        left_out = export(db_url, args.format, args.to, args.roster, args.missing, args.allow_unrostered, titles)
+        left_out = export(db_url, args.format, args.to, args.roster, args.missing, args.allow_unrostered, titles,
+                          args.raw)
     except ExportError as err:
-        print(f"python -m grader export: {err}", file=sys.stderr)
+        print(f"python -m grader export: {terminal_text(err, 2000)}", file=sys.stderr)
         return 1
     if left_out:
         print(f"python -m grader export: left out {len(left_out)} graded student(s) not in the roster: "
-              f"{', '.join(left_out)}", file=sys.stderr)
-    print(f"wrote {args.to} ({args.format})")
+              f"{terminal_text(', '.join(left_out), 2000)}", file=sys.stderr)
+    print(f"wrote {args.to} ({args.format}, {'raw scores and submission times' if args.raw else 'final scores'})"
+          + (f" and {submitted_path(args.to)}" if args.raw and args.format == "canvas" else ""))
     return 0

@@ -7,17 +7,26 @@ nbgrader_config.py), removes them: the hidden region of each test cell, and ever
 would quote it (for notebooks autograded by plain `nbgrader autograde`, whose test cells ran). What is
 left is the visible tests and the report, which names the likely mistake ("your weights equal
 softmax(QK^T) without dividing by sqrt(d_k)").
+
+What a student wrote is inert on every page (grader.inert): `InertComments`, also registered for
+`GenerateFeedback`, turns each cell's comment (the item report, which quotes the student's exception text)
+into a fenced code block before nbgrader's template renders it as Markdown, and `inert_pages` passes every
+page the grader writes through `inert_page`, which leaves no script, handler, frame, form or non-web URL in
+the body, whatever got there.
 """
 
 from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 from html.parser import HTMLParser
 
 from nbconvert.preprocessors import Preprocessor
 from nbformat import NotebookNode
 from traitlets import Bool, Integer, Unicode
+
+from grader.inert import inert_page, markdown_code
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 HIDDEN_MARKERS = ("BEGIN HIDDEN TESTS", "END HIDDEN TESTS")   # nbgrader's defaults, as in nbgrader_config.py
@@ -134,10 +143,35 @@ class RedactHiddenTests(Preprocessor):
         return cell, resources
 
 
+class InertComments(Preprocessor):
+    """Each cell's nbgrader comment (GetGrades copies it from the gradebook: the grader's item report, or an
+    instructor's manual comment) as a fenced code block, so that the template's `markdown2html` shows it as
+    text: no HTML, no links, no math from a student's exception message. Register it after GetGrades."""
+
+    enabled = Bool(True, help="On by default: nbconvert skips preprocessors that are not enabled.").tag(config=True)
+
+    def preprocess_cell(self, cell: NotebookNode, resources: dict, index: int) -> tuple[NotebookNode, dict]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("comment"):
+            meta["comment"] = markdown_code(meta["comment"])
+        return cell, resources
+
+
+def inert_pages(folder: Path) -> int:
+    """Pass every HTML page under `folder` through grader.inert.inert_page (in place); how many tags and
+    attributes were removed in all (0 for pages nbgrader and the grader produced from escaped text)."""
+    removed = 0
+    for page in sorted(Path(folder).rglob("*.html")):
+        text, n = inert_page(page.read_text(encoding="utf-8"))
+        page.write_text(text, encoding="utf-8")
+        removed += n
+    return removed
+
+
 def failure_page(student_id: str, assignment_id: str, reason: str, max_score: float) -> str:
     """A small HTML feedback page for a submission nbgrader could not grade (it scores 0)."""
     s, a, r = (html.escape(x) for x in (student_id, assignment_id, reason))
-    return (
+    page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{a}: feedback for {s}</title></head><body>\n"
         f"<h1>{a}</h1>\n<p>Student: {s}</p>\n"
@@ -146,3 +180,4 @@ def failure_page(student_id: str, assignment_id: str, reason: str, max_score: fl
         "<p>Download a fresh copy of the exercise, copy your solutions into it, run all cells "
         "and validate before submitting again.</p>\n</body></html>\n"
     )
+    return inert_page(page)[0]

@@ -15,7 +15,7 @@ import csv
 import os
 import random
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from nbgrader.api import (Assignment, Comment, Grade, Gradebook, MissingEntry, Student, SubmittedAssignment,
@@ -29,7 +29,7 @@ from traitlets import Float as FloatTrait
 from grader.records import Result
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox",
-               "late_penalty"]
+               "late_penalty", "final_score"]
 RETRIES = 8
 
 # The grader's own table beside nbgrader's: what nbgrader has no column for. nbgrader ignores it.
@@ -187,30 +187,71 @@ def recorded(gb: Gradebook) -> dict[tuple[str, str], str | None]:
     return {(s, a): t for s, a, t in rows}
 
 
+def failed_at(gb: Gradebook) -> dict[tuple[str, str], datetime]:
+    """(student_id, assignment) -> when its recorded result, a failure, was graded (UTC, naive): a failed
+    submission whose files changed since is graded again (see changed_since)."""
+    rows = gb.db.execute(select(RESULTS.c.student_id, RESULTS.c.assignment, RESULTS.c.graded_at)
+                         .where(RESULTS.c.status == "failed")).all()
+    gb.db.rollback()
+    return {(s, a): datetime.fromisoformat(t) for s, a, t in rows}
+
+
+def changed_since(folder: Path, when: datetime | None, most: int = 1000) -> bool:
+    """Whether `folder` or a file in it (links not followed, at most `most` entries looked at) changed after
+    `when` (UTC, naive); a rename counts, as it changes the folder. False when `when` is None."""
+    if when is None:
+        return False
+    since = when.replace(tzinfo=timezone.utc).timestamp()
+    try:
+        if folder.lstat().st_mtime > since:
+            return True
+        for k, entry in enumerate(os.scandir(folder)):
+            if k >= most or entry.stat(follow_symlinks=False).st_mtime > since:
+                return k < most
+    except OSError:
+        return False
+    return False
+
+
 def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
-    """Every recorded submission as a Result (grades not filled in), with its late penalty."""
+    """Every recorded submission as a Result (grades not filled in), with its late penalty and its final score:
+    nbgrader's score for it (a manual grade where an instructor set one in formgrader, else the autograded one)
+    less the penalty, never below 0, as `python -m grader export` and nbgrader's own export compute it."""
     rows = gb.db.execute(select(RESULTS)).mappings().all()
-    penalties = dict(((student, assignment), penalty) for student, assignment, penalty in gb.db.execute(
-        select(SubmittedAssignment.student_id, Assignment.name, SubmittedAssignment.late_submission_penalty)
-        .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id)))
+    nbgrader = {(student, assignment): (score, penalty) for student, assignment, score, penalty in gb.db.execute(
+        select(SubmittedAssignment.student_id, Assignment.name, SubmittedAssignment.score,
+               SubmittedAssignment.late_submission_penalty)
+        .join(Assignment, Assignment.id == SubmittedAssignment.assignment_id))}
     gb.db.rollback()
     out = {}
     for row in rows:
         key = (row["student_id"], row["assignment"])
+        score, penalty = nbgrader.get(key, (None, None))
+        final = None if score is None else max(0.0, float(score) - float(penalty or 0.0))
         out[key] = Result(*key, row["status"], row["reason"], row["score"], row["max_score"], timestamp=row["timestamp"],
-                          seconds=row["seconds"], sandbox=row["sandbox"], late_penalty=penalties.get(key) or 0.0)
+                          seconds=row["seconds"], sandbox=row["sandbox"], late_penalty=float(penalty or 0.0),
+                          final=final)
     return out
+
+
+def _final(r: Result) -> str:
+    """The final_score cell: the gradebook's final score where it holds one, else the score less the penalty."""
+    return f"{r.final if r.final is not None else max(0.0, r.score - r.late_penalty):g}"
 
 
 def write_csv(path: Path, results: list[Result]) -> None:
     """grades.csv, one row per submission, sorted by student then assignment; written to a temporary file
-    and renamed, so a reader (or a run killed meanwhile) never sees half a file."""
+    and renamed, so a reader (or a run killed meanwhile) never sees half a file. Every cell goes through
+    grader.inert.csv_cell: a student id or reason that starts like a formula is not one."""
+    from grader.inert import csv_cell
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for r in sorted(results, key=lambda r: (r.student_id, r.assignment_id)):
-            writer.writerow([r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}",
-                             r.status, r.reason, f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}"])
+            writer.writerow([csv_cell(x) for x in (
+                r.student_id, r.assignment_id, f"{r.score:g}", f"{r.max_score:g}", r.status, r.reason,
+                f"{r.seconds:.1f}", r.sandbox, f"{r.late_penalty:g}", _final(r))])
     os.replace(tmp, path)

@@ -47,6 +47,8 @@ class Result:
     seconds: float = 0.0
     sandbox: str = ""
     late_penalty: float = 0.0        # points off for lateness (nbgrader's late-submission plugin), in the gradebook
+    final: float | None = None       # the gradebook's score (a manual grade where one was set) less the penalty, >= 0:
+                                     # what the feedback page and the LMS exports show; None before it is recorded
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,10 @@ from grader.checks.compare import grade
 from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
 from grader.course import ensure_alembic_on_path, nbgrader_config, new_folder, replace_dir, sqlite_url
 from grader.execution import Execution, execute, memory_note
-from grader.feedback import failure_page
+from grader.feedback import failure_page, inert_pages
 from grader.records import CellGrade, ItemScore, Job, Result
 from grader.sandbox.limits import Limits
-from grader.submission import Cell, SourceNotebook, code_cells, load_source, read_notebook
+from grader.submission import Cell, SourceNotebook, code_cells, find_notebook, load_source, read_notebook
 
 SEEDS_PER_ITEM = 2
 
@@ -109,10 +109,12 @@ class SandboxRunner:
         result = Result(job.student_id, job.assignment_id, "graded", sandbox=self.mode)
         notes: list[str] = []
         readable = 0
-        for source in self._sources(job.assignment_id):
-            submitted, why = read_notebook(job.directory / f"{source.name}.ipynb")
+        sources = self._sources(job.assignment_id)
+        for source in sources:
+            path, found = find_notebook(job.directory, source.name, {s.name for s in sources})
+            submitted, why = read_notebook(path)
+            notes += [note for note in (why, found) if note]
             if submitted is None:
-                notes.append(why)
                 scores = [ItemScore(i.name, i.test_id, 0.0, i.points, f"0 of {i.points:g} points: {why}.") for i in source.items]
                 cells: list[Cell] = []
             else:
@@ -209,6 +211,7 @@ class SandboxRunner:
         converter.start()
         if not (ws / "feedback" / job.student_id / job.assignment_id).exists():
             raise RuntimeError("nbgrader generate_feedback produced no feedback")
+        inert_pages(ws / "feedback" / job.student_id / job.assignment_id)   # grader.inert: no student markup
         for step in ("autograded", "feedback"):
             src = ws / step / job.student_id / job.assignment_id
             if src.exists():

@@ -8,7 +8,8 @@ cells that run in the sandbox, in the student's order, where
   - locked instructor cells (the imports) run as the source has them, and are put back when deleted;
   - solution cells are found by grade_id (the item's name) and run as the student wrote them;
   - any other cell the student added runs as it is.
-Reading never raises for a broken file: `read_notebook` returns the notebook or a reason.
+Reading never raises for a broken file: `read_notebook` returns the notebook or a reason; `find_notebook`
+finds a notebook saved under another name ("03_attention (1).ipynb").
 """
 
 from __future__ import annotations
@@ -73,6 +74,27 @@ def load_source(path: Path) -> SourceNotebook:
         elif meta.get("locked"):
             source.locked[meta["grade_id"]] = cell.source
     return source
+
+
+def find_notebook(folder: Path, name: str, others: set[str]) -> tuple[Path, str]:
+    """(the file to grade as the source notebook `name` in `folder`, a note for the instructor or "").
+
+    Normally <name>.ipynb. An LMS download or a second save names it otherwise ("03_attention (1).ipynb",
+    "Copy of 03_attention.ipynb"): when <name>.ipynb is missing and the folder holds exactly one other notebook
+    (not one of `others`, the assignment's other notebooks), that one is graded, with a note. With several,
+    none is guessed: the note lists them."""
+    expected = folder / f"{name}.ipynb"
+    if expected.exists():
+        return expected, ""
+    strays = sorted(p for p in folder.glob("*.ipynb") if p.is_file() and not p.name.startswith(".")
+                    and p.stem not in others)
+    if len(strays) == 1:
+        return strays[0], f"{strays[0].name} was graded as {name}.ipynb (the only notebook in the folder)"
+    if strays:
+        listed = ", ".join(p.name for p in strays[:5]) + (f" and {len(strays) - 5} more" if len(strays) > 5 else "")
+        return expected, (f"the folder has {len(strays)} other notebooks ({listed}) and none was guessed: rename "
+                          f"the one to grade to {name}.ipynb")
+    return expected, ""
 
 
 def read_notebook(path: Path) -> tuple[nbformat.NotebookNode | None, str]:

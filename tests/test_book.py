@@ -10,8 +10,10 @@ share one xdist group so they run on one worker: `pytest -n 2 --dist loadgroup`.
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import functools
+import json
 import re
 import shutil
 import subprocess
@@ -47,6 +49,9 @@ EXERCISE_OF_CHAPTER = {
     "book/10_warmup": "10_warmup",
 }
 """Each numbered chapter and the id of its exercise notebook exercises/<id>/<id>.ipynb."""
+
+CHAPTERS_WITHOUT_EXERCISE = ("book/11_beyond", "book/12_attention_at_scale")
+"""The numbered chapters that have no exercise notebook (and so no exercise box), after the others in the toc."""
 
 CHAPTER_SECONDS_LIMIT = 180.0
 """Fail if one chapter takes longer than this to execute. The budget is 60-90 s on a 2-core CPU;
@@ -127,7 +132,7 @@ def test_toc_files_exist():
 
 
 def test_toc_has_every_numbered_chapter():
-    expected = [*EXERCISE_OF_CHAPTER, "book/11_beyond"]
+    expected = [*EXERCISE_OF_CHAPTER, *CHAPTERS_WITHOUT_EXERCISE]
     assert chapter_files() == expected, (f"_toc.yml must list the chapters in this order: {expected}; "
                                          f"got {chapter_files()}")
 
@@ -179,10 +184,12 @@ def test_chapter_links_its_exercise_at_the_top_and_the_end(doc):
     assert notebook.is_file(), f"{doc}.md links exercise {ex}, but {notebook.relative_to(ROOT)} does not exist"
 
 
-def test_chapter_without_exercise_has_no_box():
-    extra = [doc for doc in chapter_files() if doc not in EXERCISE_OF_CHAPTER]
-    assert extra == ["book/11_beyond"]
-    assert not exercise_boxes(source("book/11_beyond")), "11_beyond has no exercise notebook to link"
+@pytest.mark.parametrize("doc", CHAPTERS_WITHOUT_EXERCISE)
+def test_chapter_without_exercise_has_no_box(doc):
+    extra = [d for d in chapter_files() if d not in EXERCISE_OF_CHAPTER]
+    assert extra == list(CHAPTERS_WITHOUT_EXERCISE), f"chapters without an exercise: {extra}"
+    boxes = exercise_boxes(source(doc))
+    assert not boxes, f"{doc}.md has no exercise notebook to link, but has exercise boxes at (line, id) {boxes}"
 
 
 def test_exercise_box_pattern_can_fail():
@@ -347,7 +354,7 @@ def test_cited_keys_parser_can_fail():
 FIGURE_PATTERNS = (r"^\s+figure:\s*$", r"^```\{figure\}", r"^:::\{figure\}", r"\{glue:figure\}")
 
 
-@pytest.mark.parametrize("doc", list(EXERCISE_OF_CHAPTER))
+@pytest.mark.parametrize("doc", [*EXERCISE_OF_CHAPTER, *CHAPTERS_WITHOUT_EXERCISE])
 def test_chapter_has_the_required_parts(doc):
     if not (ROOT / f"{doc}.md").is_file():
         pytest.fail(f"{doc}.md does not exist")
@@ -362,6 +369,162 @@ def test_chapter_has_the_required_parts(doc):
     figures = sum(len(re.findall(p, text, re.M)) for p in FIGURE_PATTERNS)
     assert figures >= 2, f"{doc}.md must have at least two numbered figures; found {figures}"
     assert re.search(r":class: (warning|caution)", text), f"{doc}.md has no pitfall admonition"
+
+
+# ------------------------------------------------------------------------------------------------
+# Exercise answers are folded
+# ------------------------------------------------------------------------------------------------
+
+def exercise_items() -> set[str]:
+    """The graded items of every exercise: the grade_id of each solution cell (the function's or
+    class's name, STYLE.md)."""
+    items = set()
+    for notebook in sorted((ROOT / "solutions").glob("*/*.ipynb")):
+        for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+            grading = cell.get("metadata", {}).get("nbgrader", {})
+            if grading.get("solution"):
+                items.add(grading["grade_id"])
+    return items
+
+
+@dataclass(frozen=True)
+class Definition:
+    qualname: str  # "f", "C" or "C.method"
+    first: int  # line numbers in its file, from 1, both included
+    last: int
+    calls: frozenset[str]  # the names it calls (f(...), self.f(...), module.f(...))
+
+
+def definitions(path: Path) -> list[Definition]:
+    """Top-level functions and classes of a transformer_ref module, and the methods of its classes."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+
+    def called(node: ast.AST) -> frozenset[str]:
+        names = set()
+        for call in ast.walk(node):
+            if isinstance(call, ast.Call):
+                f = call.func
+                names.add(f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else "")
+        return frozenset(names - {""})
+
+    found = []
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            found.append(Definition(node.name, first, node.end_lineno, called(node)))
+        if isinstance(node, ast.ClassDef):
+            found += [Definition(f"{node.name}.{m.name}", min([m.lineno] + [d.lineno for d in m.decorator_list]),
+                                 m.end_lineno, called(m))
+                      for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return found
+
+
+def answer_names(items: set[str]) -> set[str]:
+    """Names whose code gives an exercise item away: the items themselves (functions, classes, methods)
+    and the private helpers an item's code calls (`_warmup_then_decay` is the body of warmup_linear_lr),
+    except the argument checks (`_check_*`), which give nothing away."""
+    defs = [d for path in sorted((ROOT / "transformer_ref").glob("*.py")) for d in definitions(path)]
+    answers = set(items)
+    for d in defs:
+        if set(d.qualname.split(".")) & items:
+            answers |= {name for name in d.calls if name.startswith("_") and not name.startswith("_check")
+                        and not name.startswith("__")}
+    return answers
+
+
+def fences_around(text: str) -> list[list[tuple[str, str]]]:
+    """For every line of a MyST page, the colon fences (:::{name}) it sits inside, outermost first, as
+    (directive name, its option and body text up to that line)."""
+    stack: list[tuple[int, str, list[str]]] = []
+    around = []
+    for line in text.splitlines():
+        opening = re.match(r"^(:{3,})\{([\w-]+)\}", line)
+        closing = re.match(r"^(:{3,})\s*$", line)
+        if closing and stack and len(closing.group(1)) == stack[-1][0]:
+            stack.pop()
+        around.append([(name, "\n".join(body)) for _, name, body in stack])
+        for _, _, body in stack:
+            body.append(line)
+        if opening:
+            stack.append((len(opening.group(1)), opening.group(2), []))
+    return around
+
+
+def folded(fences: list[tuple[str, str]]) -> bool:
+    """Inside a dropdown (:::{dropdown} or an admonition with :class: dropdown) whose text asks the
+    reader to try the exercise first."""
+    return any((name == "dropdown" or (name == "admonition" and re.search(r"^:class:.*\bdropdown\b", body, re.M)))
+               and re.search(r"\bexercises?\b", body, re.I) and re.search(r"\bfirst\b", body, re.I)
+               for name, body in fences)
+
+
+def shown_answers(text: str, answers: set[str], doc: str = "book/x") -> list[tuple[int, str]]:
+    """(line, what) for every piece of an exercise answer a page shows in the open: a literalinclude of
+    transformer_ref (by :pyobject:, by :lines:, or the whole file) that covers an answer, or an
+    inspect.getsource of one in a code cell, outside a folded dropdown."""
+    around, lines, shown = fences_around(text), text.splitlines(), []
+    for m in re.finditer(r"^`{3,}\{literalinclude\}\s*(\S+)[^\n]*\n((?::[^\n]*\n)*)", text, re.M):
+        line = text.count("\n", 0, m.start())
+        target = (ROOT / doc).parent / m.group(1)
+        if folded(around[line]) or target.resolve().parent != (ROOT / "transformer_ref").resolve():
+            continue
+        options = dict(re.findall(r"^:([\w-]+):[ \t]*(.*)$", m.group(2), re.M))
+        defs = definitions(target)
+        if "pyobject" in options:
+            covered = [d for d in defs if d.qualname == options["pyobject"].strip()]
+        else:  # :lines: 3-9,12 or, without it, the whole file (start-after/end-before counted as the whole file)
+            wanted = set()
+            for part in options.get("lines", f"1-{len(target.read_text().splitlines())}").split(","):
+                a, _, b = part.strip().partition("-")
+                wanted |= set(range(int(a), int(b or a) + 1))
+            covered = [d for d in defs if wanted & set(range(d.first, d.last + 1))]
+        shown += [(line + 1, d.qualname) for d in covered if set(d.qualname.split(".")) & answers]
+    for i, code in enumerate(lines):
+        for name in re.findall(r"getsource\(\s*([\w.]+)\s*\)", code):
+            if set(name.split(".")) & answers and not folded(around[i]):
+                shown.append((i + 1, name))
+    return sorted(set(shown))
+
+
+def test_exercise_answers_are_folded():
+    """No page shows the code of an exercise item (or of a helper that is its body) in the open: it sits
+    in a dropdown that suggests doing the exercise first (issue 18, "Also")."""
+    items = exercise_items()
+    assert {"decoder_self_attention_mask", "greedy_decode", "MultiHeadAttention"} <= items
+    answers = answer_names(items)
+    assert "_warmup_then_decay" in answers and "_check_split_heads" not in answers
+    open_answers = {doc: shown_answers(source(doc), answers, doc) for doc in chapter_files()}
+    open_answers = {doc: shown for doc, shown in open_answers.items() if shown}
+    assert not open_answers, ("exercise answers shown in the open (line, object); put each in a "
+                              f":::{{dropdown}} that says to try the exercise first: {open_answers}")
+
+
+def test_folded_answer_check_can_fail():
+    answers = answer_names({"greedy_decode", "warmup_linear_lr"})
+    include = "```{literalinclude} ../transformer_ref/model.py\n:language: python\n:pyobject: Transformer.greedy_decode\n```\n"
+    assert shown_answers(include, answers) == [(1, "Transformer.greedy_decode")]
+    hint = "Exercise 7 asks you to write it: try it there first.\n\n"
+    assert shown_answers(f":::{{dropdown}} Show the code\n{hint}{include}:::\n", answers) == []
+    assert shown_answers(f":::{{admonition}} Code\n:class: dropdown\n{hint}{include}:::\n", answers) == []
+    # folded without the line about the exercise, or in a box that is not a dropdown: still open
+    assert shown_answers(f":::{{dropdown}} Show the code\n{include}:::\n", answers) == [(2, "Transformer.greedy_decode")]
+    assert shown_answers(f":::{{note}}\n{hint}{include}:::\n", answers) == [(4, "Transformer.greedy_decode")]
+    # a dropdown closed before the include does not fold it
+    assert shown_answers(f":::{{dropdown}} Code\n{hint}:::\n\n{include}", answers) == [(6, "Transformer.greedy_decode")]
+    # the same code by other routes: a helper that is the item's body, a :lines: range, the whole file,
+    # inspect.getsource in a code cell
+    helper = include.replace("model.py", "schedules.py").replace("Transformer.greedy_decode", "_warmup_then_decay")
+    assert shown_answers(helper, answers) == [(1, "_warmup_then_decay")]
+    first, last = next((d.first, d.last) for d in definitions(ROOT / "transformer_ref" / "schedules.py")
+                       if d.qualname == "warmup_linear_lr")
+    by_lines = f"```{{literalinclude}} ../transformer_ref/schedules.py\n:lines: {first}-{last}\n```\n"
+    assert shown_answers(by_lines, answers) == [(1, "warmup_linear_lr")]
+    whole = "```{literalinclude} ../transformer_ref/schedules.py\n```\n"
+    assert {what for _, what in shown_answers(whole, answers)} == {"warmup_linear_lr", "_warmup_then_decay"}
+    assert shown_answers("```{code-cell} ipython3\nprint(inspect.getsource(Transformer.greedy_decode))\n```\n",
+                         answers) == [(2, "Transformer.greedy_decode")]
+    # code that is not an answer stays in the open
+    assert shown_answers(include.replace("greedy_decode", "encode"), answers) == []
 
 
 # ------------------------------------------------------------------------------------------------

@@ -158,6 +158,56 @@ def _ids(path: Path) -> frozenset[str]:
     return frozenset(re.findall(r"""\sid=["']([^"']+)["']""", path.read_text(encoding="utf-8", errors="replace")))
 
 
+# On a phone: display equations wider than the screen that cannot be scrolled, or show no sign that they
+# scroll (the scrolling shadow of book.css); figures shrunk below 80% of their size that do not open full size.
+CUT_EQUATIONS = """
+return Array.from(document.querySelectorAll('div.math, div.math > mjx-container'))
+  .filter(m => m.scrollWidth > m.clientWidth + 1)
+  .filter(m => { const before = m.scrollLeft; m.scrollLeft = m.scrollWidth; const moved = m.scrollLeft > before;
+                 m.scrollLeft = before; return !(moved && getComputedStyle(m).backgroundImage.includes('gradient')); })
+  .map(m => m.textContent.trim().slice(0, 60))"""
+SHRUNK_FIGURES = """
+return Array.from(document.querySelectorAll('figure img, .cell_output img'))
+  .filter(i => i.naturalWidth > 0 && i.getBoundingClientRect().width < 0.8 * i.naturalWidth)
+  .filter(i => { const a = i.closest('a[href]');
+                 return !(a && /[.](png|jpe?g|svg|gif|webp)$/i.test(a.getAttribute('href'))); })
+  .map(i => i.getAttribute('src'))"""
+
+
+def phone_problems(driver) -> list[str]:
+    """What a reader cannot reach on a phone-sized window (the window must be that size already)."""
+    cut = [f"an equation is cut off on a {PHONE_WIDTH} px screen (it does not scroll, or shows no sign "
+           f"that it does): {t!r}" for t in driver.execute_script(CUT_EQUATIONS)]
+    return cut + [f"a figure shrinks below 80% on a {PHONE_WIDTH} px screen and does not open full size: {src}"
+                  for src in driver.execute_script(SHRUNK_FIGURES)]
+
+
+def test_phone_checks_can_fail(browser, tmp_path):
+    """A wide equation that is clipped and a wide figure without a link are both reported."""
+    import struct
+    import zlib
+
+    def png(width: int, height: int) -> bytes:
+        row = b"\x00" + b"\xff" * width
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
+
+    (tmp_path / "wide.png").write_bytes(png(2000, 10))
+    (tmp_path / "page.html").write_text(
+        '<html><body style="margin:0"><div class="math" style="overflow:hidden"><span style="display:inline-block;'
+        'width:3000px">Attention(Q,K,V) = softmax(QK^T)</span></div><figure><img src="wide.png" '
+        'style="max-width:100%"></figure></body></html>')
+    browser.set_window_size(PHONE_WIDTH, 900)
+    browser.get((tmp_path / "page.html").as_uri())
+    _wait(browser, lambda d: d.execute_script("return document.images[0].complete"))
+    found = phone_problems(browser)
+    browser.set_window_size(1280, 900)
+    assert len(found) == 2 and "Attention(Q,K,V)" in found[0] and "wide.png" in found[1], found
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_in_browser(page, site, browser):
     url = urljoin(site, f"{page}.html")
@@ -222,6 +272,7 @@ def test_page_in_browser(page, site, browser):
         "return document.documentElement.scrollWidth - document.documentElement.clientWidth")
     if overflow > 1:
         problems.append(f"the page scrolls sideways by {overflow} px on a {PHONE_WIDTH} px wide screen")
+    problems += phone_problems(browser)
     browser.set_window_size(1280, 900)
 
     _screenshot(browser, page)

@@ -5,6 +5,7 @@ same distribution), calling the shortcut scores 0, and grade() gives partial cre
 from __future__ import annotations
 
 import io
+import random
 
 import pytest
 import torch
@@ -145,6 +146,96 @@ ALTERNATIVES = {
     bert.MASKED_LM_LOSS: [mlm_logsumexp, mlm_loop, mlm_one_hot],
 }
 
+# ---------------------------------------------------------------- cheats: every rule and rate on target, no randomness
+# from `generator` (issue 15, item 11). Each must fail; the message must say where the randomness should come from.
+
+GOLDEN = 0.6180339887498949   # frac(n * GOLDEN) spreads any run of positions evenly over [0, 1)
+
+
+def _by_rule(input_ids, u, action, random_ids, mask_token_id, special_token_ids, mlm_probability):
+    """The corruption for given per-token numbers u (chosen if < p), action (< 0.8 mask, < 0.9 random) and ids."""
+    chosen = (u < mlm_probability) & ~torch.isin(input_ids, torch.as_tensor(special_token_ids, dtype=input_ids.dtype))
+    inputs = torch.where(chosen & (action < 0.8), torch.full_like(input_ids, mask_token_id), input_ids)
+    inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids.to(input_ids.dtype), inputs)
+    return inputs, torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+
+
+def _positions(input_ids, shift=0.0):
+    n = torch.arange(input_ids.numel(), dtype=torch.float64).reshape(input_ids.shape) + shift
+    return torch.frac(n * GOLDEN), torch.frac(n * 2 ** 0.5)
+
+
+def cheat_by_position(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15, generator=None):
+    """No random number at all: chosen, action and replacement are fixed functions of the position."""
+    u, action = _positions(input_ids)
+    n = torch.arange(input_ids.numel()).reshape(input_ids.shape)
+    return _by_rule(input_ids, u, action, (n * 7919) % vocab_size, mask_token_id, special_token_ids, mlm_probability)
+
+
+def cheat_fixed_manual_seed(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                            generator=None):
+    """The reference's draws, from the global generator reseeded with a constant."""
+    torch.manual_seed(0)
+    return _by_rule(input_ids, torch.rand(input_ids.shape), torch.rand(input_ids.shape),
+                    torch.randint(vocab_size, input_ids.shape), mask_token_id, special_token_ids, mlm_probability)
+
+
+def cheat_python_random_seeded(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                               generator=None):
+    rng = random.Random(1234)
+    draws = [[rng.random(), rng.random(), rng.randrange(vocab_size)] for _ in range(input_ids.numel())]
+    u, action, ids = torch.tensor(draws, dtype=torch.float64).T.reshape(3, *input_ids.shape)
+    return _by_rule(input_ids, u, action, ids.long(), mask_token_id, special_token_ids, mlm_probability)
+
+
+def cheat_python_random(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                        generator=None):
+    u = torch.tensor([random.random() for _ in range(input_ids.numel())]).reshape(input_ids.shape)
+    action = torch.tensor([random.random() for _ in range(input_ids.numel())]).reshape(input_ids.shape)
+    ids = torch.tensor([random.randrange(vocab_size) for _ in range(input_ids.numel())]).reshape(input_ids.shape)
+    return _by_rule(input_ids, u, action, ids, mask_token_id, special_token_ids, mlm_probability)
+
+
+def cheat_generator_once_then_positions(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                                        generator=None):
+    """Draws from `generator` (so it looks used) but throws the numbers away."""
+    torch.rand(input_ids.shape, generator=generator)
+    return cheat_by_position(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability)
+
+
+def cheat_shifted_pattern(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                          generator=None):
+    """A positional pattern moved by one number from `generator`: every seed differs and every position is chosen
+    at exactly the rate across seeds, but the tokens are not chosen independently of each other."""
+    shift = float(torch.rand((), generator=generator, dtype=torch.float64)) * 1e6
+    u, _ = _positions(input_ids, shift)
+    action = torch.rand(input_ids.shape, generator=generator)
+    ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    return _by_rule(input_ids, u, action, ids, mask_token_id, special_token_ids, mlm_probability)
+
+
+def cheat_two_patterns(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                       generator=None):
+    """One of two fixed patterns, picked by one number from `generator` (alternating over seeds)."""
+    flip = float(torch.rand((), generator=generator)) < 0.5
+    u, action = _positions(input_ids, 0.5 if flip else 0.0)
+    ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    return _by_rule(input_ids, u, action, ids, mask_token_id, special_token_ids, mlm_probability)
+
+
+def cheat_action_by_position(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                             generator=None):
+    """Chosen at random from `generator`, but [MASK] / random / keep decided by the position (8 of every 10)."""
+    u = torch.rand(input_ids.shape, generator=generator)
+    action = (torch.arange(input_ids.numel()).reshape(input_ids.shape) % 10 + 0.5) / 10
+    ids = torch.randint(vocab_size, input_ids.shape, generator=generator)
+    return _by_rule(input_ids, u, action, ids, mask_token_id, special_token_ids, mlm_probability)
+
+
+CHEATS = [cheat_by_position, cheat_fixed_manual_seed, cheat_python_random_seeded, cheat_python_random,
+          cheat_generator_once_then_positions, cheat_shifted_pattern, cheat_two_patterns, cheat_action_by_position]
+
+
 # ---------------------------------------------------------------- shortcuts
 
 
@@ -226,7 +317,7 @@ def test_mask_tokens_invariant_messages():
 def test_grade_a_global_random_generator_fails_only_the_reproducibility_group():
     result = contract.graded(bert.MASK_TOKENS, bert._mt_global_rng)
     assert {g.group: g.passed for g in result.groups} == {
-        "small batches": True, "mlm_probability 0 and 1": True, "the same generator seed twice": False,
+        "small batches": True, "mlm_probability 0 and 1": True, "generator seeds": False,
         "statistics of a large batch": True}
     assert result.fraction == 0.75 and result.mistake == "global_rng"
     assert result.message.startswith("mask_tokens: right on small batches, mlm_probability 0 and 1 and statistics")
@@ -258,3 +349,32 @@ def test_mask_tokens_cases_and_outcomes_survive_a_round_trip_through_torch_save(
     torch.save(outcomes, buffer)
     buffer.seek(0)
     assert compare(item, cases, torch.load(buffer, weights_only=False)).passed
+
+
+@pytest.mark.parametrize("cheat", CHEATS, ids=lambda f: f.__name__)
+def test_mask_tokens_without_randomness_from_generator_fails(cheat):
+    """Every rule and every rate on target, but the randomness not from `generator` (no draw at all, a fixed seed
+    inside, the global or Python's generator, a pattern moved or picked by one draw): the check fails and says
+    where the randomness must come from, on every seed the grader might use, and grade() takes points off."""
+    for seeds in ((0,), (1, 2), (7,)):
+        report = check(bert.MASK_TOKENS, cheat, seeds=seeds)
+        assert not report.passed, (cheat.__name__, seeds)
+        assert report.mistake in ("same_for_every_seed", "global_rng", "positions", "split"), report.message
+        assert "generator" in report.message or "independently" in report.message, report.message
+    assert contract.graded(bert.MASK_TOKENS, cheat).fraction <= 0.75
+
+
+def test_a_positional_rule_is_told_the_seeds_give_the_same_tokens():
+    report = check(bert.MASK_TOKENS, cheat_by_position)
+    assert report.mistake == "same_for_every_seed"
+    assert ("your mask_tokens gives the same tokens for different generator seeds: draw the random numbers from "
+            "`generator`") in report.message
+    result = contract.graded(bert.MASK_TOKENS, cheat_by_position)
+    assert {g.group: g.passed for g in result.groups}["generator seeds"] is False
+
+
+def test_mask_tokens_rates_per_position_and_pairs_pass_for_correct_solutions_on_many_seeds():
+    """The per-position chi-square (8 sigma) and the pair rates (6 sigma) do not fail a correct process."""
+    for impl in (bert.MASK_TOKENS.reference(), *ALTERNATIVES[bert.MASK_TOKENS]):
+        report = check(bert.MASK_TOKENS, impl, seeds=range(20, 26))
+        assert report.passed, (impl.__name__, report.message)

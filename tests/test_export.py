@@ -173,3 +173,61 @@ def test_the_command_line_exports_and_reports_unrostered_students(gradebook, tmp
     missing = cli("--format", "csv", "--to", str(tmp_path / "x.csv"), "--db-url", sqlite_url(tmp_path / "none.db"))
     assert missing.returncode == 1 and "no gradebook at sqlite:///" in missing.stderr
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "x.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def late_gradebook(gradebook, tmp_path_factory) -> Path:
+    """The gradebook with ann's 03_attention handed in late (1.5 points off, as the late plugin records it) and
+    bob's 01_history test_b given 4 points by hand in formgrader."""
+    from datetime import datetime
+    from nbgrader.api import Gradebook
+
+    path = tmp_path_factory.mktemp("late") / "gradebook.db"
+    shutil.copy(gradebook, path)
+    with Gradebook(sqlite_url(path)) as gb:
+        gb.find_submission("03_attention", "ann").timestamp = datetime(2026, 3, 2, 9, 30)
+        gb.find_submission_notebook("03_attention", "03_attention", "ann").late_submission_penalty = 1.5
+        gb.find_grade("test_b", "01_history", "01_history", "bob").manual_score = 4.0
+        gb.db.commit()
+    return path
+
+
+def _nbgrader_export(db: Path, tmp_path: Path) -> dict[tuple[str, str], float]:
+    """(student, assignment) -> score, from `nbgrader export` (its CSV plugin applies the penalty)."""
+    to = tmp_path / "nbgrader.csv"
+    subprocess.run([sys.executable, "-m", "nbgrader", "export", f"--db={sqlite_url(db)}", f"--to={to}"],
+                   check=True, capture_output=True, cwd=tmp_path)
+    with open(to, newline="") as f:
+        return {(r["student_id"], r["assignment"]): float(r["score"]) for r in csv.DictReader(f)}
+
+
+def test_every_format_exports_the_final_score_nbgrader_export_gives(late_gradebook, roster, tmp_path):
+    final = _nbgrader_export(late_gradebook, tmp_path)
+    assert final[("ann", "03_attention")] == 1.0 and final[("bob", "01_history")] == 5.0
+    export(sqlite_url(late_gradebook), "csv", tmp_path / "grades.csv", roster)
+    rows = {r[0]: r for r in _rows(tmp_path / "grades.csv")[1:]}
+    assert (rows["ann"][4], rows["bob"][3]) == ("1", "5")
+    export(sqlite_url(late_gradebook), "canvas", tmp_path / "canvas.csv", roster)
+    canvas = {r[3]: r for r in _rows(tmp_path / "canvas.csv")[2:]}
+    assert (canvas["ann.lee"][6], canvas["bob.ng"][5]) == ("1", "5")
+    export(sqlite_url(late_gradebook), "moodle", tmp_path / "moodle.csv", roster)
+    moodle = {r[0]: r for r in _rows(tmp_path / "moodle.csv")[1:]}
+    assert (moodle["ann@uni.example"][3], moodle["bob@uni.example"][2]) == ("1", "5")
+    for (student, assignment), score in final.items():
+        column = ["01_history", "03_attention"].index(assignment)
+        ours = rows[student][3 + column] or "0"   # nbgrader lists a missing submission as 0
+        assert float(ours) == pytest.approx(score, abs=0.005), (student, assignment)
+
+
+def test_raw_export_gives_the_score_before_the_penalty_and_the_submission_time(late_gradebook, roster, tmp_path):
+    export(sqlite_url(late_gradebook), "csv", tmp_path / "raw.csv", roster, raw=True)
+    rows = _rows(tmp_path / "raw.csv")
+    assert rows[0] == ["student_id", "name", "email", "01_history", "01_history (submitted)", "03_attention",
+                       "03_attention (submitted)", "total"]
+    ann = next(r for r in rows if r[0] == "ann")
+    assert ann[5:7] == ["2.5", "2026-03-02T09:30:00"]
+    export(sqlite_url(late_gradebook), "canvas", tmp_path / "canvas.csv", roster, raw=True)
+    assert _rows(tmp_path / "canvas.csv")[0][5:] == ["01_history", "03_attention"], "canvas: one column per assignment"
+    times = _rows(tmp_path / "canvas.submitted.csv")
+    assert times[0] == ["student_id", "assignment", "submitted"]
+    assert ["ann", "03_attention", "2026-03-02T09:30:00"] in times

@@ -132,10 +132,13 @@ def test_command_exits_0_and_grades_every_submission(graded):
     assert graded.rc == 0, graded.log[-3000:]
     expected = {(s, a) for a in ASSIGNMENTS for s in ("solution", "exercise")}
     expected |= {(s, BROKEN_ON) for s in partial_submissions()}
-    assert set(graded.rows) == expected
+    missing = {(s, a) for a in ASSIGNMENTS for s in partial_submissions() if a != BROKEN_ON}
+    assert set(graded.rows) == expected | missing, "a row for every student and every assignment handed in"
     assert list(next(iter(graded.rows.values()))) == \
-        ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox", "late_penalty"]
-    assert {r["sandbox"] for r in graded.rows.values()} == {"bwrap"}
+        ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox", "late_penalty",
+         "final_score"]
+    assert {graded.rows[key]["status"] for key in missing} == {"missing"}
+    assert {graded.rows[key]["sandbox"] for key in expected} == {"bwrap"}
     assert (graded.out / "gradebook.db").exists()
     for student, assignment in expected:
         assert (graded.out / "feedback" / student / assignment / f"{assignment}.html").exists()
@@ -165,6 +168,8 @@ def test_gradebook_matches_grades_csv(graded):
 
     with Gradebook("sqlite:///" + str(graded.out / "gradebook.db")) as gb:
         for (student, assignment), row in graded.rows.items():
+            if row["status"] == "missing":     # no submission: in grades.csv only
+                continue
             submission = gb.find_submission(assignment, student)
             assert (submission.score, submission.max_score) == (float(row["score"]), float(row["max_score"]))
 

@@ -239,7 +239,7 @@ def test_relative_multihead_rejects_bad_input():
         module(x[..., :6], x, x)
 
 
-# ---------------------------------------------------------------- Huang et al. 2018 skewing
+# ---------------------------------------------------------------- Huang et al. 2019 skewing
 
 def loop_relative_logits(q, rel_emb):
     """S[i, j] = q_i . E[j - i + L - 1], 0 where that row does not exist (causal, j > i)."""

@@ -208,7 +208,7 @@ HOG = '''_blocks = []
 for _ in range(12):
     _blocks.append(torch.ones(2 ** 28))  # 1 GiB'''
 HOG_IN_FUNCTION = '''def self_attention(x, W_q, W_k, W_v, mask=None):
-    blocks = [bytearray(2 ** 30) for _ in range(12)]  # 12 GiB, 1 GiB at a time
+    blocks = [bytearray(2 ** 32) for _ in range(3)]  # 12 GiB, 4 GiB at a time: each case fails at once
     return scaled_dot_product_attention(x @ W_q, x @ W_k, x @ W_v, mask)'''
 
 NOISY = '''import sys, warnings

@@ -24,6 +24,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
+from grader.checks.results import Unsent
 from grader.execution import load_outcomes
 from grader.sandbox import wire
 
@@ -140,8 +141,8 @@ def _nested(n: int, depth: int):
 
 
 @pytest.mark.parametrize("value, says", [
-    (torch.ones(2).as_subclass(Liar), "Liar object>"),
-    (Odd(), "Odd object>"),
+    (torch.ones(2).as_subclass(Liar), "Liar object"),
+    (Odd(), "Odd object"),
     (torch.ones(2, dtype=torch.complex64), "dtype torch.complex64"),
     (torch.ones(2).to_sparse(), "sparse"),
     (torch.empty(2, device="meta"), "meta"),
@@ -160,14 +161,14 @@ def test_the_encoder_describes_what_the_host_would_refuse(value, says):
     described = back["value"]
     while isinstance(described, tuple):   # the deep tuple is cut where it gets too deep
         (described,) = described
-    assert type(described) is str and says in described, back["value"]
+    assert type(described) is Unsent and says in described.what, back["value"]
 
 
 def test_the_encoder_keeps_the_node_budget_for_every_outcome():
     """Many outcomes of many values each: the frame is still accepted (later values become placeholders)."""
     value = [list(range(60)) for _ in range(60)]   # 3661 values
     back = wire.decode(wire.encode("f", [outcome(value) for _ in range(5)]), "f")
-    assert back[0]["value"] == value and all(isinstance(o["value"], str) for o in back[1:])
+    assert back[0]["value"] == value and all(isinstance(o["value"], Unsent) for o in back[1:])
 
 
 def test_the_encoder_cuts_long_texts_to_fit_the_header():
@@ -182,7 +183,7 @@ def test_a_tensor_too_large_for_a_frame_is_described_not_sent():
     data = wire.encode("f", [outcome((big, torch.ones(2)))])
     assert len(data) < 1 << 20
     (back,) = wire.decode(data, "f")
-    assert "past the grader's limits" in back["value"][0] and torch.equal(back["value"][1], torch.ones(2))
+    assert "past the grader's limits" in back["value"][0].what and torch.equal(back["value"][1], torch.ones(2))
 
 
 # ----------------------------------------------------------------------------- forged frames
@@ -318,3 +319,20 @@ def test_the_harness_events_are_accepted():
     for event in ({"cell": "imports"}, {"item": "f"}, {"cell": "c", "error": "é" * 2000}, {"cell": "c", "error": None},
                   {"done": True}):
         assert wire.decode_event(json.dumps(event).encode()) == event
+
+
+# ----------------------------------------------------------------------------- amplification where values are made
+def _amplify(q, k, v, mask=None):
+    """A legal return value of 64**5 leaves by shared references (10**9 parts to walk, 65 lists in memory)."""
+    return _nested(64, 5), _nested(64, 5)
+
+
+def test_a_check_on_a_value_of_shared_references_answers_at_once():
+    """In the student's kernel (no sandbox, no wire) the check walks what the function returned: bounded too."""
+    from grader.checks.attention import check_scaled_dot_product_attention
+    from grader.checks.report import CheckFailed
+
+    start = time.perf_counter()
+    with pytest.raises(CheckFailed, match="expected a torch.Tensor"):
+        check_scaled_dot_product_attention(_amplify)
+    assert time.perf_counter() - start < SECONDS

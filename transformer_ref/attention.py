@@ -148,14 +148,18 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 def _fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                     dropout_p: float) -> torch.Tensor:
-    """:func:`fused_attention` without the argument checks (for callers that checked them once)."""
+                     dropout_p: float, enable_gqa: bool = False) -> torch.Tensor:
+    """:func:`fused_attention` without the argument checks (for callers that checked them once).
+
+    enable_gqa: k and v have fewer heads (axis -3) than q, each shared by a group of query heads
+    (multihead.grouped_query_attention's grouping, which is the kernel's)."""
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=enable_gqa)
     mask = torch.atleast_2d(mask)  # the kernel wants the (T_q, T_k) axes present, if only as size 1
     has_key = mask.any(dim=-1, keepdim=True)  # (..., T_q, 1)
     # Let empty rows attend everywhere (some backends return NaN for them), then zero them.
-    output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, dropout_p=dropout_p)
+    output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask | ~has_key, dropout_p=dropout_p,
+                                            enable_gqa=enable_gqa)
     return output.masked_fill(~has_key, 0.0)  # (..., T_q, d_v)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from transformer_ref._checks import (check_choice, check_floating, check_min_ndim, check_module_device, check_ndim,
                                      check_positive_int, check_same_device, check_size)
+from transformer_ref.kv_cache import DecoderLayerCache, KVCache
 from transformer_ref.multihead import MultiHeadAttention, attention_mask_for_heads
 
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"relu": F.relu, "gelu": F.gelu}
@@ -141,23 +142,37 @@ def _check_layer_input(x: torch.Tensor, name: str, layer: nn.Module, d_model: in
     check_module_device(x, name, layer)
 
 
-def _check_encoder_layer(layer: EncoderLayer, x: torch.Tensor, mask: torch.Tensor | None) -> None:
-    """x: (B, T, d_model) on the layer's device; mask bool, broadcastable to (B, T, T) or (B, H, T, T)."""
+def _check_cache(cache: object, name: str, kind: type) -> int:
+    """cache: None or a `kind` record (kv_cache.KVCache or DecoderLayerCache); returns t, the positions it holds."""
+    if cache is None:
+        return 0
+    if not isinstance(cache, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None; got {type(cache).__name__}")
+    return len(cache if isinstance(cache, KVCache) else cache.self_attn)
+
+
+def _check_encoder_layer(layer: EncoderLayer, x: torch.Tensor, mask: torch.Tensor | None,
+                         cache: KVCache | None) -> None:
+    """x: (B, T, d_model) on the layer's device; mask bool, broadcastable to (B, T, t + T) or (B, H, T, t + T)
+    with t the positions in the cache (0 without one)."""
     _check_layer_input(x, "x", layer, layer.self_attn.d_model)
+    past = _check_cache(cache, "cache", KVCache)
     B, T = x.shape[:2]
-    attention_mask_for_heads(mask, "mask", B, layer.self_attn.num_heads, T, T, x.device)
+    attention_mask_for_heads(mask, "mask", B, layer.self_attn.num_heads, T, past + T, x.device)
 
 
 def _check_decoder_layer(layer: DecoderLayer, x: torch.Tensor, memory: torch.Tensor,
-                         self_mask: torch.Tensor | None, memory_mask: torch.Tensor | None) -> None:
-    """x: (B, T, d_model), memory: (B, S, d_model); self_mask broadcastable to (B, T, T) (or 4-D with H),
-    memory_mask to (B, T, S)."""
+                         self_mask: torch.Tensor | None, memory_mask: torch.Tensor | None,
+                         cache: DecoderLayerCache | None) -> None:
+    """x: (B, T, d_model), memory: (B, S, d_model); self_mask broadcastable to (B, T, t + T) (or 4-D with H;
+    t: the positions in the cache), memory_mask to (B, T, S)."""
     d_model = layer.self_attn.d_model
     _check_layer_input(x, "x", layer, d_model)
     _check_layer_input(memory, "memory", layer, d_model)
     check_size(memory, "memory", 0, x.size(0), "B = x.shape[0]")
+    past = _check_cache(cache, "cache", DecoderLayerCache)
     (B, T), S, H = x.shape[:2], memory.size(1), layer.self_attn.num_heads
-    attention_mask_for_heads(self_mask, "self_mask", B, H, T, T, x.device)
+    attention_mask_for_heads(self_mask, "self_mask", B, H, T, past + T, x.device)
     attention_mask_for_heads(memory_mask, "memory_mask", B, H, T, S, x.device)
 
 
@@ -167,29 +182,33 @@ class EncoderLayer(nn.Module):
     Members (stable names, used by the BERT and ViT weight conversions): self_attn (MultiHeadAttention),
     feed_forward (PositionwiseFeedForward: linear1, linear2), norm1, norm2 (LayerNorm), dropout1, dropout2.
     dropout applies to each sublayer's output, inside the FFN and to the attention weights.
+    num_kv_heads: key/value heads of the self-attention (None: num_heads; see multihead.grouped_query_attention).
     """
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0,
-                 activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5) -> None:
+                 activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
+                 num_kv_heads: int | None = None) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, num_kv_heads=num_kv_heads)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout, activation)
         self.norm1 = LayerNorm(d_model, layer_norm_eps)
         self.norm2 = LayerNorm(d_model, layer_norm_eps)
         self.dropout1 = nn.Dropout(dropout)
         self.dropout2 = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None,
-                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """x: (B, T, d_model); mask: bool, True = may attend, broadcastable to (B, T, T) or (B, H, T, T).
 
-        Returns x (B, T, d_model), or (x, self-attention weights (B, H, T, T)) when need_weights
+        cache (decoding, a kv_cache.KVCache holding t positions): x holds the new positions only, their
+        self-attention keys and values are appended, and mask covers (B, T, t + T).
+        Returns x (B, T, d_model), or (x, self-attention weights (B, H, T, t + T)) when need_weights
         (the explicit attention path; otherwise the fused one).
         """
-        _check_encoder_layer(self, x, mask)  # arguments checked here
+        _check_encoder_layer(self, x, mask, cache)  # arguments checked here
         h = _sublayer_input(x, self.norm1, self.norm_first)
-        attn_out, weights = self.self_attn(h, h, h, mask, need_weights)
+        attn_out, weights = self.self_attn(h, h, h, mask, need_weights, cache)
         x = _sublayer_output(x, attn_out, self.norm1, self.dropout1, self.norm_first)
         h = _sublayer_input(x, self.norm2, self.norm_first)
         x = _sublayer_output(x, self.feed_forward(h), self.norm2, self.dropout2, self.norm_first)
@@ -200,15 +219,16 @@ class DecoderLayer(nn.Module):
     """One decoder layer: masked self-attention, cross-attention over the encoder output, feed-forward.
 
     Members: self_attn, cross_attn (MultiHeadAttention), feed_forward (linear1, linear2), norm1, norm2, norm3,
-    dropout1, dropout2, dropout3.
+    dropout1, dropout2, dropout3. num_kv_heads: key/value heads of both attentions (None: num_heads).
     """
 
     def __init__(self, d_model: int, num_heads: int, d_ff: int, dropout: float = 0.0,
-                 activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5) -> None:
+                 activation: str = "relu", norm_first: bool = False, layer_norm_eps: float = 1e-5,
+                 num_kv_heads: int | None = None) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, num_kv_heads=num_kv_heads)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, num_kv_heads=num_kv_heads)
         self.feed_forward = PositionwiseFeedForward(d_model, d_ff, dropout, activation)
         self.norm1 = LayerNorm(d_model, layer_norm_eps)
         self.norm2 = LayerNorm(d_model, layer_norm_eps)
@@ -218,21 +238,25 @@ class DecoderLayer(nn.Module):
         self.dropout3 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, self_mask: torch.Tensor | None = None,
-                memory_mask: torch.Tensor | None = None, need_weights: bool = False
+                memory_mask: torch.Tensor | None = None, need_weights: bool = False,
+                cache: DecoderLayerCache | None = None
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, T, d_model) target side; memory: (B, S, d_model) encoder output.
 
         self_mask: bool, broadcastable to (B, T, T) -- usually causal & target padding.
         memory_mask: bool, broadcastable to (B, T, S) -- usually source padding (B, 1, S).
-        True = may attend. Returns x (B, T, d_model), or (x, self weights (B, H, T, T),
-        cross weights (B, H, T, S)) when need_weights.
+        True = may attend. cache (decoding, kv_cache.DecoderLayerCache holding t positions): x holds the new
+        positions only, self_mask covers (B, T, t + T); the memory's keys and values are projected once.
+        Returns x (B, T, d_model), or (x, self weights (B, H, T, t + T), cross weights (B, H, T, S))
+        when need_weights.
         """
-        _check_decoder_layer(self, x, memory, self_mask, memory_mask)  # arguments checked here
+        _check_decoder_layer(self, x, memory, self_mask, memory_mask, cache)  # arguments checked here
+        self_cache, cross_cache = (None, None) if cache is None else cache
         h = _sublayer_input(x, self.norm1, self.norm_first)
-        attn_out, self_weights = self.self_attn(h, h, h, self_mask, need_weights)
+        attn_out, self_weights = self.self_attn(h, h, h, self_mask, need_weights, self_cache)
         x = _sublayer_output(x, attn_out, self.norm1, self.dropout1, self.norm_first)
         h = _sublayer_input(x, self.norm2, self.norm_first)
-        attn_out, cross_weights = self.cross_attn(h, memory, memory, memory_mask, need_weights)
+        attn_out, cross_weights = self.cross_attn(h, memory, memory, memory_mask, need_weights, cross_cache)
         x = _sublayer_output(x, attn_out, self.norm2, self.dropout2, self.norm_first)
         h = _sublayer_input(x, self.norm3, self.norm_first)
         x = _sublayer_output(x, self.feed_forward(h), self.norm3, self.dropout3, self.norm_first)

@@ -2,7 +2,7 @@
 
 - Absolute: the sinusoidal encoding of Vaswani et al. 2017 (section 3.5) and learned embeddings.
 - Relative: the clipped relative position representations of Shaw et al. 2018 (key and value terms),
-  and the memory-efficient "skewing" of Huang et al. 2018 (Music Transformer, section 3.4.1).
+  and the memory-efficient "skewing" of Huang et al. 2019 (Music Transformer, section 3.4.1).
 - Rotary: the rotary position embedding (RoPE) of Su et al. 2021.
 
 Mask convention (everywhere in this package): bool tensors, True = may attend, broadcastable to
@@ -50,13 +50,16 @@ def sinusoidal_positional_encoding(max_len: int, d_model: int, device: torch.dev
     return pe.to(dtype)
 
 
-def _check_sequence(x: torch.Tensor, d_model: int, max_len: int) -> None:
-    """x must be (B, T, d_model) with T <= max_len."""
+def _check_sequence(x: torch.Tensor, d_model: int, max_len: int, offset: int = 0) -> None:
+    """x must be (B, T, d_model) with offset + T <= max_len (offset: a non-negative int)."""
     check_floating(x, "x")
     check_ndim(x, "x", 3, "(B, T, d_model)")
     check_size(x, "x", 2, d_model, "d_model")
-    if x.size(1) > max_len:
-        raise ValueError(f"x has sequence length T = {x.size(1)} but the positional table has max_len = "
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValueError(f"offset must be a non-negative int; got {offset!r}")
+    if offset + x.size(1) > max_len:
+        at = f" from position offset = {offset}" if offset else ""
+        raise ValueError(f"x has sequence length T = {x.size(1)}{at} but the positional table has max_len = "
                          f"{max_len}; build the module with a larger max_len")
 
 
@@ -65,7 +68,8 @@ class SinusoidalPositionalEncoding(nn.Module):
 
     The table is a non-persistent buffer: it follows .to(device) but is not saved in state_dict,
     because it is a function of (max_len, d_model), not a learned parameter.
-    forward: x (B, T, d_model) with T <= max_len -> (B, T, d_model).
+    forward: x (B, T, d_model) with offset + T <= max_len -> (B, T, d_model); x holds positions
+    offset .. offset + T - 1 (offset > 0: the new tokens of incremental decoding).
     """
 
     pe: torch.Tensor
@@ -77,9 +81,9 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.register_buffer("pe", sinusoidal_positional_encoding(max_len, d_model), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _check_sequence(x, self.d_model, self.max_len)
-        pe = self.pe[: x.size(1)].to(device=x.device, dtype=x.dtype)  # (T, d_model)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        _check_sequence(x, self.d_model, self.max_len, offset)
+        pe = self.pe[offset: offset + x.size(1)].to(device=x.device, dtype=x.dtype)  # (T, d_model)
         return self.dropout(x + pe)
 
 
@@ -212,7 +216,7 @@ def _check_rel_logits(rel_logits: torch.Tensor) -> None:
 
 
 def skew(rel_logits: torch.Tensor) -> torch.Tensor:
-    """Huang et al. 2018 (Music Transformer, section 3.4.1): turn logits indexed by relative distance
+    """Huang et al. 2019 (Music Transformer, section 3.4.1): turn logits indexed by relative distance
     into logits indexed by absolute key position, with a pad and a reshape instead of an
     (L, L, d) gather.
 
@@ -256,7 +260,7 @@ def _check_relative_table(q: torch.Tensor, rel_emb: torch.Tensor) -> None:
 
 
 def relative_logits_skewed(q: torch.Tensor, rel_emb: torch.Tensor) -> torch.Tensor:
-    """Relative logits S[i, j] = q_i . E[j - i + L - 1] in O(L^2) memory (Huang et al. 2018).
+    """Relative logits S[i, j] = q_i . E[j - i + L - 1] in O(L^2) memory (Huang et al. 2019).
 
     q: (..., L, d). rel_emb E: one row per distance, from the most negative up:
     (L, d) causal (distances -(L-1) .. 0) or (2L - 1, d) bidirectional (-(L-1) .. L-1).

@@ -38,6 +38,10 @@ SPECIAL_IDS = (0, 1, 2, 3)  # [PAD], [CLS], [SEP], [MASK] in the cases below
 MASK_ID = 3
 AGAIN = "the same inputs and generator seed again (the result must be the same)"
 STATISTICS = "statistics: "   # the label of the large case starts with this
+ACROSS_SEEDS = "across seeds: "   # the labels of the cases that call it on one input_ids with many generator seeds
+SEEDS = 32                        # how many seeds, for each of mlm_probability 0.15 and 1.0
+LAGS = 8                          # pairs of tokens 1..LAGS apart must be chosen together at the rate p * p
+SEEDS_GROUP = "generator seeds"
 
 
 def _bert_batch(g: torch.Generator, B: int, T: int, vocab: int) -> torch.Tensor:
@@ -50,10 +54,13 @@ def _bert_batch(g: torch.Generator, B: int, T: int, vocab: int) -> torch.Tensor:
 
 
 def _mask_tokens_cases(g: torch.Generator, seed: int) -> list[Case]:
-    def case(label: str, ids: torch.Tensor, vocab: int, group: str, p: float = 0.15) -> Case:
+    def case(label: str, ids: torch.Tensor, vocab: int, group: str, p: float = 0.15, at: int = 1000 + seed) -> Case:
         return Case(label, (ids, MASK_ID, vocab, list(SPECIAL_IDS)),
-                    {"mlm_probability": p, "generator": torch.Generator().manual_seed(1000 + seed)}, group=group)
+                    {"mlm_probability": p, "generator": torch.Generator().manual_seed(at)}, group=group)
     small = _bert_batch(g, 4, 12, 50)
+    spread, first = _bert_batch(g, 4, 64, 50), int(torch.randint(2**40, (), generator=g))
+    across = [case(f"{ACROSS_SEEDS}input_ids (4, 64), mlm_probability {p}, generator seeded with {first + k}",
+                   spread, 50, SEEDS_GROUP, p, first + k) for p in (0.15, 1.0) for k in range(SEEDS)]
     return [case("input_ids (4, 12), vocab 50", small, 50, "small batches"),
             case("input_ids (1, 1) holding one word", torch.tensor([[7]]), 50, "small batches"),
             case("input_ids (3, 8) of dtype int32", _bert_batch(g, 3, 8, 30).int(), 30, "small batches"),
@@ -61,16 +68,18 @@ def _mask_tokens_cases(g: torch.Generator, seed: int) -> list[Case]:
                  "mlm_probability 0 and 1", 1.0),
             case("mlm_probability 0.0: nothing is chosen", _bert_batch(g, 3, 10, 40), 40,
                  "mlm_probability 0 and 1", 0.0),
-            case(f"input_ids (4, 12), generator seeded with {1000 + seed}", small, 50, "the same generator seed twice"),
-            case(AGAIN, small, 50, "the same generator seed twice"),
+            case(f"input_ids (4, 12), generator seeded with {1000 + seed}", small, 50, SEEDS_GROUP),
+            case(AGAIN, small, 50, SEEDS_GROUP),
+            *across,
             case(STATISTICS + "input_ids (96, 512), vocab 1000", _bert_batch(g, 96, 512, 1000), 1000,
                  "statistics of a large batch")]
 
 
 def _mask_tokens_compare(item: Item, cases: Sequence[Case], outcomes: Sequence) -> Report:
     """Exact invariants on every case; the same result for the case labelled AGAIN as for the case before it;
-    statistics on the case labelled STATISTICS (each at 6 sigma, so a correct solution fails one of them with
-    probability below 1e-7 per seed). Works on any subset of the cases (one group, or all of them)."""
+    different results for different seeds, and each position at the stated rates across them (the ACROSS_SEEDS
+    cases, at 8 sigma); statistics on the case labelled STATISTICS (each at 6 sigma, so a correct solution fails
+    one of them with probability below 1e-7 per seed). Works on any subset of the cases (one group, or all)."""
     def fail(key: str | None, message: str) -> Report:
         says = next((m.says for m in item.mistakes if m.key == key), None)
         return Report(False, f"{item.name} is not right yet.\n{message}"
@@ -86,6 +95,8 @@ def _mask_tokens_compare(item: Item, cases: Sequence[Case], outcomes: Sequence) 
                 return fail("global_rng", "the same inputs with generators seeded alike gave different results: take "
                                           "every random number from `generator` "
                                           "(torch.rand(..., generator=generator)).")
+    if report := _mask_tokens_across_seeds(cases, outcomes, fail):
+        return report
     for case, out in zip(cases, outcomes):
         if case.label.startswith(STATISTICS) and (report := _mask_tokens_statistics(case, *out.value, fail)):
             return report
@@ -148,6 +159,12 @@ def _mask_tokens_statistics(case: Case, inputs: torch.Tensor, labels: torch.Tens
                        "positions"))
     checks.append((chosen[eligible].float().mean().item(), p, int(eligible.sum()), "the fraction of words chosen",
                    "probability"))
+    for lag in range(1, LAGS + 1):   # chosen independently: not a pattern, however it is shifted
+        both = eligible[..., :-lag] & eligible[..., lag:]
+        together = (chosen[..., :-lag] & chosen[..., lag:])[both].float().mean().item()
+        # pairs j, j + lag and j + lag, j + 2 lag share a token: their covariance p^3 - p^4 widens the spread
+        checks.append((together, p * p, int(both.sum()) / (1 + 2 * p / (1 + p)),
+                       f"the fraction of pairs of words {lag} apart that are both chosen", "positions"))
     n = int(chosen.sum())
     became_mask = (inputs[chosen] == mask_id).float().mean().item()
     kept = (inputs[chosen] == ids[chosen]).float().mean().item()
@@ -165,6 +182,56 @@ def _mask_tokens_statistics(case: Case, inputs: torch.Tensor, labels: torch.Tens
                                     f"{replaced.mean().item():.1f}; tokens drawn uniformly from [0, {vocab}) average "
                                     f"{(vocab - 1) / 2:.1f}")
     return None
+
+
+def _mask_tokens_across_seeds(cases: Sequence[Case], outcomes: Sequence, fail) -> Report | None:
+    """On one input_ids called with many generator seeds (the ACROSS_SEEDS cases): no two seeds may give the
+    same result, and every position must be chosen (with mlm_probability 1.0: become [MASK], stay unchanged)
+    at the same rate across the seeds (that this rate is the stated one is the large batch's test): a pattern
+    fixed by position fails however well its rates are tuned, because its per-position counts are 0 or SEEDS
+    instead of binomial. The test is a chi-square of the counts at 8 sigma (its right tail is heavier than a normal one: a correct solution exceeds 5 sigma about once in
+    50 000 runs; a positional rule is hundreds of sigma off)."""
+    runs: dict[tuple, list[tuple[Case, tuple]]] = {}
+    for case, out in zip(cases, outcomes):
+        if case.label.startswith(ACROSS_SEEDS):
+            ids = case.args[0]
+            runs.setdefault((case.kwargs["mlm_probability"], tuple(ids.shape), tuple(ids.flatten().tolist())),
+                            []).append((case, out.value))
+    for (p, _, _), run in runs.items():
+        for i, (case, (inputs, labels)) in enumerate(run if p < 1 else ()):   # with p = 1 only the split is random
+            for other, (inputs2, labels2) in run[i + 1:]:
+                if torch.equal(inputs, inputs2) and torch.equal(labels, labels2):
+                    seeds = [c.kwargs["generator"].initial_seed() for c in (case, other)]
+                    return fail("same_for_every_seed",
+                                f"{case.label.removeprefix(ACROSS_SEEDS).rsplit(', generator', 1)[0]}, generator "
+                                f"seeded with {seeds[0]} and with {seeds[1]}: your mask_tokens gives the same tokens "
+                                f"for different generator seeds: draw the random numbers from `generator`.")
+        if len(run) < 2:
+            continue
+        ids, mask_id, vocab, special = run[0][0].args
+        eligible = ~torch.isin(ids, torch.tensor(special, dtype=ids.dtype, device=ids.device))
+        chosen = torch.stack([labels != -100 for _, (_, labels) in run])[:, eligible].cpu()
+        inputs = torch.stack([inputs for _, (inputs, _) in run])[:, eligible].cpu()
+        counts = [(chosen, "chosen", "positions")] if p < 1 else [
+            (inputs == mask_id, "replaced by [MASK]", "split"), (inputs == ids[eligible].cpu(), "left unchanged", "split")]
+        for happened, what, key in counts:
+            rate = happened.double().mean().item()   # its level is the large batch's test; here: the same everywhere
+            if 0 < rate < 1 and (sigmas := _spread_beyond_chance(happened.sum(0), len(run), rate)) > 8:
+                return fail(key, f"input_ids {tuple(ids.shape)} with mlm_probability {p} and {len(run)} generator "
+                                 f"seeds: some "
+                                 f"positions are {what} far more often than others ({sigmas:.0f} sigma beyond "
+                                 f"chance); each token must be {what} with the same probability, from numbers drawn "
+                                 f"from `generator`, not by its position.")
+    return None
+
+
+def _spread_beyond_chance(counts: torch.Tensor, draws: int, rate: float) -> float:
+    """How many sigma the chi-square of per-position counts exceeds its mean, if each count is Binomial(draws,
+    rate) (exact mean n and variance n (2 + (1 - 6 r (1 - r)) / (draws r (1 - r))) over n positions)."""
+    spread = draws * rate * (1 - rate)
+    n = counts.numel()
+    chi2 = ((counts.double() - draws * rate) ** 2 / spread).sum().item()
+    return (chi2 - n) / math.sqrt(n * (2 + (1 - 6 * rate * (1 - rate)) / spread))
 
 
 def _draws(input_ids, vocab_size, generator, low=0):
@@ -222,6 +289,11 @@ def _mt_global_rng(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_
             torch.where(chosen, input_ids, -100))
 
 
+def _mt_fixed_seed(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15, generator=None):
+    torch.manual_seed(0)   # reproducible, but the same for every generator
+    return _mt_global_rng(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability)
+
+
 def _mt_in_place(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15, generator=None):
     u, action, random_ids = _draws(input_ids, vocab_size, generator)
     chosen = (u < mlm_probability) & ~_special(input_ids, special_token_ids)
@@ -238,6 +310,16 @@ def _mt_first_positions(input_ids, mask_token_id, vocab_size, special_token_ids,
             torch.where(chosen, input_ids, -100))
 
 
+def _mt_shifted_pattern(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                        generator=None):
+    _, action, random_ids = _draws(input_ids, vocab_size, generator)
+    shift = torch.rand((), generator=generator, dtype=torch.float64) * 1e6   # one draw moves a fixed pattern
+    position = torch.frac((torch.arange(input_ids.numel(), dtype=torch.float64) + shift) * 0.6180339887498949)
+    chosen = (position.reshape(input_ids.shape) < mlm_probability) & ~_special(input_ids, special_token_ids)
+    return (_corrupt(input_ids.clone(), chosen, action, random_ids, mask_token_id),
+            torch.where(chosen, input_ids, -100))
+
+
 def _mt_narrow_random_range(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
                             generator=None):
     u, action, random_ids = _draws(input_ids, vocab_size, generator, low=vocab_size - 5)
@@ -248,6 +330,10 @@ def _mt_narrow_random_range(input_ids, mask_token_id, vocab_size, special_token_
 
 _SPLIT = ("the 80/10/10 split is wrong: of the chosen tokens 80% become [MASK], 10% a random token and 10% stay "
           "unchanged (draw one uniform number per token: < 0.8 mask, < 0.9 random, else keep).")
+
+_POSITIONS = ("which tokens are chosen depends on their position (the first ones of a row, or a pattern, fixed or "
+              "moved by one random number); choose each token independently with probability mlm_probability: "
+              "torch.rand(input_ids.shape, generator=generator) < mlm_probability.")
 
 MASK_TOKENS = Item(
     "mask_tokens", ASSIGNMENT, "function", _mask_tokens_cases, Reference("bert", "mask_tokens"),
@@ -261,9 +347,12 @@ MASK_TOKENS = Item(
                 "that the loss ignores the other positions).", _mt_labels_everywhere),
         Mistake("global_rng", "the random numbers do not come from `generator`; pass generator=generator to "
                 "torch.rand / torch.randint so that results are reproducible.", _mt_global_rng),
+        Mistake("same_for_every_seed", "the random numbers do not come from `generator` (a torch.manual_seed or "
+                "random.seed inside the function, or no random draw at all); draw every one from it: "
+                "torch.rand(..., generator=generator), torch.randint(..., generator=generator).", _mt_fixed_seed),
         Mistake("in_place", "input_ids is modified in place; corrupt a copy (input_ids.clone()).", _mt_in_place),
-        Mistake("positions", "the chosen tokens are not spread uniformly along the sequence; choose each token "
-                "independently with probability mlm_probability.", _mt_first_positions),
+        Mistake("positions", _POSITIONS, _mt_first_positions),
+        Mistake("positions", _POSITIONS, _mt_shifted_pattern),
         Mistake("random_range", "random replacement tokens must be drawn uniformly from the whole vocabulary, "
                 "torch.randint(vocab_size, ...).", _mt_narrow_random_range),
     ))
@@ -272,8 +361,9 @@ MASK_TOKENS = Item(
 def check_mask_tokens(impl, seeds=(0,), cuda=False) -> None:
     """Check a submission of mask_tokens(input_ids, mask_token_id, vocab_size, special_token_ids,
     mlm_probability=0.15, generator=None): its output is random, so each case checks BERT's rules exactly (labels,
-    special tokens, mlm_probability 0 and 1, the same result for the same generator seed) and a large batch checks
-    the 15% / 80-10-10 statistics (CUDA copies when cuda=True and a GPU is present); raise CheckFailed with what
+    special tokens, mlm_probability 0 and 1, the same result for the same generator seed), one input_ids with 32
+    generator seeds checks that the seeds give different results at the stated rates for every position, and a
+    large batch checks the 15% / 80-10-10 statistics and that tokens are chosen independently of each other (CUDA copies when cuda=True and a GPU is present); raise CheckFailed with what
     was expected, what came back and the likely mistake."""
     assert_passes(MASK_TOKENS, impl, seeds, cuda)
 

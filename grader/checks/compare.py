@@ -115,7 +115,7 @@ def _matches(item: Item, a: Sequence[Outcome], b: Sequence[Outcome]) -> bool:
     usable = [(x, y) for x, y in zip(a, b) if x.error is None]
     if not usable or any(y.error is not None for _, y in usable):
         return False
-    return all(mismatch(item, x.value, y.value, "") is None for x, y in usable)
+    return all(mismatch(item, y.value, x.value, "") is None for x, y in usable)   # b: well-formed (a mistake's)
 
 
 @single_threaded

@@ -52,6 +52,19 @@ DESCRIBE_CHARS = 300     # characters of a description, whatever the value (a me
 MAX_MESSAGE = 4000       # characters of one item's report (its feedback cell and comment), whatever it quotes
 
 
+class Unsent:
+    """What stands for a returned value that the sandbox could not send (too large, too deep, or of a type the
+    grader does not read): `what` describes it, and it matches no expected value."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __repr__(self) -> str:
+        return f"Unsent({self.what!r})"
+
+
 def describe(value: Any) -> str:
     """A short description of what a submission returned: at most DESCRIBE_CHARS characters, and work
     bounded by DESCRIBE_ITEMS ** DESCRIBE_DEPTH elements, however large or deeply nested the value is."""
@@ -71,6 +84,8 @@ def _describe(value: Any, depth: int) -> str:
         return f"a {type(value).__name__} of {n}: (" + ", ".join(shown + more) + ")"
     if value is None:
         return "None (did you forget `return`?)"
+    if isinstance(value, Unsent):
+        return value.what
     if type(value).__module__ == "numpy" and hasattr(value, "shape"):
         return f"{type(value).__name__} (numpy) of shape {tuple(value.shape)}: return a torch.Tensor"
     if isinstance(value, str):   # repr of a prefix: the cost of a long string is its first characters

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from grader.checks.cases import Case, clone, same, single_threaded, tree_map
+from grader.checks.cases import Case, clone, same, single_threaded
 from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
 from grader.checks.results import describe
@@ -69,7 +69,7 @@ def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Out
     try:
         with (wires.watching(item) if wires is not None else contextlib.nullcontext([])) as hits:
             value = _call(item, impl, given)
-        out.value = tree_map(lambda t: t.detach(), value)
+        out.value = detached(value)
     except Exception as err:  # the student's exception becomes a message
         out.error = _format_exception(item, err)
     out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
@@ -77,6 +77,36 @@ def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Out
     if hits:
         out.shortcut = shortcut_message(item, hits[0])
     return out
+
+
+MAX_PARTS = 4096   # parts of a returned value that are walked (a list of n references to one list... is n**depth)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def detached(value: Any) -> Any:
+    """`value` with its tensors detached (tuples and lists rebuilt). A value of more than MAX_PARTS parts is
+    returned as it is, after MAX_PARTS steps: walking it could take forever, and no expected value is that large
+    (the comparison fails it by its type; in the sandbox, grader.sandbox.wire sends it as a description)."""
+    parts = 0
+
+    def walk(obj: Any) -> Any:
+        nonlocal parts
+        parts += 1
+        if parts > MAX_PARTS:
+            raise _TooLarge
+        if isinstance(obj, torch.Tensor):
+            return obj.detach()
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(walk(o) for o in obj)
+        return obj
+
+    try:
+        return walk(value)
+    except (_TooLarge, RecursionError):
+        return value
 
 
 def _format_exception(item: Item, err: BaseException) -> str:

@@ -8,6 +8,7 @@ costs the host more than the frame's own size to read:
     outcome  = {"value": V, "error": str | null, "mutated": [str], "shortcut": str | null}
     V        = null | true | false | int (64-bit) | float | str | {"tensor": k, "device": "cpu" | "cuda[:i]"}
                | {"list": [V, ...]} | {"tuple": [V, ...]}
+               | {"unsent": str}   (a value the harness could not send, as what it was: read as Unsent)
 
 JSON has no references (a tree of N nodes is N nodes of text), no compression and no code; safetensors is
 a flat table of raw buffers (dtype, shape, offsets) with the same three absences. Each tensor is referred to
@@ -26,6 +27,8 @@ import struct
 from typing import Any
 
 import torch
+
+from grader.checks.results import Unsent
 
 # ----------------------------------------------------------------------------- the limits, and why
 MAX_FRAME = 64 * 1024 * 1024   # the channel's own frame limit (grader.sandbox.channel.MAX_FRAME): the bytes read at all
@@ -58,7 +61,7 @@ _KEYS = {"value", "error", "mutated", "shortcut"}
 # ----------------------------------------------------------------------------- harness side
 class _Encoder:
     """Turns outcome values into the JSON tree and the tensors table, cutting what the host would refuse
-    (each cut value becomes a short string that says what it was: the host's comparison then fails it)."""
+    (each cut value becomes an {"unsent": what it was} node, read as Unsent: the host's comparison fails it)."""
 
     def __init__(self, cap: int) -> None:
         self.tensors: dict[str, torch.Tensor] = {}
@@ -74,7 +77,7 @@ class _Encoder:
         for k in range(tensors, len(self.tensors)):
             del self.tensors[str(k)]
         self.nodes, self.bytes = nodes + 1, nbytes
-        return f"<a value of more than {budget} parts, over the grader's limit>"
+        return _unsent(f"a value of more than {budget} parts, over the grader's limit")
 
     def value(self, value: Any, depth: int, limit: int) -> Any:
         self.nodes += 1
@@ -83,24 +86,24 @@ class _Encoder:
         if type(value) is torch.Tensor:
             nbytes = value.numel() * value.element_size()
             if value.dtype not in _NAMES or value.layout is not torch.strided or value.is_meta:
-                return f"<a {value.layout} tensor of dtype {value.dtype} ({'meta, ' * value.is_meta}the grader " \
-                       f"reads dense tensors of {', '.join(str(d)[6:] for d in _NAMES)})>"
+                return _unsent(f"a {value.layout} tensor of dtype {value.dtype} ({'meta, ' * value.is_meta}the "
+                               f"grader reads dense tensors of {', '.join(str(d)[6:] for d in _NAMES)})")
             if value.dim() > MAX_DIMS or len(self.tensors) >= MAX_TENSORS or self.bytes + nbytes > _ENCODE_BYTES:
-                return _short(f"<a tensor of shape {tuple(value.shape)}, past the grader's limits>")
+                return _unsent(f"a tensor of shape {tuple(value.shape)}, past the grader's limits")
             key, self.bytes = str(len(self.tensors)), self.bytes + nbytes
             self.tensors[key] = value.detach().to("cpu", copy=True).contiguous()
             return {"tensor": int(key), "device": str(value.device)}
         if value is None or type(value) in (bool, float):
             return value
         if type(value) is int:
-            return value if -MAX_INT <= value < MAX_INT else f"<an int of {value.bit_length()} bits>"
+            return value if -MAX_INT <= value < MAX_INT else _unsent(f"an int of {value.bit_length()} bits")
         if type(value) is str:
             return _short(value, self.cap)
         if type(value) in (tuple, list):
             if depth >= MAX_DEPTH - 1 or len(value) > MAX_LENGTH or self.nodes + len(value) > limit:
-                return f"<a {type(value).__name__} of {len(value)}, too long or too deeply nested for the grader>"
+                return _unsent(f"a {type(value).__name__} of {len(value)}, too long or too deeply nested for the grader")
             return {type(value).__name__: [self.value(v, depth + 1, limit) for v in value]}
-        return _short(f"<{_type_name(type(value))} object>")
+        return _unsent(f"a {_type_name(type(value))} object")
 
 
 def _type_name(cls: type) -> str:
@@ -113,13 +116,18 @@ def _type_name(cls: type) -> str:
 _ENCODE_BYTES = MAX_FRAME - MAX_HEADER - MAX_ST_HEADER - 16
 
 
+def _unsent(what: str) -> dict:
+    """The node that stands for a value the host would refuse (decoded as grader.checks.results.Unsent)."""
+    return {"unsent": _short(what)}
+
+
 def _short(text: str, cap: int = MAX_STRING) -> str:
     return text if len(text) <= cap else text[:cap - 3] + "..."
 
 
 def encode(item: str, outcomes: list[dict]) -> bytes:
     """The frame for `item`'s outcomes (dicts with value, error, mutated, shortcut). Values the host would
-    refuse (other types, too long, too deep, too many) become a short string that describes them; when the
+    refuse (other types, too long, too deep, too many) become Unsent nodes that describe them; when the
     texts together are too long for the header, they are cut shorter, and at last replaced by one error."""
     from safetensors.torch import save
 
@@ -267,6 +275,8 @@ class _Reader:
             raise ValueError("a value that is not null, a number, a string, a tensor, a list or a tuple")
         if set(data) == {"tensor", "device"}:
             return self.tensor(data["tensor"], data["device"])
+        if set(data) == {"unsent"}:
+            return Unsent(_text(data["unsent"], "an unsent value", optional=False))
         ((kind, items),) = data.items() if len(data) == 1 else (("two keys", None),)
         if kind not in ("list", "tuple") or type(items) is not list:
             raise ValueError("a value that is not null, a number, a string, a tensor, a list or a tuple")
