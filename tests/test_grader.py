@@ -309,7 +309,7 @@ def test_cells_to_run_come_from_the_source_not_the_metadata():
     nb.cells.append(nbformat.v4.new_code_cell("print('mine')"))
     cells, notes = code_cells(source, nb)
     assert [c.id for c in cells] == ["imports", "dot_product_attention", "scaled_dot_product_attention",
-                                     "self_attention", f"cell {len(nb.cells)}"]
+                                     "self_attention", "summary", f"cell {len(nb.cells)}"]
     assert "check_dot_product_attention" in cells[0].source and not cells[0].written_by_student
     assert notes == ["the locked cell imports was edited (it ran as released)"]
     del nb.cells[1]                                         # a deleted locked cell is put back first

@@ -4,7 +4,8 @@ One kernel per assignment (exercises/<id>/<id>.ipynb): the imports cell, then fo
 catalogued mistake (grader.checks.ITEMS[...].mistakes, renamed to the item's name) the mistake's definition and
 the item's visible test cell. The output must name the mistake (its `says` text), fit in six lines of at most
 80 characters (what `nbgrader validate` keeps) and show no frame of the checking package; the correct
-solution's test cell is silent. Also the Jupyter state traps (a test cell run before its definition, a
+solution's test cell prints one line, its pass line with the item's points. The summary cell (the notebook's
+last) lists every item's status and points, in a kernel. Also the Jupyter state traps (a test cell run before its definition, a
 definition cell with a syntax error after a good one, a kernel restart) and wrong return types and arity.
 The kernel tests are marked slow (about 40 s with two workers); the notebooks' chapter links are checked fast.
 """
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 import grader.checks as gc
+from grader.checks.points import POINTS
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSIGNMENTS = sorted(gc.ASSIGNMENTS)
@@ -107,7 +109,7 @@ def student(request):
 
 
 @pytest.mark.slow
-def test_every_mistake_is_named_in_six_lines_and_the_solution_is_silent(student):
+def test_every_mistake_is_named_in_six_lines_and_the_solution_prints_its_pass_line(student):
     assignment, released, kernel = student
     answers = cells(ROOT / "solutions" / assignment / f"{assignment}.ipynb")
     module = gc.MODULES[assignment]
@@ -142,7 +144,7 @@ def test_every_mistake_is_named_in_six_lines_and_the_solution_is_silent(student)
         output, raised = kernel.run(solution(answers[name]))
         assert not raised, output
         output, raised = kernel.run(test_cell)
-        assert not raised and output == "", f"{name}: the solution's test cell is not silent:\n{output}"
+        assert not raised and pass_line(name).fullmatch(output), f"{name}: the solution's test cell says\n{output}"
     assert not failures, "\n\n".join(failures)
 
     # A definition cell with a syntax error after a good one: the test cell says the definition is stale.
@@ -155,7 +157,45 @@ def test_every_mistake_is_named_in_six_lines_and_the_solution_is_silent(student)
     assert raised and "raised SyntaxError the last time you ran it" in flat(output), output
     assert_short(output, "stale definition")
     kernel.run(solution(answers[last]))
-    assert kernel.run(released[f"test_{last}"]) == ("", False)
+    output, raised = kernel.run(released[f"test_{last}"])
+    assert not raised and pass_line(last).fullmatch(output), output
+
+
+def pass_line(name: str) -> re.Pattern:
+    """The one line a passing visible test cell prints."""
+    points = next(p for items in POINTS.values() for n, p in items.items() if n == name)
+    return re.compile(rf"{re.escape(name)}: right on all \d+ visible cases \({points} points?\)\n")
+
+
+@pytest.mark.slow
+def test_a_released_notebook_in_a_kernel_prints_pass_lines_and_its_summary():
+    assignment = "05_masking"
+    released = cells(ROOT / "exercises" / assignment / f"{assignment}.ipynb")
+    answers = cells(ROOT / "solutions" / assignment / f"{assignment}.ipynb")
+    kernel = Kernel(ROOT / "exercises" / assignment)
+    try:
+        assert not kernel.run(released["imports"])[1]
+        for name in gc.ASSIGNMENTS[assignment]:            # the released stubs, run as they are
+            assert not kernel.run(released[name])[1]
+        output, raised = kernel.run(released["summary"])
+        assert not raised, output
+        for name in gc.ASSIGNMENTS[assignment]:
+            assert re.search(rf"^  {name} +not done +0 / {POINTS[assignment][name]}$", output, re.M), output
+        assert re.search(r"^  total +0 of 3 right +0 / 11$", output, re.M), output
+
+        assert not kernel.run(solution(answers["causal_mask"]))[1]
+        output, raised = kernel.run(released["test_causal_mask"])
+        assert not raised and pass_line("causal_mask").fullmatch(output), output
+        output, _ = kernel.run(released["summary"])
+        assert re.search(r"^  causal_mask +right +4 / 4$", output, re.M) \
+            and re.search(r"^  total +1 of 3 right +4 / 11$", output, re.M), output
+
+        # An edit of the cell that raised keeps the old definition: the summary does not count it as the new one.
+        assert kernel.run("def causal_mask(T_q, T_k=None, device=None):\n    return +* 1\n")[1]
+        output, _ = kernel.run(released["summary"])
+        assert re.search(r"^  causal_mask +old definition \(its cell raised\) +0 / 4$", output, re.M), output
+    finally:
+        kernel.close()
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ from sphinx.util.docutils import SphinxDirective
 STATIC = Path(__file__).with_name("static")
 
 HOW_TO = ("Write your code where the notebook says `# YOUR CODE HERE`, then run the test cell below it: "
-          "it is silent when your code is right and names the likely mistake when it is not. "
+          "it prints one line with the item's points when your code is right and names the likely mistake "
+          "when it is not; the notebook's last cell lists which items pass so far. "
           "Open the notebook on Binder or on your JupyterHub, or download it and open it in JupyterLab "
           "on your own machine.")
 """The `:how-to:` paragraph (MyST Markdown)."""

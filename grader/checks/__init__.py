@@ -5,6 +5,7 @@ reference, forbidden shortcuts, known mistakes, ``check_<item>``), over a few sh
     shortcuts.py  Tripwires, find_shortcut         run.py      Outcome, run_student
     compare.py    compare, diagnose, grade         report.py   Report, Grade, CheckFailed, assert_passes
     results.py    (Report, GroupResult, Grade and describe/fmt, below compare.py and report.py)
+    points.py     POINTS (each item's points)      summary.py  summary: the notebooks' last cell
 
 A notebook's test cell is ``from grader.checks.attention import check_scaled_dot_product_attention``.
 This package imports only torch, the standard library and transformer_ref: it runs inside the grading

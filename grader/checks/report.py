@@ -1,6 +1,7 @@
 """What a notebook's check does with a verdict: ``assert_passes`` runs the three steps and raises
 :class:`CheckFailed` with the message written for the student (``for_student``: the verdict, the likely
-mistake, the failing case; six lines of 80 characters at most, shown without a traceback in a notebook).
+mistake, the failing case; six lines of 80 characters at most, shown without a traceback in a notebook);
+when the submission passes it prints one line (``pass_line``: the item, how many cases, its points).
 Importing it inside IPython installs the Jupyter state traps of grader.checks.notebook.
 
 Report, GroupResult and Grade (and the describe/fmt helpers) are defined in grader.checks.results
@@ -17,11 +18,12 @@ from grader.checks import notebook
 from grader.checks.cases import make_cases
 from grader.checks.compare import compare
 from grader.checks.item import Item
+from grader.checks.points import in_words, points
 from grader.checks.results import Grade, GroupResult, Report, blocks, describe, fit, fmt
 from grader.checks.run import run_student
 
-__all__ = ["Report", "GroupResult", "Grade", "CheckFailed", "check", "assert_passes", "for_student", "describe",
-           "fmt"]
+__all__ = ["Report", "GroupResult", "Grade", "CheckFailed", "check", "assert_passes", "for_student", "pass_line",
+           "describe", "fmt"]
 
 
 class CheckFailed(AssertionError):
@@ -45,13 +47,16 @@ def for_student(message: str) -> str:
 
 
 def check(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool = False) -> Report:
-    """make_cases + run_student + compare for each seed; the first failing seed's report."""
-    report = Report(True, "")
+    """make_cases + run_student + compare for each seed; the first failing seed's report (its ``cases``: how
+    many cases ran, up to and including that seed's)."""
+    report, ran = Report(True, ""), 0
     for seed in seeds:
         cases = make_cases(item, seed, cuda=cuda)
+        ran += len(cases)
         report = compare(item, cases, run_student(item, impl, cases))
         if not report.passed:
-            return report
+            break
+    report.cases = ran
     return report
 
 
@@ -65,6 +70,25 @@ def assert_passes(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool
     report = check(item, impl, seeds, cuda)
     if not report.passed:
         raise CheckFailed("\n" + for_student(_blame_failing_part(item, impl, report)))
+    print(pass_line(item, report.cases, seeds))
+
+
+def pass_line(item: Item, cases: int, seeds: Sequence[int] = (0,)) -> str:
+    """What a passing test cell prints: "causal_mask: right on all 6 visible cases (4 points)". The visible
+    test cell checks seed 0 alone; other seeds (the hidden tests, or a student's own call) are named."""
+    seeds = list(seeds)
+    which = "visible " if seeds == [0] else ""
+    how_many = f"all {cases} {which}cases" if cases != 1 else f"its 1 {which}case"
+    of_seeds = "" if seeds == [0] else f" of seed{'s' * (len(seeds) != 1)} {_numbers(seeds)}"
+    worth = points(item.assignment, item.name)
+    return f"{item.name}: right on {how_many}{of_seeds}" + (f" ({in_words(worth)})" if worth is not None else "")
+
+
+def _numbers(seeds: list[int]) -> str:
+    """"1-3" for a run of three or more, else "0, 5"."""
+    if len(seeds) >= 3 and seeds == list(range(seeds[0], seeds[0] + len(seeds))):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(str(s) for s in seeds)
 
 
 def _blame_failing_part(item: Item, impl: Any, report: Report) -> str:

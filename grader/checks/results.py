@@ -18,12 +18,14 @@ import torch
 
 @dataclass
 class Report:
-    """The verdict on one graded item; ``mistake`` is the key of a recognised mistake."""
+    """The verdict on one graded item; ``mistake`` is the key of a recognised mistake; ``cases``, how many
+    cases the check ran (all seeds; set by report.check)."""
 
     passed: bool
     message: str
     mistake: str | None = None
     shortcut: bool = False
+    cases: int = 0
 
 
 @dataclass
