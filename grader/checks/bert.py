@@ -128,13 +128,18 @@ def _mask_tokens_invariants(item: Item, case: Case, out, where: str, fail) -> Re
     if (chosen & (labels != ids)).any():
         return fail("labels", f"{where}: labels must hold the original token where a token was chosen and -100 "
                               f"everywhere else; found labels that are neither")
+    changed = inputs != ids   # before the special tokens: "chosen" is read from the labels, so they come first
+    if (changed & ~chosen).any():
+        if chosen.any() and not (changed & chosen).any():
+            return fail("labels", f"{where}: none of the {int(changed.sum())} tokens you changed has a label, and "
+                                  f"{int(chosen.sum())} tokens you left as they were have one: your labels look "
+                                  f"inverted (-100 where a token was chosen)")
+        return fail("labels", f"{where}: a token was changed but its label is -100; every changed token must be "
+                              f"one of the chosen ones (label = the original token)")
     is_special = torch.isin(ids, torch.tensor(special, dtype=ids.dtype, device=ids.device))
     if (chosen & is_special).any():
         return fail("special_chosen", f"{where}: a special token ({', '.join(map(str, special))}) was chosen "
                                       f"for prediction; special tokens are never chosen")
-    if (~chosen & (inputs != ids)).any():
-        return fail("labels", f"{where}: a token was changed but its label is -100; every changed token must be "
-                              f"one of the chosen ones (label = the original token)")
     if ((inputs < 0) | (inputs >= vocab)).any():
         return fail(None, f"{where}: inputs hold token ids outside [0, vocab_size = {vocab})")
     eligible = ~is_special
