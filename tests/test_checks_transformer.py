@@ -358,3 +358,41 @@ def test_greedy_decode_without_a_max_len_bound_is_told_to_stop_not_to_change_the
     assert not report.passed and "kept decoding past max_len = 10" in report.message, report.message
     assert "larger max_len" not in report.message and "_decode_loop" not in report.message
     assert "at line" in report.message and "model.decode(tokens, memory, src)" in report.message
+
+
+# ---------------------------------------------------------------- crashes point at the student's line (item 4)
+
+class _DecoderLayerWith(nn.Module):
+    """DecoderLayer's members; `cross` says how the student's forward calls cross-attention."""
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
+        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)
+
+
+class DecoderLayerSelfMaskToCross(_DecoderLayerWith):
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        x = self.norm1(x + self.self_attn(x, x, x, self_mask)[0])
+        x = self.norm2(x + self.cross_attn(x, memory, memory, self_mask)[0])
+        return self.norm3(x + self.feed_forward(x))
+
+
+class DecoderLayerValuesFromX(_DecoderLayerWith):
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        x = self.norm1(x + self.self_attn(x, x, x, self_mask)[0])
+        x = self.norm2(x + self.cross_attn(x, memory, x, memory_mask)[0])
+        return self.norm3(x + self.feed_forward(x))
+
+
+@pytest.mark.parametrize("impl,line", [(DecoderLayerSelfMaskToCross, "self.cross_attn(x, memory, memory, self_mask)"),
+                                       (DecoderLayerValuesFromX, "self.cross_attn(x, memory, x, memory_mask)")],
+                         ids=lambda x: getattr(x, "__name__", None))
+def test_a_crash_inside_transformer_ref_is_reported_at_the_students_line_with_the_packages_message(impl, line):
+    report = contract.check(transformer.DECODER_LAYER, impl)
+    assert not report.passed and "raised ValueError at line" in report.message, report.message
+    assert line in report.message, report.message                          # the student's own line
+    assert "raise ValueError" not in report.message and "larger" not in report.message   # not the package's code
+    assert "shape" in report.message.splitlines()[1].rsplit("`: ", 1)[1], report.message   # then the package's words
