@@ -424,3 +424,24 @@ def test_inverted_labels_are_named_as_labels_never_as_special_tokens_chosen(impl
     assert "inverted" in report.message and "isin" not in report.message and "special" not in report.message
     with pytest.raises(contract.CheckFailed, match="inverted"):
         bert.check_mask_tokens(impl)
+
+
+# ---------------------------------------------------------------- no silent pass: the device (issue 16, item 3)
+
+class BertEmbeddingsPositionsOnDefault(BertEmbeddingsOwn):
+    """Right on the CPU; on a GPU, torch.arange(T) without device= is on the CPU while input_ids is not."""
+
+    def forward(self, input_ids, token_type_ids=None):
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(input_ids.shape, dtype=torch.long)
+        positions = torch.arange(input_ids.size(1))
+        return self.norm(self.word_embeddings(input_ids) + self.position_embeddings(positions)
+                         + self.token_type_embeddings(token_type_ids))
+
+
+def test_bert_embeddings_making_positions_on_the_default_device_fails_the_device_group_by_name():
+    item = bert.BERT_EMBEDDINGS
+    report = check(item, BertEmbeddingsPositionsOnDefault)
+    assert not report.passed and "create new tensors with device=input_ids.device" in report.message, report.message
+    result = contract.graded(item, BertEmbeddingsPositionsOnDefault)
+    assert [g.group for g in result.groups if not g.passed] == ["new tensors on input_ids' device"], result.message

@@ -101,7 +101,29 @@ def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Out
     if out.error is not None and on_meta(case) and any(m in out.error for m in READS_VALUES) \
             and copies.last not in ("cpu", "to"):
         return _run_with_values(item, impl, case, wires)
+    if case.default_device and out.error is None and not out.shortcut:
+        _compare_without_default_device(item, impl, case, wires, out)
     return out
+
+
+def _compare_without_default_device(item: Item, impl: Any, case: Case, wires: Tripwires | None, out: Outcome) -> None:
+    """A default-device case again without it: a submission whose result changes makes some tensor on the
+    default device (some torch operations take a CPU tensor and a meta one without complaint, and return
+    uninitialised values); `out` then holds an error that says so."""
+    again = _run_case(item, impl, dataclasses.replace(case, default_device=None), wires)
+    if again.error is None and not _same_values(out.value, again.value):
+        out.value, out.error = None, (f"{item.name} gave other values with the default device set to "
+                                      f"{case.default_device} than without it: a tensor it makes without device= is "
+                                      f"on {case.default_device}")
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    """The same structure, with tensors equal on the same device (NaN equal to NaN)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device == b.device and same(a, b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_values(x, y) for x, y in zip(a, b))
+    return a == b
 
 
 READS_VALUES = ("Cannot copy out of meta tensor", "item() cannot be called on meta tensors")
