@@ -218,3 +218,14 @@ def test_code_that_reads_values_in_python_passes_when_it_keeps_the_device():
     for item, impl in ((masking.PADDING_MASK, padding_lists), (masking.DECODER_SELF_ATTENTION_MASK, decoder_mask_loops)):
         report = contract.check(item, impl)
         assert report.passed, report.message
+
+
+def test_a_dtype_conversion_before_reading_values_is_still_run_again_with_values():
+    """.to(dtype) on a meta tensor is fine; the .item() after it is what meta cannot do (a GPU can)."""
+    def padding_items(tokens, pad_id):
+        ids = tokens.to(torch.long)
+        B, T = ids.shape
+        return torch.tensor([[ids[b, t].item() != pad_id for t in range(T)] for b in range(B)],
+                            device=tokens.device)[:, None]
+    report = contract.check(masking.PADDING_MASK, padding_items)
+    assert report.passed, report.message
