@@ -215,7 +215,8 @@ def test_code_that_reads_values_in_python_passes_when_it_keeps_the_device():
     """.tolist() and .item() work on a GPU: the meta case runs them again with values (default device meta)."""
     def padding_lists(tokens, pad_id):
         return torch.tensor([[t != pad_id for t in row] for row in tokens.tolist()], device=tokens.device)[:, None]
-    for item, impl in ((masking.PADDING_MASK, padding_lists), (masking.DECODER_SELF_ATTENTION_MASK, decoder_mask_loops)):
+    for item, impl in ((masking.PADDING_MASK, padding_lists),
+                       (masking.DECODER_SELF_ATTENTION_MASK, decoder_mask_loops)):
         report = contract.check(item, impl)
         assert report.passed, report.message
 

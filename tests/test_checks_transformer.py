@@ -318,7 +318,13 @@ def greedy_list_tokens_on_default(model, src, bos_id, eos_id, max_len):
         return torch.tensor(out)
 
 
+def greedy_returns_a_new_tensor_on_default(model, src, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        return torch.tensor(_decode_loop(model, src, bos_id, eos_id, max_len).tolist())
+
+
 RULE_BREAKERS = [(greedy_without_no_grad, "model.encode ran with gradients on"),
+                 (greedy_returns_a_new_tensor_on_default, "create new tensors with device=src.device"),
                  (greedy_no_grad_around_encode_only, "model.decode ran with gradients on"),
                  (greedy_device_ignored, "create new tensors with device=src.device"),
                  (greedy_list_tokens_on_default, "create new tensors with device=src.device")]

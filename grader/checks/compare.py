@@ -174,10 +174,10 @@ def _first_input(item: Item, case: Case) -> str:
 
 
 def _wrong_device(item: Item, case: Case, where: str, expected: Any, got: Any) -> str | None:
-    """A message when a result of a case that asks for a device (a meta case, a default-device case) is a tensor
-    on another device than the reference's; None otherwise (including when the structures differ: mismatch
-    says so)."""
-    if not (on_meta(case) or case.default_device):
+    """A message when a result of a meta case is a tensor on another device than the reference's; None
+    otherwise (including when the structures differ: mismatch says so). A default-device case needs none: a
+    result that changes with the default device is an error already (run._compare_without_default_device)."""
+    if not on_meta(case):
         return None
     pairs = list(zip(_devices(expected), _devices(got)))
     wrong = next(((e, o) for e, o in pairs if e != o), None)
@@ -187,11 +187,6 @@ def _wrong_device(item: Item, case: Case, where: str, expected: Any, got: Any) -
     if case.kwargs.get("device") == asked:
         return (f"{item.name} ignored its device argument ({where}).\nAsked for {asked}, it returned a tensor on "
                 f"{given}: pass device=device to the tensors you create (torch.ones, torch.arange, ...).")
-    if case.default_device and given.type == case.default_device:
-        source = _first_input(item, case)
-        return (f"{item.name} returned a tensor on the default device, not on {source}'s device ({where}).\n"
-                f"A tensor made without device= lands on the default device (the check sets it to "
-                f"{case.default_device}, as if {source} were on a GPU): create new tensors with device={source}.device.")
     source = _first_input(item, case)
     return (f"{item.name} returned a tensor on {given} for {source} on {asked} ({where}).\nThe result must be on "
             f"the device of {source}: create new tensors with device={source}.device, and keep the computation "
