@@ -378,3 +378,70 @@ def test_mask_tokens_rates_per_position_and_pairs_pass_for_correct_solutions_on_
     for impl in (bert.MASK_TOKENS.reference(), *ALTERNATIVES[bert.MASK_TOKENS]):
         report = check(bert.MASK_TOKENS, impl, seeds=range(20, 26))
         assert report.passed, (impl.__name__, report.message)
+
+
+# ---------------------------------------------------------------- never the wrong way (issue 16, item 4)
+# Labels inverted (-100 where a token was chosen, the token elsewhere) in three spellings: the special tokens
+# are excluded, so "exclude them with torch.isin" would send the student the wrong way.
+
+def _chosen_and_inputs(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability, generator):
+    special = torch.isin(input_ids, torch.tensor(special_token_ids, dtype=input_ids.dtype))
+    chosen = (torch.rand(input_ids.shape, generator=generator) < mlm_probability) & ~special
+    action = torch.rand(input_ids.shape, generator=generator)
+    random_ids = torch.randint(vocab_size, input_ids.shape, generator=generator, dtype=input_ids.dtype)
+    inputs = torch.where(chosen & (action < 0.8), mask_token_id, input_ids)
+    return chosen, torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
+
+
+def labels_inverted_where(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                          generator=None):
+    chosen, inputs = _chosen_and_inputs(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability,
+                                        generator)
+    return inputs, torch.where(chosen, -100, input_ids)
+
+
+def labels_inverted_masked_fill(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                                generator=None):
+    chosen, inputs = _chosen_and_inputs(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability,
+                                        generator)
+    return inputs, input_ids.masked_fill(chosen, -100)
+
+
+def labels_inverted_indexing(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15,
+                             generator=None):
+    chosen, inputs = _chosen_and_inputs(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability,
+                                        generator)
+    labels = input_ids.clone()
+    labels[chosen] = -100
+    return inputs, labels
+
+
+@pytest.mark.parametrize("impl", [labels_inverted_where, labels_inverted_masked_fill, labels_inverted_indexing],
+                         ids=lambda f: f.__name__)
+def test_inverted_labels_are_named_as_labels_never_as_special_tokens_chosen(impl):
+    report = check(bert.MASK_TOKENS, impl)
+    assert not report.passed and report.mistake == "labels", report.message
+    assert "inverted" in report.message and "isin" not in report.message and "special" not in report.message
+    with pytest.raises(contract.CheckFailed, match="inverted"):
+        bert.check_mask_tokens(impl)
+
+
+# ---------------------------------------------------------------- no silent pass: the device (issue 16, item 3)
+
+class BertEmbeddingsPositionsOnDefault(BertEmbeddingsOwn):
+    """Right on the CPU; on a GPU, torch.arange(T) without device= is on the CPU while input_ids is not."""
+
+    def forward(self, input_ids, token_type_ids=None):
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(input_ids.shape, dtype=torch.long)
+        positions = torch.arange(input_ids.size(1))
+        return self.norm(self.word_embeddings(input_ids) + self.position_embeddings(positions)
+                         + self.token_type_embeddings(token_type_ids))
+
+
+def test_bert_embeddings_making_positions_on_the_default_device_fails_the_device_group_by_name():
+    item = bert.BERT_EMBEDDINGS
+    report = check(item, BertEmbeddingsPositionsOnDefault)
+    assert not report.passed and "create new tensors with device=input_ids.device" in report.message, report.message
+    result = contract.graded(item, BertEmbeddingsPositionsOnDefault)
+    assert [g.group for g in result.groups if not g.passed] == ["new tensors on input_ids' device"], result.message

@@ -3,6 +3,7 @@ shortcuts are caught, and partial credit follows the groups."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -137,4 +138,95 @@ def test_grade_ignoring_pad_id_passes_pad_id_0_only():
             return _correct(tokens, 0)
         result = contract.graded(item, zero_as_pad)
         assert {g.group: g.passed for g in result.groups} == {
-            "pad_id 0": True, "another pad_id and int32 tokens": False}, item.name
+            "pad_id 0": True, "another pad_id and int32 tokens": False, "tokens on another device": True}, item.name
+
+
+# ---------------------------------------------------------------- no silent pass: the device (issue 16, item 3)
+# Each of these is right on the CPU; before the meta cases, each passed with full marks.
+
+def causal_device_ignored(T_q, T_k=None, device=None):
+    T_k = T_q if T_k is None else T_k
+    return torch.ones(T_q, T_k, dtype=torch.bool).tril(T_k - T_q)
+
+
+def causal_arange_on_default(T_q, T_k=None, device=None):
+    T_k = T_q if T_k is None else T_k
+    return torch.arange(T_k)[None] <= torch.arange(T_q)[:, None] + (T_k - T_q)
+
+
+def causal_moved_to_cpu(T_q, T_k=None, device=None):
+    return causal_arange(T_q, T_k, device).cpu()
+
+
+def padding_numpy(tokens, pad_id):
+    return torch.from_numpy(tokens.numpy() != pad_id).unsqueeze(1)
+
+
+def padding_numpy_via_cpu(tokens, pad_id):
+    return torch.from_numpy(np.not_equal(tokens.cpu().numpy(), pad_id))[:, None]
+
+
+def padding_lists_on_default(tokens, pad_id):
+    return torch.tensor([[t != pad_id for t in row] for row in tokens.tolist()]).unsqueeze(1)
+
+
+def decoder_causal_on_default(tokens, pad_id):
+    T = tokens.size(1)
+    return (tokens != pad_id).unsqueeze(1) & torch.ones(T, T, dtype=torch.bool).tril()
+
+
+def decoder_calls_causal_without_device(tokens, pad_id):
+    return padding_ne(tokens, pad_id) & causal_arange(tokens.size(1))
+
+
+def decoder_loops_on_default(tokens, pad_id):
+    B, T = tokens.shape
+    return torch.tensor([[[j <= i and tokens[b, j].item() != pad_id for j in range(T)] for i in range(T)]
+                         for b in range(B)])
+
+
+DEVICE_MISTAKES = [  # (item, impl, what the message must say)
+    (masking.CAUSAL_MASK, causal_device_ignored, "causal_mask ignored its device argument"),
+    (masking.CAUSAL_MASK, causal_arange_on_default, "Asked for meta, it returned a tensor on cpu: pass device=device"),
+    (masking.CAUSAL_MASK, causal_moved_to_cpu, "Likely mistake: moving tensors to the CPU"),
+    (masking.PADDING_MASK, padding_numpy, "Likely mistake: a NumPy round trip works only on the CPU"),
+    (masking.PADDING_MASK, padding_numpy_via_cpu, "Likely mistake: moving tensors to the CPU (.cpu()"),
+    (masking.PADDING_MASK, padding_lists_on_default, "create new tensors with device=tokens.device"),
+    (masking.DECODER_SELF_ATTENTION_MASK, decoder_causal_on_default, "create new tensors with device=tokens.device"),
+    (masking.DECODER_SELF_ATTENTION_MASK, decoder_calls_causal_without_device, "device=tokens.device"),
+    (masking.DECODER_SELF_ATTENTION_MASK, decoder_loops_on_default, "device=tokens.device"),
+]
+
+
+@pytest.mark.parametrize("item,impl,says", DEVICE_MISTAKES, ids=lambda x: getattr(x, "__name__", None))
+def test_a_result_off_the_device_fails_with_a_named_message_in_the_view_and_in_grading(item, impl, says):
+    report = contract.check(item, impl)
+    assert not report.passed and says in report.message and "meta" in report.message, report.message
+    assert "Use Tensor.cpu()" not in report.message, report.message   # torch's advice breaks the device contract
+    with pytest.raises(contract.CheckFailed, match="device"):
+        CHECKS[item](impl)
+    result = contract.graded(item, impl)
+    device_group = "the device argument" if item is masking.CAUSAL_MASK else "tokens on another device"
+    assert {g.group for g in result.groups if not g.passed} == {device_group}, result.message
+    assert says in next(g.message for g in result.groups if not g.passed)
+
+
+def test_code_that_reads_values_in_python_passes_when_it_keeps_the_device():
+    """.tolist() and .item() work on a GPU: the meta case runs them again with values (default device meta)."""
+    def padding_lists(tokens, pad_id):
+        return torch.tensor([[t != pad_id for t in row] for row in tokens.tolist()], device=tokens.device)[:, None]
+    for item, impl in ((masking.PADDING_MASK, padding_lists),
+                       (masking.DECODER_SELF_ATTENTION_MASK, decoder_mask_loops)):
+        report = contract.check(item, impl)
+        assert report.passed, report.message
+
+
+def test_a_dtype_conversion_before_reading_values_is_still_run_again_with_values():
+    """.to(dtype) on a meta tensor is fine; the .item() after it is what meta cannot do (a GPU can)."""
+    def padding_items(tokens, pad_id):
+        ids = tokens.to(torch.long)
+        B, T = ids.shape
+        return torch.tensor([[ids[b, t].item() != pad_id for t in range(T)] for b in range(B)],
+                            device=tokens.device)[:, None]
+    report = contract.check(masking.PADDING_MASK, padding_items)
+    assert report.passed, report.message

@@ -221,9 +221,10 @@ def test_grade_an_ignored_mask_passes_basic_shapes_and_fails_masks(item, key):
 def test_the_greedy_decode_cases_exercise_stopping_in_every_group(seed):
     """One sequence stops before max_len; in the first batch every sequence stops, at different steps; in the
     second some sequence runs to max_len while another stops."""
-    one, every, some = make_cases(transformer.GREEDY_DECODE, seed)
-    assert [c.group for c in (one, every, some)] == [
-        "one sequence", "a batch where every sequence stops", "a batch where some sequence runs to max_len"]
+    one, every, some, *rules = make_cases(transformer.GREEDY_DECODE, seed)
+    assert [c.group for c in (one, every, some, *rules)] == [
+        "one sequence", "a batch where every sequence stops", "a batch where some sequence runs to max_len",
+        transformer.RULES, transformer.RULES]
     for case, all_stop in ((one, True), (every, True), (some, False)):
         model, src, bos, eos, max_len = case.args
         assert eos not in (bos, model.pad_id)
@@ -241,9 +242,9 @@ def test_grade_greedy_decode_mistakes_fail_the_groups_that_show_them():
     cases = make_cases(item, 0)
     by_key = {m.key: m for m in item.mistakes}
     assert groups(cases) == ["one sequence", "a batch where every sequence stops",
-                             "a batch where some sequence runs to max_len"]
-    one, every, some = groups(cases)
-    expected_passing = {"stop_when_any": [one], "never_stops": [some], "max_len_off_by_one": [one, every]}
+                             "a batch where some sequence runs to max_len", transformer.RULES]
+    one, every, some, rules = groups(cases)
+    expected_passing = {"stop_when_any": [one], "never_stops": [some], "max_len_off_by_one": [one, every, rules]}
     for key, passing in expected_passing.items():
         result = grade(item, cases, run_student(item, by_key[key].impl, cases))
         assert [g.group for g in result.groups if g.passed] == passing, (key, result.message)
@@ -269,3 +270,135 @@ def test_making_cases_leaves_the_global_random_state_alone():
     for item in ITEMS:
         make_cases(item, 3)
     assert torch.equal(torch.random.get_rng_state(), state)
+
+
+# ---------------------------------------------------------------- no silent pass: the notebook's rules (issue 16)
+# "Wrap the loop in torch.no_grad()", and tensors on src's device: each of these gave the right tokens on the
+# CPU and passed with full marks before the group "torch.no_grad() and src's device".
+
+def _decode_loop(model, src, bos_id, eos_id, max_len, device=True, bound=True, memory=None):
+    memory = model.encode(src) if memory is None else memory
+    where = {"device": src.device} if device else {}
+    tokens = torch.full((src.size(0), 1), bos_id, dtype=torch.long, **where)
+    finished = torch.zeros(src.size(0), dtype=torch.bool, **where)
+    while tokens.size(1) < max_len or not bound:
+        nxt = model.decode(tokens, memory, src)[:, -1].argmax(-1).masked_fill(finished, model.pad_id)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        finished |= nxt == eos_id
+        if finished.all():
+            break
+    return tokens
+
+
+def greedy_without_no_grad(model, src, bos_id, eos_id, max_len):
+    return _decode_loop(model, src, bos_id, eos_id, max_len)
+
+
+def greedy_no_grad_around_encode_only(model, src, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        memory = model.encode(src)
+    return _decode_loop(model, src, bos_id, eos_id, max_len, memory=memory)
+
+
+def greedy_device_ignored(model, src, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        return _decode_loop(model, src, bos_id, eos_id, max_len, device=False)
+
+
+def greedy_list_tokens_on_default(model, src, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        memory = model.encode(src)
+        out = [[bos_id] for _ in range(src.size(0))]
+        done = [False] * src.size(0)
+        while len(out[0]) < max_len and not all(done):
+            nxt = model.decode(torch.tensor(out), memory, src)[:, -1].argmax(-1).tolist()
+            for b in range(len(out)):
+                out[b].append(model.pad_id if done[b] else nxt[b])
+                done[b] = done[b] or nxt[b] == eos_id
+        return torch.tensor(out)
+
+
+def greedy_returns_a_new_tensor_on_default(model, src, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        return torch.tensor(_decode_loop(model, src, bos_id, eos_id, max_len).tolist())
+
+
+RULE_BREAKERS = [(greedy_without_no_grad, "model.encode ran with gradients on"),
+                 (greedy_returns_a_new_tensor_on_default, "create new tensors with device=src.device"),
+                 (greedy_no_grad_around_encode_only, "model.decode ran with gradients on"),
+                 (greedy_device_ignored, "create new tensors with device=src.device"),
+                 (greedy_list_tokens_on_default, "create new tensors with device=src.device")]
+
+
+@pytest.mark.parametrize("impl,says", RULE_BREAKERS, ids=lambda x: getattr(x, "__name__", None))
+def test_greedy_decode_breaking_a_rule_fails_that_group_with_a_named_message(impl, says):
+    item = transformer.GREEDY_DECODE
+    report = contract.check(item, impl)
+    assert not report.passed and says in report.message, report.message
+    with pytest.raises(contract.CheckFailed, match=says.split(" ")[0]):
+        transformer.check_greedy_decode(impl)
+    result = contract.graded(item, impl)
+    assert [g.group for g in result.groups if not g.passed] == [transformer.RULES], result.message
+    assert result.fraction == pytest.approx(3 / 4)
+
+
+def test_greedy_decode_under_inference_mode_or_a_no_grad_decorator_passes():
+    @torch.inference_mode()
+    def greedy_inference_mode(model, src, bos_id, eos_id, max_len):
+        return _decode_loop(model, src, bos_id, eos_id, max_len)
+
+    def greedy_grad_off(model, src, bos_id, eos_id, max_len):
+        with torch.set_grad_enabled(False):
+            return _decode_loop(model, src, bos_id, eos_id, max_len)
+    for impl in (greedy_inference_mode, greedy_grad_off):
+        assert contract.check(transformer.GREEDY_DECODE, impl).passed
+
+
+def test_greedy_decode_without_a_max_len_bound_is_told_to_stop_not_to_change_the_model():
+    """transformer_ref says "build the module with a larger max_len" when the target outgrows the positional
+    table: the student must not change the model; the check says where their loop should have stopped."""
+    def greedy_unbounded(model, src, bos_id, eos_id, max_len):
+        with torch.no_grad():
+            return _decode_loop(model, src, bos_id, eos_id, max_len, bound=False)
+    report = contract.check(transformer.GREEDY_DECODE, greedy_unbounded)
+    assert not report.passed and "kept decoding past max_len = 10" in report.message, report.message
+    assert "larger max_len" not in report.message and "_decode_loop" not in report.message
+    assert "at line" in report.message and "model.decode(tokens, memory, src)" in report.message
+
+
+# ---------------------------------------------------------------- crashes point at the student's line (item 4)
+
+class _DecoderLayerWith(nn.Module):
+    """DecoderLayer's members; `cross` says how the student's forward calls cross-attention."""
+
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
+        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)
+
+
+class DecoderLayerSelfMaskToCross(_DecoderLayerWith):
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        x = self.norm1(x + self.self_attn(x, x, x, self_mask)[0])
+        x = self.norm2(x + self.cross_attn(x, memory, memory, self_mask)[0])
+        return self.norm3(x + self.feed_forward(x))
+
+
+class DecoderLayerValuesFromX(_DecoderLayerWith):
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        x = self.norm1(x + self.self_attn(x, x, x, self_mask)[0])
+        x = self.norm2(x + self.cross_attn(x, memory, x, memory_mask)[0])
+        return self.norm3(x + self.feed_forward(x))
+
+
+@pytest.mark.parametrize("impl,line", [(DecoderLayerSelfMaskToCross, "self.cross_attn(x, memory, memory, self_mask)"),
+                                       (DecoderLayerValuesFromX, "self.cross_attn(x, memory, x, memory_mask)")],
+                         ids=lambda x: getattr(x, "__name__", None))
+def test_a_crash_inside_transformer_ref_is_reported_at_the_students_line_with_the_packages_message(impl, line):
+    report = contract.check(transformer.DECODER_LAYER, impl)
+    assert not report.passed and "raised ValueError at line" in report.message, report.message
+    assert line in report.message, report.message                          # the student's own line
+    assert "raise ValueError" not in report.message and "larger" not in report.message   # not the package's code
+    assert "shape" in report.message.splitlines()[1].rsplit("`: ", 1)[1], report.message   # then the package's words

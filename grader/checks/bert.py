@@ -128,13 +128,18 @@ def _mask_tokens_invariants(item: Item, case: Case, out, where: str, fail) -> Re
     if (chosen & (labels != ids)).any():
         return fail("labels", f"{where}: labels must hold the original token where a token was chosen and -100 "
                               f"everywhere else; found labels that are neither")
+    changed = inputs != ids   # before the special tokens: "chosen" is read from the labels, so they come first
+    if (changed & ~chosen).any():
+        if chosen.any() and not (changed & chosen).any():
+            return fail("labels", f"{where}: none of the {int(changed.sum())} tokens you changed has a label, and "
+                                  f"{int(chosen.sum())} tokens you left as they were have one: your labels look "
+                                  f"inverted (-100 where a token was chosen)")
+        return fail("labels", f"{where}: a token was changed but its label is -100; every changed token must be "
+                              f"one of the chosen ones (label = the original token)")
     is_special = torch.isin(ids, torch.tensor(special, dtype=ids.dtype, device=ids.device))
     if (chosen & is_special).any():
         return fail("special_chosen", f"{where}: a special token ({', '.join(map(str, special))}) was chosen "
                                       f"for prediction; special tokens are never chosen")
-    if (~chosen & (inputs != ids)).any():
-        return fail("labels", f"{where}: a token was changed but its label is -100; every changed token must be "
-                              f"one of the chosen ones (label = the original token)")
     if ((inputs < 0) | (inputs >= vocab)).any():
         return fail(None, f"{where}: inputs hold token ids outside [0, vocab_size = {vocab})")
     eligible = ~is_special
@@ -372,7 +377,7 @@ def check_mask_tokens(impl, seeds=(0,), cuda=False) -> None:
 
 def _bert_embeddings_cases(g: torch.Generator, seed: int) -> list[Case]:
     def case(label: str, B: int, T: int, vocab: int, d: int, max_len: int, types: int, group: str,
-             segments: bool = True, dtype: torch.dtype = torch.float32) -> Case:
+             segments: bool = True, dtype: torch.dtype = torch.float32, default_device: str | None = None) -> Case:
         state = {"word_embeddings.weight": randn(g, vocab, d, dtype=dtype),
                  "position_embeddings.weight": randn(g, max_len, d, dtype=dtype),
                  "token_type_embeddings.weight": randn(g, types, d, dtype=dtype), **norm_state(g, d, dtype)}
@@ -380,11 +385,13 @@ def _bert_embeddings_cases(g: torch.Generator, seed: int) -> list[Case]:
         token_types = (torch.arange(T) >= torch.randint(1, T + 1, (B, 1), generator=g)).long()
         return Case(label, (ids, token_types if segments else None), {},
                     {"vocab_size": vocab, "d_model": d, "max_len": max_len, "type_vocab_size": types}, state,
-                    group=group)
+                    group=group, default_device=default_device)
     return [case("input_ids (2, 7), segments A then B", 2, 7, 20, 8, 10, 2, "basic shapes"),
             case("batch 1, one token", 1, 1, 5, 4, 3, 2, "basic shapes"),
             case("token_type_ids None (all segment A)", 3, 5, 11, 6, 5, 2, "token_type_ids None", segments=False),
-            case("float64 parameters, input_ids (2, 4)", 2, 4, 9, 5, 6, 3, "float64", dtype=torch.float64)]
+            case("float64 parameters, input_ids (2, 4)", 2, 4, 9, 5, 6, 3, "float64", dtype=torch.float64),
+            case("input_ids (2, 6), default device meta", 2, 6, 12, 4, 8, 2, "new tensors on input_ids' device",
+                 segments=False, default_device="meta")]
 
 
 class _BertEmbeddingsMistake(nn.Module):

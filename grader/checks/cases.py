@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from grader.checks.item import Item
 
 GPU_GROUP = "on the GPU"
+META = torch.device("meta")   # tensors with a shape, a dtype and a device, but no values (see Case)
 
 
 @dataclass
@@ -28,6 +29,14 @@ class Case:
     Functions are called as ``impl(*args, **kwargs)``. Classes are built as ``impl(**init)``, given
     the parameters in ``state`` (by name, e.g. ``"W_q.weight"``), put in training mode when
     ``train`` is True (evaluation mode otherwise) and called as ``module(*args, **kwargs)``.
+
+    Tensors on the ``meta`` device have a shape, a dtype and a device but no values: a case with
+    ``meta_inputs`` (its tensor inputs are moved to meta for the call) or ``device=torch.device("meta")``
+    checks, on a machine without a GPU, that the result lands on the device asked for; only its shape, dtype
+    and device are compared (the inputs keep their values on the CPU, for code that must read them: see
+    run._run_with_values). ``default_device`` (e.g. "meta") is the
+    default device while the call runs (``with torch.device(...)``): with inputs on the CPU, every tensor the
+    submission makes without ``device=`` lands there instead of on the inputs' device.
     """
 
     label: str
@@ -37,6 +46,8 @@ class Case:
     state: dict | None = None
     train: bool = False
     group: str = "basic"
+    default_device: str | None = None
+    meta_inputs: bool = False
 
 
 def single_threaded(fn: Callable) -> Callable:
@@ -58,7 +69,7 @@ def make_cases(item: Item, seed: int = 0, cuda: bool = False) -> list[Case]:
     """Inputs for one graded item, drawn from a local ``torch.Generator`` seeded with ``seed``.
 
     With ``cuda=True`` and a GPU present, CUDA copies of the first three cases (and of every case
-    that passes a ``device``) are appended, in the group "on the GPU".
+    that passes ``device=torch.device("cpu")``) are appended, in the group "on the GPU".
     """
     g = torch.Generator().manual_seed(seed)
     cases = item.cases(g, seed)
@@ -67,8 +78,19 @@ def make_cases(item: Item, seed: int = 0, cuda: bool = False) -> list[Case]:
                        to_device(c.state, "cuda"), c.train, GPU_GROUP) for c in cases[:3]]
         cases += [Case(c.label.replace("'cpu'", "'cuda'"), c.args, {**c.kwargs, "device": torch.device("cuda")},
                        group=GPU_GROUP)
-                  for c in cases if isinstance(c.kwargs.get("device"), torch.device) and c.group != GPU_GROUP]
+                  for c in cases if _device_kwarg(c) == "cpu" and c.group != GPU_GROUP]
     return cases
+
+
+def on_meta(case: Case) -> bool:
+    """Whether `case` asks for a result on the meta device: meta inputs or ``device=torch.device("meta")``."""
+    return case.meta_inputs or _device_kwarg(case) == "meta"
+
+
+def _device_kwarg(case: Case) -> str | None:
+    """The type of the torch.device a case passes as `device` ("cpu", "meta"), or None."""
+    device = case.kwargs.get("device")
+    return device.type if isinstance(device, torch.device) else None
 
 
 def groups(cases: Sequence[Case]) -> list[str]:
@@ -161,9 +183,11 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
 
 
 def same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Exactly equal, NaN equal to NaN."""
+    """Exactly equal, NaN equal to NaN (meta tensors have no values: equal shape, dtype and device)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
+    if a.is_meta or b.is_meta:
+        return a.device == b.device
     if a.is_floating_point() or a.is_complex():
         return bool(torch.equal(a, b) or torch.equal(a.isnan(), b.isnan()) and
                     torch.equal(a.nan_to_num(0.0), b.nan_to_num(0.0)))

@@ -6,13 +6,15 @@ through describe() and bounded() (grader.checks.results), so a report stays a fe
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from grader.checks.cases import Case, groups, single_threaded
+from grader.checks.cases import Case, groups, on_meta, single_threaded, tree_map
 from grader.checks.item import Item, Mistake
 from grader.checks.results import Grade, GroupResult, Report, bounded, describe, row
 from grader.checks.run import Outcome, run_student
@@ -80,6 +82,8 @@ def _mismatch_leaf(item: Item, expected: Any, got: Any, where: str) -> str | Non
     if got.device != expected.device:
         return (f"{where}: expected the result on {expected.device}, got it on {got.device} "
                 f"(create new tensors with device=x.device)")
+    if expected.is_meta:   # no values to compare: shape, dtype and device were the point
+        return None
     name = where.rsplit(": ", 1)[-1]
     if not expected.is_floating_point():
         if not torch.equal(got, expected):
@@ -137,12 +141,92 @@ def _case_problem(item: Item, cases: Sequence[Case], index: int, out: Outcome, r
         raise RuntimeError(f"reference failed on case {case.label!r}: {ref.error}")
     where = f"case {index + 1} of {len(cases)}: {case.label}"
     if out.error is not None:
-        return f"{item.name} does not run yet ({where}).\n{out.error}", False
+        if out.error.startswith(f"{item.name} was stopped"):   # by a case's instrumented input (run.ContractBroken)
+            return f"{item.name} breaks a rule of the exercise ({where}).\n{out.error}", False
+        return _device_error(item, case, where, out.error) or (f"{item.name} does not run yet ({where}).\n"
+                                                               f"{out.error}"), False
     if out.mutated:
         return (f"{item.name} changed its input {', '.join(out.mutated)} in place ({where}).\n"
                 f"Leave the inputs as they are: use out-of-place operations (x = x + 1, not x += 1)."), False
+    if (problem := _wrong_device(item, case, where, ref.value, out.value)) is not None:
+        return problem, False
     problem = mismatch(item, ref.value, out.value)
     return None if problem is None else (f"{item.name} is not right yet on {where}.\n{problem}", True)
+
+
+# ---------------------------------------------------------------- the device a result must be on
+
+def _devices(value: Any) -> list[torch.device]:
+    found: list[torch.device] = []
+    tree_map(lambda t: found.append(t.device), value)
+    return found
+
+
+def _first_input(item: Item, case: Case) -> str:
+    """The name of the first tensor argument of `case` (from the reference's signature), e.g. "tokens"."""
+    try:
+        impl = item.reference()
+        names = [n for n in inspect.signature(impl.forward if item.kind == "class" else impl).parameters
+                 if n != "self"]
+    except (TypeError, ValueError, AttributeError):
+        names = []
+    for i, a in enumerate(case.args):
+        if isinstance(a, torch.Tensor):
+            return names[i] if i < len(names) else f"argument {i + 1}"
+    return next((k for k, a in case.kwargs.items() if isinstance(a, torch.Tensor)), "the inputs")
+
+
+def _wrong_device(item: Item, case: Case, where: str, expected: Any, got: Any) -> str | None:
+    """A message when a result of a meta case is a tensor on another device than the reference's; None
+    otherwise (including when the structures differ: mismatch says so). A default-device case needs none: a
+    result that changes with the default device is an error already (run._compare_without_default_device)."""
+    if not on_meta(case):
+        return None
+    pairs = list(zip(_devices(expected), _devices(got)))
+    wrong = next(((e, o) for e, o in pairs if e != o), None)
+    if wrong is None or len(_devices(expected)) != len(_devices(got)):
+        return None
+    asked, given = wrong
+    if case.kwargs.get("device") == asked:
+        return (f"{item.name} ignored its device argument ({where}).\nAsked for {asked}, it returned a tensor on "
+                f"{given}: pass device=device to the tensors you create (torch.ones, torch.arange, ...).")
+    source = _first_input(item, case)
+    return (f"{item.name} returned a tensor on {given} for {source} on {asked} ({where}).\nThe result must be on "
+            f"the device of {source}: create new tensors with device={source}.device, and keep the computation "
+            f"in torch (no .cpu(), .numpy() or torch.from_numpy).")
+
+
+META_ERRORS = (   # what torch says when code needs the values of a meta tensor, and what that means
+    ("to numpy", "a NumPy round trip works only on the CPU (on a GPU it fails too); use torch operations."),
+    ("cannot copy out of meta", "moving tensors to the CPU (.cpu(), .to('cpu')) leaves {device}; stay on it "
+                                "and use torch operations."),
+    ("item() cannot be called on meta", "reading values in Python (.item(), bool(), `if` on a tensor); use "
+                                        "tensor operations."),
+)
+
+
+def _device_error(item: Item, case: Case, where: str, error: str) -> str | None:
+    """A message when a case that asks for a device makes the submission raise because of that device (its
+    error names the meta device, and only this case's inputs, device argument or default device are meta);
+    None otherwise."""
+    if "meta" not in error or not (on_meta(case) or case.default_device):
+        return None
+    error = _TORCH_ADVICE.sub(".", error)   # "Use Tensor.cpu() ...": a fix that breaks the device contract
+    if case.default_device and not on_meta(case):
+        source = _first_input(item, case)
+        return (f"{item.name} made a tensor on the default device, not on {source}'s device ({where}).\n{error}\n"
+                f"Likely mistake: a tensor made without device= lands on the default device (the check sets it to "
+                f"{case.default_device}, as if {source} were on a GPU); create new tensors with "
+                f"device={source}.device.")
+    device = "device" if case.kwargs.get("device") == torch.device("meta") else \
+        f"{_first_input(item, case)}.device"
+    cause = next((says for key, says in META_ERRORS if key in error.lower()),
+                 "a tensor made without device={device}; create new tensors with device={device}.")
+    return (f"{item.name} does not run on another device ({where}).\n{error}\n"
+            f"Likely mistake: {cause.format(device=device)}")
+
+
+_TORCH_ADVICE = re.compile(r"[.;] (Use Tensor\.cpu\(\)|move one of them).*$")
 
 
 def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], problem: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from grader.checks.cases import Case, tokens
+from grader.checks.cases import META, Case, tokens
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
 
@@ -19,7 +19,8 @@ def _causal_cases(g: torch.Generator, seed: int) -> list[Case]:
             Case(f"T = {T}", (T,), group="square masks"),
             Case("T_q = 3, T_k = 5 (queries are the last 3 of 5 positions)", (3, 5), group="T_q != T_k"),
             Case("T_q = 1, T_k = 6", (1, 6), group="T_q != T_k"),
-            Case("T = 3, device='cpu'", (3,), {"device": torch.device("cpu")}, group="the device argument")]
+            Case("T = 3, device='cpu'", (3,), {"device": torch.device("cpu")}, group="the device argument"),
+            Case("T_q = 2, T_k = 4, device='meta'", (2, 4), {"device": META}, group="the device argument")]
 
 
 def _causal_inverted(T_q, T_k=None, device=None):
@@ -68,12 +69,15 @@ def check_causal_mask(impl, seeds=(0,), cuda=False):
 # ---------------------------------------------------------------- padding_mask
 
 def _padding_cases(g: torch.Generator, seed: int) -> list[Case]:
-    """Token batches for padding_mask and decoder_self_attention_mask."""
+    """Token batches for padding_mask and decoder_self_attention_mask; the last ones on the meta device (a
+    shape, a dtype and a device, no values): the mask must be made on the tokens' device, with torch operations."""
     return [Case("tokens (3, 5), pad_id 0", (tokens(g, 3, 5, 0), 0), group="pad_id 0"),
             Case("tokens (1, 1), pad_id 0", (tokens(g, 1, 1, 0), 0), group="pad_id 0"),
             Case("tokens (4, 6), pad_id 3", (tokens(g, 4, 6, 3), 3), group="another pad_id and int32 tokens"),
             Case("tokens (2, 7) of dtype int32, pad_id 1", (tokens(g, 2, 7, 1).int(), 1),
-                 group="another pad_id and int32 tokens")]
+                 group="another pad_id and int32 tokens"),
+            Case("tokens (2, 5) on the meta device (no values), pad_id 0", (tokens(g, 2, 5, 0), 0),
+                 group="tokens on another device", meta_inputs=True)]
 
 
 def _pad_inverted(tokens, pad_id):

@@ -1,18 +1,27 @@
 """Running a submission on the cases: its outputs or its exceptions, inputs it changed in place, and
-forbidden shortcuts it used. Nothing the submission does makes :func:`run_student` raise."""
+forbidden shortcuts it used. Nothing the submission does makes :func:`run_student` raise.
+
+A case can ask for a device without a GPU (see cases.Case): its inputs on the meta device, or the default
+device set to meta while the call runs. Code that reads values in Python (.item(), .tolist()), which a GPU
+allows and meta tensors cannot, is run again with values; an exception is reported at the student's own line,
+never at a line of torch, transformer_ref or the grader."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import importlib.util
 import inspect
+import os
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-from grader.checks.cases import Case, clone, same, single_threaded
+from grader.checks.cases import META, Case, clone, on_meta, same, single_threaded, to_device, tree_map
 from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
 from grader.checks.results import describe
@@ -35,6 +44,21 @@ class SetupError(Exception):
 
 class ArityError(TypeError):
     """The submission's signature does not take the arguments a case passes."""
+
+
+class ContractBroken(Exception):
+    """Raised by an instrumented input of a case (e.g. the model given to greedy_decode) when the submission
+    breaks a rule the notebook states (gradients on where it asks for torch.no_grad()); the message is written
+    for the student: "<item> was stopped at line N `code`: <message>"."""
+
+
+def _package_dirs() -> tuple[str, ...]:
+    """The folders whose frames are not the student's: torch, the course package, the grader."""
+    specs = [importlib.util.find_spec(name) for name in ("torch", "transformer_ref", "grader")]
+    return tuple(os.path.realpath(d) + os.sep for spec in specs if spec for d in spec.submodule_search_locations or ())
+
+
+PACKAGE_DIRS = _package_dirs()
 
 
 @single_threaded
@@ -63,19 +87,88 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
 
 
 def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Outcome:
-    given = Case(case.label, *clone((case.args, case.kwargs)), case.init, case.state, case.train, case.group)
+    inputs = to_device((case.args, case.kwargs), META) if case.meta_inputs else (case.args, case.kwargs)
+    args, kwargs = clone(inputs)
+    given = dataclasses.replace(case, args=args, kwargs=kwargs)
     out = Outcome()
     hits: list[str] = []
+    copies = _CopiesOffMeta() if on_meta(case) else contextlib.nullcontext()
     try:
-        with (wires.watching(item) if wires is not None else contextlib.nullcontext([])) as hits:
+        with (wires.watching(item) if wires is not None else contextlib.nullcontext([])) as hits, copies:
             value = _call(item, impl, given)
         out.value = detached(value)
     except Exception as err:  # the student's exception becomes a message
         out.error = _format_exception(item, err)
-    out.mutated = [name for name, a, b in _named_tensors(item, impl, (case.args, case.kwargs),
-                                                         (given.args, given.kwargs)) if not same(a, b)]
+    out.mutated = [name for name, a, b in _named_tensors(item, impl, inputs, (given.args, given.kwargs))
+                   if not same(a, b)]
     if hits:
         out.shortcut = shortcut_message(item, hits[0])
+    if out.error is not None and on_meta(case) and (READS_VALUES[1] in out.error
+                                                    or READS_VALUES[0] in out.error and copies.last == "tolist"):
+        return _run_with_values(item, impl, case, wires)
+    if case.default_device and out.error is None and not out.shortcut:
+        _compare_without_default_device(item, impl, case, wires, out)
+    return out
+
+
+def _compare_without_default_device(item: Item, impl: Any, case: Case, wires: Tripwires | None, out: Outcome) -> None:
+    """A default-device case again without it: a submission whose result changes makes some tensor on the
+    default device (some torch operations take a CPU tensor and a meta one without complaint, and return
+    uninitialised values); `out` then holds an error that says so."""
+    again = _run_case(item, impl, dataclasses.replace(case, default_device=None), wires)
+    if again.error is None and not _same_values(out.value, again.value):
+        out.value, out.error = None, (f"{item.name} gave other values with the default device set to "
+                                      f"{case.default_device} than without it: a tensor it makes without device= is "
+                                      f"on {case.default_device}")
+
+
+def _same_values(a: Any, b: Any) -> bool:
+    """The same structure, with tensors equal on the same device (NaN equal to NaN)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device == b.device and same(a, b)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same_values(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+READS_VALUES = ("Cannot copy out of meta tensor",            # .cpu(), .to('cpu'), .tolist()
+                "item() cannot be called on meta tensors")   # .item(), bool(), int(), `if` on a tensor
+
+
+class _CopiesOffMeta(TorchFunctionMode):
+    """During a meta case: the last of .cpu(), .to(...) and .tolist() called on a meta tensor. All three raise
+    "Cannot copy out of meta tensor"; only .tolist() (values read in Python, which a GPU allows) is run again
+    with values, while .cpu() and .to() take the computation off the inputs' device."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last: str | None = None
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        name = getattr(func, "__name__", "")
+        if name in ("cpu", "to", "tolist") and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            self.last = name
+        return func(*args, **(kwargs or {}))
+
+
+def _run_with_values(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Outcome:
+    """A meta case again, for code that reads tensor values in Python (.item(), .tolist(), a loop), which a
+    GPU allows and meta tensors cannot: the inputs on the CPU, with values, and the default device set to
+    meta, so that a tensor made without device= is on meta. A result on the inputs' device comes back as
+    meta tensors (what the meta case expects); a result elsewhere becomes an error that says so."""
+    device = {"device": torch.device("cpu")} if case.kwargs.get("device") == META else {}
+    on_cpu = dataclasses.replace(case, kwargs={**case.kwargs, **device}, default_device="meta", meta_inputs=False)
+    out = _run_case(item, impl, on_cpu, wires)
+    if out.error is None:
+        devices: list[torch.device] = []
+        tree_map(lambda t: devices.append(t.device), out.value)
+        elsewhere = next((d for d in devices if d.type != "cpu"), None)
+        if elsewhere is None:
+            out.value = tree_map(lambda t: t.to(META), out.value)
+        else:
+            out.value, out.error = None, (f"{item.name} returned a tensor on {elsewhere}: your code reads the "
+                                          f"values of its inputs, so it ran again with them on cpu and the "
+                                          f"default device set to meta")
     return out
 
 
@@ -110,22 +203,16 @@ def detached(value: Any) -> Any:
 
 
 def _format_exception(item: Item, err: BaseException) -> str:
-    if isinstance(err, NotImplementedError):
+    if isinstance(err, NotImplementedError) and not str(err).strip():   # the notebook's `raise NotImplementedError()`
         return (f"{item.name} is not implemented yet: it raised NotImplementedError. Replace "
                 f"`raise NotImplementedError()` with your code.")
     if isinstance(err, SetupError):
         return str(err)
     if isinstance(err, ArityError):
         return str(err)
-    frames = traceback.extract_tb(err.__traceback__)
-    # The student's own frames: not this package, not torch.
-    own = [f for f in frames if "/grader/checks/" not in f.filename and "site-packages" not in f.filename
-           and "/torch/" not in f.filename]
-    where = ""
-    if own:
-        f = own[-1]
-        line = f" `{f.line.strip()}`" if f.line else ""
-        where = f" at line {f.lineno}{line}"
+    where = _student_line(err)
+    if isinstance(err, ContractBroken):
+        return f"{item.name} was stopped{where}: {err}"
     text = (str(err).strip().splitlines() or [""])[0]
     text = text if len(text) <= 160 else text[:157] + "..."
     hint = ""
@@ -134,10 +221,25 @@ def _format_exception(item: Item, err: BaseException) -> str:
     return f"{item.name} raised {type(err).__name__}{where}: {text}{hint}"
 
 
+def _student_line(err: BaseException) -> str:
+    """" at line N `code`" for the last frame of the traceback in the student's own code (not torch, the course
+    package transformer_ref, the grader or an installed library: a crash inside the package is reported at
+    the student's call of it), or "" when there is none."""
+    frames = traceback.extract_tb(err.__traceback__)
+    own = [f for f in frames if f.filename.startswith("<") or "site-packages" not in f.filename
+           and not os.path.realpath(f.filename).startswith(PACKAGE_DIRS)]
+    if not own:
+        return ""
+    f = own[-1]
+    return f" at line {f.lineno}{f' `{f.line.strip()}`' if f.line else ''}"
+
+
 def _call(item: Item, impl: Any, case: Case) -> Any:
+    default = torch.device(case.default_device) if case.default_device else contextlib.nullcontext()
     if item.kind == "function":
         _check_arity(item.name, impl, case.args, case.kwargs)
-        return impl(*case.args, **case.kwargs)
+        with default:
+            return impl(*case.args, **case.kwargs)
     try:
         module = impl(**(case.init or {}))
     except NotImplementedError:
@@ -151,7 +253,8 @@ def _call(item: Item, impl: Any, case: Case) -> Any:
         _load_state(item, module, case.state)
     module.train(case.train)
     _check_arity(f"{item.name}.forward", module.forward, case.args, case.kwargs)
-    return module(*case.args, **case.kwargs)
+    with default:
+        return module(*case.args, **case.kwargs)
 
 
 def _check_arity(name: str, fn: Any, args: tuple, kwargs: dict) -> None:

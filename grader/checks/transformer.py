@@ -9,6 +9,8 @@ PositionwiseFeedForward and LayerNorm (earlier assignments); the mistakes below 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ from grader.checks.add_norm import REF_TRANSFORMER_LAYERS, TORCH_LAYERS
 from grader.checks.cases import Case, randn, random_mask, tokens
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
+from grader.checks.run import ContractBroken
 from transformer_ref.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionwiseFeedForward
 from transformer_ref.model import Transformer
 from transformer_ref.multihead import MultiHeadAttention
@@ -229,16 +232,52 @@ def _greedy_decode(model, src, bos_id, eos_id, max_len):
 
 
 BOS, PAD = 1, 0   # the cases' bos_id and the models' pad_id; the models never predict either
+RULES = "torch.no_grad() and src's device"   # the group of the cases that check the notebook's two rules
+
+
+class _WatchedTransformer(Transformer):
+    """The cases' model: a Transformer whose encode and decode refuse, with a message for the student, what the
+    notebook rules out: gradients on (where ``no_grad_required``: the notebook says "wrap the loop in
+    torch.no_grad()"), and a target longer than the model's positional table (a loop that does not stop at the
+    case's ``max_len``; transformer_ref would say "build the module with a larger max_len", a fix that changes
+    the model)."""
+
+    no_grad_required = False
+    max_len_asked: int | None = None
+
+    def encode(self, src):
+        self._watch("encode")
+        return super().encode(src)
+
+    def decode(self, tgt, memory, src, tgt_mask=None, cache=None):
+        self._watch("decode")
+        if isinstance(tgt, torch.Tensor) and tgt.dim() == 2 and tgt.size(1) > self.max_len:
+            raise ContractBroken(f"it kept decoding past max_len = {self.max_len_asked} (model.decode got "
+                                 f"{tgt.size(1)} tokens). Stop when the output has max_len tokens (bos_id "
+                                 f"included) or every sequence has produced eos_id.")
+        return super().decode(tgt, memory, src, tgt_mask, cache)
+
+    def _watch(self, method: str) -> None:
+        if self.no_grad_required and torch.is_grad_enabled():
+            raise ContractBroken(f"model.{method} ran with gradients on. Wrap the decoding in "
+                                 f"`with torch.no_grad():`, as the notebook asks.")
 
 
 def _greedy_cases(g: torch.Generator, seed: int) -> list[Case]:
     """Small random Transformers and eos ids picked so that: the single sequence stops before max_len; in the
-    first batch every sequence produces eos, at different steps; in the second some sequence never does."""
+    first batch every sequence produces eos, at different steps; in the second some sequence never does.
+    The last two cases check the notebook's rules: the models' parameters require gradients and the model
+    refuses to run with gradients on; and with the default device set to meta, any tensor made without
+    device=src.device is on another device than the model and src."""
     one = _greedy_case(g, "batch 1, src (1, 3)", 1, 3, 9, 6, "all", "one sequence")
     every = _greedy_case(g, "src (3, 5), vocab 12", 3, 5, 12, 10, "all", "a batch where every sequence stops")
     some = _greedy_case(g, "src (4, 6) with padding, vocab 10", 4, 6, 10, 10, "some",
                         "a batch where some sequence runs to max_len")
-    return [one, every, some]
+    model, *rest = every.args
+    watched = copy.deepcopy(model)
+    watched.no_grad_required = True
+    return [one, every, some, Case(every.label + ", parameters that require gradients", (watched, *rest), group=RULES),
+            Case(one.label + ", default device meta", one.args, group=RULES, default_device="meta")]
 
 
 def _greedy_case(g: torch.Generator, label: str, B: int, S: int, vocab: int, max_len: int, finish: str,
@@ -249,8 +288,8 @@ def _greedy_case(g: torch.Generator, label: str, B: int, S: int, vocab: int, max
     for _ in range(20):
         with torch.random.fork_rng(devices=[]):  # the model's initialisation, without touching the student's RNG
             torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=g)))
-            translator = Transformer(vocab, vocab, d_model=16, num_heads=2, num_encoder_layers=1,
-                                     num_decoder_layers=1, d_ff=32, dropout=0.0, max_len=16, pad_id=PAD).eval()
+            translator = _WatchedTransformer(vocab, vocab, d_model=16, num_heads=2, num_encoder_layers=1,
+                                             num_decoder_layers=1, d_ff=32, dropout=0.0, max_len=16, pad_id=PAD).eval()
         with torch.no_grad():
             translator.output_proj.bias[[PAD, BOS]] = -1e4   # never predicted: padding after eos stays visible
         src = tokens(g, B, S, PAD, vocab)
@@ -260,6 +299,7 @@ def _greedy_case(g: torch.Generator, label: str, B: int, S: int, vocab: int, max
             break
     else:
         eos = 2
+    translator.max_len_asked = max_len
     return Case(f"{label}, bos {BOS}, eos {eos}, max_len {max_len}", (translator, src, BOS, eos, max_len),
                 group=group)
 
