@@ -145,6 +145,11 @@ def _case_problem(item: Item, cases: Sequence[Case], index: int, out: Outcome, r
 def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], problem: str
                     ) -> tuple[str, Mistake | None]:
     mistake = diagnose(item, cases, outcomes)
+    if mistake is None and item.explain is not None and (line := item.explain(item, cases, outcomes)):
+        # "Likely mistake" goes after the verdict; an observation last, the block for_student always keeps
+        verdict, _, detail = problem.partition("\n")
+        order = (verdict, line, detail) if line.startswith("Likely mistake:") else (verdict, detail, line)
+        return "\n".join(part for part in order if part), None
     return _message(problem, mistake), mistake
 
 
