@@ -142,10 +142,10 @@ def _case_problem(item: Item, cases: Sequence[Case], index: int, out: Outcome, r
     return None if problem is None else (f"{item.name} is not right yet on {where}.\n{problem}", True)
 
 
-def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], problem: str
-                    ) -> tuple[str, Mistake | None]:
+def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], problem: str,
+                    impl: Any = None) -> tuple[str, Mistake | None]:
     mistake = diagnose(item, cases, outcomes)
-    if mistake is None and item.explain is not None and (line := item.explain(item, cases, outcomes)):
+    if mistake is None and item.explain is not None and (line := item.explain(item, cases, outcomes, impl)):
         # "Likely mistake" goes after the verdict; an observation last, the block for_student always keeps
         verdict, _, detail = problem.partition("\n")
         order = (verdict, line, detail) if line.startswith("Likely mistake:") else (verdict, detail, line)
@@ -162,9 +162,10 @@ def _message(problem: str, mistake: Mistake | None) -> str:
 
 
 @single_threaded
-def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Report:
+def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None) -> Report:
     """Compare a submission's outcomes with the reference on the same cases (the first failing case
-    decides the message); name a known mistake."""
+    decides the message); name a known mistake. `impl`, the submission when the caller has it (a notebook's
+    check; not the batch grader, whose outcomes come from the sandbox), lets item.explain run it again."""
     if len(outcomes) != len(cases):
         return Report(False, f"{item.name}: got {len(outcomes)} outcomes for {len(cases)} cases")
     for out in outcomes:
@@ -180,7 +181,7 @@ def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> R
         problem, wrong_value = found
         if not wrong_value:
             return Report(False, problem)
-        message, mistake = _with_diagnosis(item, cases, outcomes, problem)
+        message, mistake = _with_diagnosis(item, cases, outcomes, problem, impl)
         return Report(False, message, mistake=mistake.key if mistake else None)
     return Report(True, f"{item.name}: all {len(cases)} cases pass.")
 

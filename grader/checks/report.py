@@ -49,7 +49,7 @@ def check(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool = False
     report = Report(True, "")
     for seed in seeds:
         cases = make_cases(item, seed, cuda=cuda)
-        report = compare(item, cases, run_student(item, impl, cases))
+        report = compare(item, cases, run_student(item, impl, cases), impl)
         if not report.passed:
             return report
     return report

@@ -36,8 +36,9 @@ INVERTED = "your mask is inverted: here True = may attend (nn.MultiheadAttention
 
 # ---------------------------------------------------------------- Item.explain for mask items
 
-def explain_mask(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> str | None:
-    """The structural diagnosis of a submission's wrong bool masks (a line for the student), or None."""
+def explain_mask(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None) -> str | None:
+    """The structural diagnosis of a submission's wrong bool masks (a line for the student), or None; from the
+    outcomes alone (`impl` is not needed), so the batch grader's feedback says it too."""
     expected = [ref.value for ref in reference_outcomes(item, cases)]
     got = [out.value if out.error is None else None for out in outcomes]
     usable = [i for i, (e, g) in enumerate(zip(expected, got)) if _comparable(e, g)]

@@ -1,0 +1,255 @@
+"""How a layer built from sublayers is wired, observed while it runs, and where the student's wiring differs.
+
+``explain_layer`` is the ``Item.explain`` of EncoderLayer, DecoderLayer and AddNorm: when no catalogued mistake
+reproduces the outputs, it runs the student's module once more on the failing case, and the reference module
+(with the same parameters) on the same case, with every direct submodule's ``forward`` wrapped (so that
+``self.norm1(h)``, ``self.norm1.forward(h)`` and ``getattr(self, "norm1")(h)`` are all seen). Each call is
+written down as the submodule's name and, for each of its tensor arguments (bound to its parameter names:
+query, key, value, mask ...), what that tensor is: the layer's input (x, memory, the masks), the output of an
+earlier call, or the sum of two of these (a residual), found by value. A call whose output equals one of its
+inputs (a dropout in evaluation mode) is left out. The two records are then compared: which submodules are
+called how often, in what order, what reached each, and what the layer returned. What is said is what was
+observed ("What differs: ..."), in the names the student's code uses.
+
+Nothing is claimed without being observed: a submission that crashes on the second run, or whose record
+matches the reference's, gets no sentence (the numbers stay).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from grader.checks.cases import Case, clone
+from grader.checks.compare import mismatch, reference_outcomes
+from grader.checks.item import Item
+from grader.checks.run import Outcome, _load_state
+
+OBSERVED = "What differs: "
+WORDS = {"x": "the layer input x", "memory": "the encoder memory", "sublayer_out": "sublayer_out"}
+MAX_SENTENCES = 2
+
+
+@dataclass
+class Call:
+    """One call of a submodule: its name and what reached each parameter that holds a tensor or None."""
+
+    name: str
+    inputs: dict[str, str]
+
+
+@dataclass
+class Record:
+    """What a layer did on one input: its calls in order, and what it returned."""
+
+    calls: list[Call] = field(default_factory=list)
+    output: str = "?"
+
+
+# ---------------------------------------------------------------- Item.explain for layers
+
+def explain_layer(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None) -> str | None:
+    """The wiring that differs from the reference's on the first case with a wrong value, or None (also when the
+    submission is not at hand: the batch grader has only its outcomes)."""
+    if impl is None:
+        return None
+    expected = reference_outcomes(item, cases)
+    failing = next((c for c, out, ref in zip(cases, outcomes, expected)
+                    if out.error is None and mismatch(item, ref.value, out.value) is not None), None)
+    if failing is None:
+        return None
+    reference = item.reference()
+    right = observe(item, reference, failing, reference)
+    try:
+        theirs = observe(item, impl, failing, reference)
+    except Exception:   # the student's code, run once more: whatever it does, the numbers stay the message
+        return None
+    said = differences(right, theirs)
+    return OBSERVED + "; ".join(said[:MAX_SENTENCES]) + "." if said else None
+
+
+def observe(item: Item, impl: Any, case: Case, reference: type) -> Record:
+    """Build `impl` for `case` (its parameters set as for grading), run it once with its direct submodules'
+    forward wrapped, and return what it did. Layer inputs are named by the reference's forward signature."""
+    args, kwargs = clone((case.args, case.kwargs))
+    module = impl(**(case.init or {}))
+    if case.state:
+        _load_state(item, module, case.state)
+    module.train(case.train)
+    names = inspect.signature(reference.forward).bind(None, *args, **kwargs).arguments
+    known = [(name, value) for name, value in list(names.items())[1:] if isinstance(value, torch.Tensor)]
+    record, counts = Record(), {}
+    for name, child in module.named_children():
+        child.forward = _watched(name, child, child.forward, known, record, counts)
+    with torch.no_grad():
+        out = module(*args, **kwargs)
+    first = out[0] if isinstance(out, (tuple, list)) and out else out
+    record.output = _label(first, known)
+    return record
+
+
+def _watched(name: str, child: torch.nn.Module, forward: Any, known: list, record: Record, counts: dict):
+    """`forward`, writing down each call in `record` and its output in `known`."""
+    try:
+        signature = inspect.signature(forward)
+    except (TypeError, ValueError):
+        signature = None
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        bound = _bind(signature, args, kwargs)
+        inputs = {p: _label(v, known) for p, v in bound.items() if v is None or isinstance(v, torch.Tensor)}
+        out = forward(*args, **kwargs)
+        first = out[0] if isinstance(out, (tuple, list)) and out else out
+        tensors = [v for v in bound.values() if isinstance(v, torch.Tensor)]
+        if isinstance(first, torch.Tensor) and any(_same(first, t) for t in tensors):
+            return out      # an identity (dropout in evaluation mode): not a step of the formula
+        counts[name] = counts.get(name, 0) + 1
+        label = name if counts[name] == 1 else f"{name} (call {counts[name]})"
+        record.calls.append(Call(name, inputs))
+        if isinstance(first, torch.Tensor):
+            known.append((label, first))
+        return out
+    return watched
+
+
+def _bind(signature: inspect.Signature | None, args: tuple, kwargs: dict) -> dict:
+    """The call's arguments by parameter name (positional ones as arg0, arg1 ... when it cannot be bound)."""
+    if signature is not None:
+        try:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return dict(bound.arguments)
+        except TypeError:
+            pass
+    return {**{f"arg{i}": a for i, a in enumerate(args)}, **kwargs}
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype == torch.bool:
+        return bool(torch.equal(a, b))
+    rtol = 1e-5 if a.dtype in (torch.float32, torch.float64) else 1e-2
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * 1e-1))
+
+
+def _label(value: Any, known: list[tuple[str, torch.Tensor]]) -> str:
+    """What `value` is: a known tensor's name, "a + b" for the sum of two known tensors, "None", or "?"."""
+    if value is None:
+        return "None"
+    if not isinstance(value, torch.Tensor):
+        return "?"
+    for name, t in known:
+        if _same(value, t):
+            return name
+    if value.is_floating_point():
+        for i, (a, ta) in enumerate(known):
+            for b, tb in known[i + 1:]:
+                if ta.shape == tb.shape == value.shape and ta.dtype == value.dtype and _same(value, ta + tb):
+                    return f"{a} + {b}"
+    return "?"
+
+
+# ---------------------------------------------------------------- comparing two records
+
+def differences(right: Record, theirs: Record) -> list[str]:
+    """Sentences on how `theirs` is wired differently from `right`, most telling first; [] when alike."""
+    said = _counts(right, theirs) + _order(right, theirs)
+    said += _arguments(right, theirs) if not said else []
+    if not said and theirs.output != right.output:
+        said.append(f"your layer returns {_words(theirs.output)}; it should return {_words(right.output)}")
+    return said
+
+
+def _counts(right: Record, theirs: Record) -> list[str]:
+    want, got = _tally(right), _tally(theirs)
+    said = []
+    for name in dict.fromkeys([*want, *got]):
+        n, m = want.get(name, 0), got.get(name, 0)
+        if n != m:
+            said.append(f"{name} is {'never called' if m == 0 else _times(m)}"
+                        + (f" (the formula: {_times(n).removeprefix('called ')})" if m and n else ""))
+    return [" and ".join(said)] if said else []
+
+
+def _tally(record: Record) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for call in record.calls:
+        counts[call.name] = counts.get(call.name, 0) + 1
+    return counts
+
+
+def _times(n: int) -> str:
+    return {1: "called once", 2: "called twice"}.get(n, f"called {n} times")
+
+
+def _order(right: Record, theirs: Record) -> list[str]:
+    want, got = [c.name for c in right.calls], [c.name for c in theirs.calls]
+    if want == got or sorted(want) != sorted(got):
+        return []
+    return [f"your layer calls {', '.join(got)}; the formula calls {', '.join(want)}"]
+
+
+def _arguments(right: Record, theirs: Record) -> list[str]:
+    """What reached the first call that got something else than in the reference (the calls after it read
+    values that already differ: fixing the first is the step to take)."""
+    for i, (want, got) in enumerate(zip(right.calls, theirs.calls)):
+        expected = _in_their_names(want.inputs, got.inputs)
+        wrong = [p for p in dict.fromkeys([*expected, *got.inputs])
+                 if expected.get(p, "None") != got.inputs.get(p, "None")]
+        if not wrong:
+            continue
+        if len(wrong) == 1:
+            p = wrong[0]
+            return [_norm_before_add(i, got, expected.get(p, "None"), got.inputs.get(p, "None"), theirs)
+                    or f"{got.name}'s {p} is {_words(got.inputs.get(p, 'None'))}; "
+                       f"it should be {_words(expected.get(p, 'None'))}"]
+        return [f"{got.name} gets {_assign(wrong, got.inputs)}; it should get {_assign(wrong, expected)}"]
+    return []
+
+
+def _norm_before_add(index: int, call: Call, want: str, got: str, theirs: Record) -> str | None:
+    """The sentence when `call` normalises a sublayer's output that the formula adds to a residual first (want
+    "r + s", got "s") and a later call reads "r + <this call>"."""
+    parts = want.split(" + ")
+    if len(parts) != 2 or got not in parts:
+        return None
+    residual = parts[1 - parts.index(got)]
+    for other in theirs.calls[index + 1:]:
+        if any(set(label.split(" + ")) == {residual, call.name} for label in other.inputs.values()):
+            return (f"{call.name} is applied to {got}'s output before the residual add, {residual} + "
+                    f"{call.name}({got}); post-LN adds first: {call.name}({residual} + {got})")
+    return None
+
+
+def _in_their_names(want: dict[str, str], got: dict[str, str]) -> dict[str, str]:
+    """The reference's inputs under the student's parameter names: by position when the two modules name their
+    parameters differently (nn.LayerNorm's `input`, the course's LayerNorm's `x`)."""
+    if set(want) <= set(got) or len(want) != len(got):
+        return want
+    return dict(zip(got, want.values()))
+
+
+def _assign(params: list[str], inputs: dict[str, str]) -> str:
+    """"query = x, key = value = the encoder memory": parameters that get the same thing are written together."""
+    groups: dict[str, list[str]] = {}
+    for p in params:
+        groups.setdefault(inputs.get(p, "None"), []).append(p)
+    return ", ".join(" = ".join([*ps, _words(label)]) for label, ps in groups.items())
+
+
+def _words(label: str) -> str:
+    """A label as the student reads it: "x + self_attn" -> "x + self_attn's output"."""
+    if label == "?":
+        return "a value computed outside the submodules"
+    if label == "None":
+        return "None"
+    parts = label.split(" + ")
+    words = [WORDS.get(p, p if p.endswith("mask") else f"{p}'s output") for p in parts]
+    if len(parts) == 2:
+        return f"{' + '.join(p.replace('the layer input ', '') for p in words)} (a residual sum)"
+    return words[0]
