@@ -2,14 +2,15 @@
 
 ``explain_layer`` is the ``Item.explain`` of EncoderLayer, DecoderLayer and AddNorm: when no catalogued mistake
 reproduces the outputs, it runs the student's module once more on the failing case, and the reference module
-(with the same parameters) on the same case, with every direct submodule's ``forward`` wrapped (so that
-``self.norm1(h)``, ``self.norm1.forward(h)`` and ``getattr(self, "norm1")(h)`` are all seen). Each call is
-written down as the submodule's name and, for each of its tensor arguments (bound to its parameter names:
-query, key, value, mask ...), what that tensor is: the layer's input (x, memory, the masks), the output of an
-earlier call, or the sum of two of these (a residual), found by value. A call whose output equals one of its
-inputs (a dropout in evaluation mode) is left out. The two records are then compared: which submodules are
-called how often, in what order, what reached each, and what the layer returned. What is said is what was
-observed ("What differs: ..."), in the names the student's code uses.
+(with the same parameters) on the same case, with the ``forward`` of every direct submodule that has
+parameters wrapped (the members the checker sets; a dropout may as well be F.dropout), so that both
+``self.norm1(h)`` and ``self.norm1.forward(h)`` are seen. Each call is written down as the submodule's name
+and, for each argument that holds a tensor or None (bound to the parameter names: query, key, value, mask
+...), what it is: the layer's input (x, memory, the masks), the output of an earlier call, or the sum of two of
+these (a residual), found by value. A call whose output equals one of its inputs (an identity) is left out.
+The two records are then compared: which submodules are called how often, in what order, what reached the
+first call that got something else, and what the layer returned. What is said is what was observed
+("What differs: ..."), in the names the student's module uses.
 
 Nothing is claimed without being observed: a submission that crashes on the second run, or whose record
 matches the reference's, gets no sentence (the numbers stay).
@@ -84,7 +85,8 @@ def observe(item: Item, impl: Any, case: Case, reference: type) -> Record:
     known = [(name, value) for name, value in list(names.items())[1:] if isinstance(value, torch.Tensor)]
     record, counts = Record(), {}
     for name, child in module.named_children():
-        child.forward = _watched(name, child, child.forward, known, record, counts)
+        if next(child.parameters(), None) is not None:   # the members the checker sets; a dropout may be F.dropout
+            child.forward = _watched(name, child, child.forward, known, record, counts)
     with torch.no_grad():
         out = module(*args, **kwargs)
     first = out[0] if isinstance(out, (tuple, list)) and out else out
@@ -205,8 +207,9 @@ def _arguments(right: Record, theirs: Record) -> list[str]:
             continue
         if len(wrong) == 1:
             p = wrong[0]
+            what = "input" if len(got.inputs) == 1 else p     # norm1's input, not "norm1's x"
             return [_norm_before_add(i, got, expected.get(p, "None"), got.inputs.get(p, "None"), theirs)
-                    or f"{got.name}'s {p} is {_words(got.inputs.get(p, 'None'))}; "
+                    or f"{got.name}'s {what} is {_words(got.inputs.get(p, 'None'))}; "
                        f"it should be {_words(expected.get(p, 'None'))}"]
         return [f"{got.name} gets {_assign(wrong, got.inputs)}; it should get {_assign(wrong, expected)}"]
     return []
