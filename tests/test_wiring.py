@@ -5,6 +5,8 @@ differently get no complaint; nothing is said when the submission is not at hand
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -206,3 +208,78 @@ def test_nothing_is_said_without_the_submission_or_when_it_breaks_on_the_second_
             return super().forward(*args, **kwargs)
     outcomes = run_student(item, Flaky, cases, watch=False)
     assert explain_layer(item, cases, outcomes, Flaky) is None
+
+
+# ---------------------------------------------------------------- differences below the printed digits
+
+class BertEmbeddingsTorchLN(nn.Module):
+    """Right but for nn.LayerNorm's default eps (1e-5; BERT's is 1e-12): every printed digit agrees."""
+
+    eps = 1e-5
+
+    def __init__(self, vocab_size, d_model, max_len, type_vocab_size):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(vocab_size, d_model)
+        self.position_embeddings = nn.Embedding(max_len, d_model)
+        self.token_type_embeddings = nn.Embedding(type_vocab_size, d_model)
+        self.norm = nn.LayerNorm(d_model, eps=self.eps)
+
+    def forward(self, input_ids, token_type_ids=None):
+        segments = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.norm(self.word_embeddings(input_ids) + self.position_embeddings(positions)
+                         + self.token_type_embeddings(segments))
+
+
+class OwnNorm(nn.Module):
+    def __init__(self, d, eps=1e-6):
+        super().__init__()
+        self.weight, self.bias, self.eps = nn.Parameter(torch.ones(d)), nn.Parameter(torch.zeros(d)), eps
+
+    def forward(self, x):
+        mean, var = x.mean(-1, keepdim=True), x.var(-1, keepdim=True, unbiased=False)
+        return self.weight * (x - mean) / torch.sqrt(var + self.eps) + self.bias
+
+
+class BertEmbeddingsOwnNorm(BertEmbeddingsTorchLN):
+    def __init__(self, vocab_size, d_model, max_len, type_vocab_size):
+        super().__init__(vocab_size, d_model, max_len, type_vocab_size)
+        self.norm = OwnNorm(d_model)
+
+
+class BertEmbeddingsNudged(BertEmbeddingsTorchLN):
+    """eps right, but a tiny shift no eps explains."""
+
+    eps = 1e-12
+
+    def forward(self, input_ids, token_type_ids=None):
+        return super().forward(input_ids, token_type_ids) + 1e-6
+
+
+@pytest.mark.parametrize("student,eps", [(BertEmbeddingsTorchLN, "1e-05"), (BertEmbeddingsOwnNorm, "1e-06")])
+def test_an_eps_below_the_printed_digits_is_named_with_enough_digits(student, eps):
+    from grader.checks import bert
+    report = check(bert.BERT_EMBEDDINGS, student)
+    shown = for_student(report.message)
+    said = flat(shown)
+    assert f"Likely mistake: your LayerNorm's eps is {eps}, the exercise's 1e-12" in said, shown
+    expected, got = re.search(r"expected (-?[\d.]+), got (-?[\d.]+) \(tolerance", said).groups()
+    assert expected != got and "tolerance" in said, shown
+    lines = shown.splitlines()
+    assert len(lines) <= 6 and all(len(line) <= 80 for line in lines), shown
+
+
+def test_a_tiny_difference_no_eps_explains_is_shown_in_digits_only():
+    from grader.checks import bert
+    report = check(bert.BERT_EMBEDDINGS, BertEmbeddingsNudged)
+    said = flat(for_student(report.message))
+    assert "What differs: below the printed digits" in said and "eps" not in said, said
+
+
+def test_an_encoder_layer_with_another_eps_is_named():
+    class EncoderEps(EncoderRight):
+        def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+            super().__init__(d_model, num_heads, d_ff, dropout)
+            self.norm1, self.norm2 = nn.LayerNorm(d_model, eps=1e-3), nn.LayerNorm(d_model, eps=1e-3)
+    report = check(transformer.ENCODER_LAYER, EncoderEps)
+    assert "your LayerNorm's eps is 0.001, the exercise's 1e-05" in flat(report.message), report.message

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 
 from grader.checks.cases import Case, clone
-from grader.checks.compare import mismatch, reference_outcomes
+from grader.checks.compare import TOLERANCES, mismatch, reference_outcomes
 from grader.checks.item import Item
-from grader.checks.run import Outcome, _load_state
+from grader.checks.run import Outcome, _load_state, run_student
 
 OBSERVED = "What differs: "
 WORDS = {"x": "the layer input x", "memory": "the encoder memory", "sublayer_out": "sublayer_out"}
@@ -54,15 +54,23 @@ class Record:
 # ---------------------------------------------------------------- Item.explain for layers
 
 def explain_layer(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None) -> str | None:
-    """The wiring that differs from the reference's on the first case with a wrong value, or None (also when the
-    submission is not at hand: the batch grader has only its outcomes)."""
+    """A difference below the printed digits (and the LayerNorm eps that explains it), else the wiring that
+    differs from the reference's on the first case with a wrong value, or None. Without the submission at hand
+    (the batch grader has only its outcomes) only the digits are said."""
+    expected = reference_outcomes(item, cases)
+    index = next((i for i, (out, ref) in enumerate(zip(outcomes, expected))
+                  if out.error is None and mismatch(item, ref.value, out.value) is not None), None)
+    if index is None:
+        return None
+    digits = hidden_difference(item, expected[index].value, outcomes[index].value)
+    eps = _eps_explains(item, cases, outcomes, impl) if impl is not None else None
+    if eps is not None:
+        return f"Likely mistake: {eps}" + (f" ({digits.removeprefix('below the printed digits: ')})." if digits else ".")
+    if digits is not None:
+        return f"{OBSERVED}{digits}."
     if impl is None:
         return None
-    expected = reference_outcomes(item, cases)
-    failing = next((c for c, out, ref in zip(cases, outcomes, expected)
-                    if out.error is None and mismatch(item, ref.value, out.value) is not None), None)
-    if failing is None:
-        return None
+    failing = cases[index]
     reference = item.reference()
     right = observe(item, reference, failing, reference)
     try:
@@ -72,6 +80,69 @@ def explain_layer(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]
     said = differences(right, theirs)
     return OBSERVED + "; ".join(said[:MAX_SENTENCES]) + "." if said else None
 
+
+# ---------------------------------------------------------------- differences below the printed digits
+
+def hidden_difference(item: Item, expected: Any, got: Any) -> str | None:
+    """For float tensors whose largest difference beyond the tolerance prints alike at 4 significant digits
+    (what the message's rows show): that value with enough digits to tell them apart, and the tolerance."""
+    pairs = zip(expected, got) if isinstance(expected, tuple) and isinstance(got, (tuple, list)) else [(expected, got)]
+    for e, g in pairs:
+        if not (isinstance(e, torch.Tensor) and isinstance(g, torch.Tensor) and e.is_floating_point()
+                and g.shape == e.shape and g.dtype == e.dtype) or e.numel() == 0:
+            continue
+        rtol, atol = item.tol.get(e.dtype, TOLERANCES.get(e.dtype, (1e-4, 1e-5)))
+        over = ((g - e).abs() - (atol + rtol * e.abs())).nan_to_num(float("-inf"))
+        if not bool((over > 0).any()):
+            continue
+        at = tuple(int(i) for i in torch.unravel_index(over.argmax(), over.shape))
+        a, b = e[at].item(), g[at].item()
+        if f"{a:.4g}" != f"{b:.4g}":
+            return None
+        n = next((d for d in range(5, 18) if f"{a:.{d}g}" != f"{b:.{d}g}"), 17)
+        return (f"below the printed digits: at {at} expected {a:.{n}g}, got {b:.{n}g} (tolerance "
+                f"{atol + rtol * abs(a):.2g})")
+    return None
+
+
+def _norm_eps(module: torch.nn.Module) -> set[float]:
+    """The eps of every normalisation member (nn.LayerNorm, the course's LayerNorm, a student's own with .eps)."""
+    return {float(m.eps) for m in _norms(module)}
+
+
+def _norms(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The members below `module` that normalise: a class named ...Norm... with a number as eps."""
+    return [m for m in module.modules() if m is not module and "Norm" in type(m).__name__
+            and isinstance(getattr(m, "eps", None), (int, float)) and not isinstance(m.eps, bool)]
+
+
+def _eps_explains(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any) -> str | None:
+    """"your LayerNorm's eps is 1e-05; ..." when the student's norms share one eps other than the reference's
+    and the reference built with that eps gives the student's outputs on every case."""
+    case = cases[0]
+    try:
+        theirs = _norm_eps(impl(**(case.init or {})))
+    except Exception:
+        return None
+    reference = item.reference()
+    ours = _norm_eps(reference(**(case.init or {})))
+    if len(theirs) != 1 or len(ours) != 1 or theirs == ours:
+        return None
+    eps, right = theirs.pop(), ours.pop()
+
+    class WithTheirEps(reference):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            for m in _norms(self):
+                m.eps = eps
+    again = run_student(item, WithTheirEps, cases, watch=False)
+    if any(out.error is None and (r.error is not None or mismatch(item, r.value, out.value) is not None)
+           for out, r in zip(outcomes, again)):
+        return None
+    return f"your LayerNorm's eps is {eps:g}, the exercise's {right:g}: with eps={eps:g} the reference gives your output"
+
+
+# ---------------------------------------------------------------- observing the wiring
 
 def observe(item: Item, impl: Any, case: Case, reference: type) -> Record:
     """Build `impl` for `case` (its parameters set as for grading), run it once with its direct submodules'
