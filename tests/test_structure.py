@@ -209,3 +209,45 @@ def test_explain_is_silent_on_right_masks_and_on_wrong_dtypes():
     floats = run_student(item, lambda T_q, T_k=None, device=None: torch.ones(T_q, T_k or T_q).tril(1), cases,
                          watch=False)
     assert explain_mask(item, cases, floats) is None        # the dtype has its own message
+
+
+# ---------------------------------------------------------------- in the released notebook, in a kernel
+
+IN_THE_NOTEBOOK = {
+    "causal_mask": [
+        ("def causal_mask(T_q, T_k=None, device=None):\n"
+         "    T_k = T_q if T_k is None else T_k\n"
+         "    return torch.triu(torch.ones(T_q, T_k, device=device), diagonal=1).bool()\n",
+         ["Likely mistake: your mask is inverted", "aligned top-left"]),
+        ("def causal_mask(T_q, T_k=None, device=None):\n"
+         "    T_k = T_k or T_q\n"
+         "    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(diagonal=-(T_k - T_q))\n",
+         ["Likely mistake: the offset has the wrong sign"]),
+    ],
+    "decoder_self_attention_mask": [
+        ("def decoder_self_attention_mask(tokens, pad_id):\n"
+         "    T = tokens.size(1)\n"
+         "    return padding_mask(tokens, pad_id) & torch.ones(T, T, dtype=torch.bool).tril(1)\n",
+         ["Likely mistake: the causal part: it reaches one diagonal too far"]),
+    ],
+}
+
+
+@pytest.mark.slow
+def test_in_the_released_notebook_masks_are_named_structurally():
+    from test_student_feedback import ROOT, Kernel, assert_short, cells, solution
+    folder = ROOT / "exercises" / "05_masking"
+    released = cells(folder / "05_masking.ipynb")
+    answers = cells(ROOT / "solutions" / "05_masking" / "05_masking.ipynb")
+    kernel = Kernel(folder)
+    try:
+        assert not kernel.run(released["imports"])[1]
+        assert not kernel.run(solution(answers["padding_mask"]))[1]
+        for name, variants in IN_THE_NOTEBOOK.items():
+            for source, says in variants:
+                assert not kernel.run(source)[1]
+                output, raised = kernel.run(released[f"test_{name}"])
+                assert raised and all(s in flat(output) for s in says), output
+                assert_short(output, name)
+    finally:
+        kernel.close()

@@ -283,3 +283,44 @@ def test_an_encoder_layer_with_another_eps_is_named():
             self.norm1, self.norm2 = nn.LayerNorm(d_model, eps=1e-3), nn.LayerNorm(d_model, eps=1e-3)
     report = check(transformer.ENCODER_LAYER, EncoderEps)
     assert "your LayerNorm's eps is 0.001, the exercise's 1e-05" in flat(report.message), report.message
+
+
+# ---------------------------------------------------------------- in the released notebook, in a kernel
+
+MEMBERS = ("    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):\n"
+           "        super().__init__()\n"
+           "        self.self_attn = MultiHeadAttention(d_model, num_heads)\n"
+           "        self.cross_attn = MultiHeadAttention(d_model, num_heads)\n"
+           "        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)\n"
+           "        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)\n\n")
+IN_THE_NOTEBOOK = [
+    ("class DecoderLayer(nn.Module):\n" + MEMBERS +
+     "    def forward(self, x, memory, self_mask=None, memory_mask=None):\n"
+     "        x = self.norm1(x + self.self_attn(x, x, x, self_mask)[0])\n"
+     "        x = self.norm2(x + self.cross_attn(memory, x, x)[0][:, :x.size(1)])\n"
+     "        return self.norm3(x + self.feed_forward(x))\n",
+     "What differs: cross_attn gets query = the encoder memory"),
+    ("class DecoderLayer(nn.Module):\n" + MEMBERS +
+     "    def forward(self, x, memory, self_mask=None, memory_mask=None):\n"
+     "        a = x + self.norm1(self.self_attn(x, x, x, self_mask)[0])\n"
+     "        b = self.norm2(a + self.cross_attn(a, memory, memory, memory_mask)[0])\n"
+     "        return self.norm3(b + self.feed_forward(b))\n",
+     "What differs: norm1 is applied to self_attn's output before the residual add"),
+]
+
+
+@pytest.mark.slow
+def test_in_the_released_notebook_the_wiring_is_named():
+    from test_student_feedback import ROOT, Kernel, assert_short, cells
+    folder = ROOT / "exercises" / "07_transformer"
+    released = cells(folder / "07_transformer.ipynb")
+    kernel = Kernel(folder)
+    try:
+        assert not kernel.run(released["imports"])[1]
+        for source, says in IN_THE_NOTEBOOK:
+            assert not kernel.run(source)[1]
+            output, raised = kernel.run(released["test_DecoderLayer"])
+            assert raised and says in flat(output), output
+            assert_short(output, says)
+    finally:
+        kernel.close()
