@@ -251,3 +251,70 @@ def test_in_the_released_notebook_masks_are_named_structurally():
                 assert_short(output, name)
     finally:
         kernel.close()
+
+
+# ---------------------------------------------------------------- the mask that attention weights show
+
+class MHA(torch.nn.Module):
+    """A student's multi-head attention; `use_mask` is how it applies the mask it is given."""
+
+    def __init__(self, d_model, num_heads):
+        super().__init__()
+        self.h = num_heads
+        self.W_q, self.W_k, self.W_v, self.W_o = (torch.nn.Linear(d_model, d_model) for _ in range(4))
+
+    def forward(self, query, key, value, mask=None):
+        def heads(t):
+            return t.view(t.size(0), t.size(1), self.h, -1).transpose(1, 2)
+        q, k, v = heads(self.W_q(query)), heads(self.W_k(key)), heads(self.W_v(value))
+        scores = q @ k.transpose(-2, -1) / q.size(-1) ** 0.5
+        if mask is not None:
+            scores = scores.masked_fill(~self.use_mask(mask), float("-inf"))
+        weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+        return self.W_o((weights @ v).transpose(1, 2).reshape(query.shape)), weights
+
+    def use_mask(self, mask):
+        return mask[:, None] if mask.dim() == 3 else mask
+
+
+class MHANotUnsqueezed(MHA):
+    def use_mask(self, mask):
+        return mask                                   # broadcasts silently when B == H
+
+
+class MHAInverted(MHA):
+    def use_mask(self, mask):
+        return ~super().use_mask(mask)                # nn.MultiheadAttention's convention
+
+
+class MHAInvertedNotUnsqueezed(MHA):
+    def use_mask(self, mask):
+        return torch.logical_not(mask)
+
+
+@pytest.mark.parametrize("student,says", [
+    (MHANotUnsqueezed, "head h of every sequence uses mask[h]"),
+    (MHAInverted, "your mask is inverted"),
+    (MHAInvertedNotUnsqueezed, "your mask is inverted"),
+])
+def test_attention_weights_show_how_the_mask_was_used(student, says):
+    from grader.checks import multi_head
+    report = check(multi_head.MULTI_HEAD_ATTENTION, student)
+    assert not report.passed and report.mistake is None
+    shown = flat(for_student(report.message))
+    assert "Likely mistake:" in shown and says in shown, shown
+    if student is MHAInvertedNotUnsqueezed:
+        assert "mask[h]" in shown, shown
+
+
+def test_right_masking_with_another_mistake_says_nothing_about_the_mask():
+    from grader.checks import multi_head
+
+    class MHAScaledByDModel(MHA):
+        def forward(self, query, key, value, mask=None):
+            output, weights = super().forward(query * 0.5 ** 0.5, key, value, mask)
+            return output, weights
+    assert check(multi_head.MULTI_HEAD_ATTENTION, MHA).passed
+    report = check(multi_head.MULTI_HEAD_ATTENTION, MHAScaledByDModel)
+    assert not report.passed and "mask" not in report.message.split("\n", 1)[1].lower().replace("masked row", ""), \
+        report.message

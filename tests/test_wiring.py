@@ -324,3 +324,13 @@ def test_in_the_released_notebook_the_wiring_is_named():
             assert_short(output, says)
     finally:
         kernel.close()
+
+
+def test_a_mask_passed_inverted_to_a_sublayer_is_named():
+    class EncoderInvertedMask(Encoder):
+        def forward(self, x, mask=None):
+            keep = None if mask is None else torch.logical_not(mask)      # nn.MultiheadAttention's convention
+            h = self.norm1(x + self.self_attn(x, x, x, keep)[0])
+            return self.norm2(h + self.feed_forward(h))
+    report = check(transformer.ENCODER_LAYER, EncoderInvertedMask)
+    assert "What differs: self_attn's mask is ~mask; it should be mask" in flat(report.message), report.message

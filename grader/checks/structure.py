@@ -16,6 +16,10 @@ What holds exactly on every case is said as "Likely mistake: ..."; what is only 
 as "What differs: ...". Nothing here claims what it has not checked: every sentence is an exact property of
 the tensors. The pure functions (``causal_form``, ``describe``) take tensors; tests/test_structure.py calls
 them on hand-made masks.
+
+``explain_attention_mask`` does the same for attention that returns its weights: the keys a query attends to
+are where its weights are not zero, and that pattern is compared with the mask the case passed, inverted or
+broadcast without its head axis.
 """
 
 from __future__ import annotations
@@ -85,6 +89,51 @@ def _inverted_mistake(item: Item, cases: Sequence[Case], got: Sequence[Any]) -> 
         if all(_comparable(m, g) and torch.equal(g, ~m) for m, g in zip(theirs, got)):
             return f"{INVERTED}; and besides, {mistake.says[0].lower()}{mistake.says[1:]}"
     return None
+
+
+# ---------------------------------------------------------------- the mask an attention's weights show
+
+def explain_attention_mask(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None
+                           ) -> str | None:
+    """Item.explain for attention returning (output, weights): how the mask was used, read from which weights
+    are zero, when one reading fits every case with a mask (on its query rows that may attend somewhere)."""
+    at = item.outputs.index("weights")
+    expected = reference_outcomes(item, cases)
+    fits: dict[str, bool] = {}
+    for case, out, ref in zip(cases, outcomes, expected):
+        mask = case.kwargs.get("mask")
+        weights = out.value[at] if out.error is None and isinstance(out.value, (tuple, list)) and \
+            len(out.value) > at else None
+        if mask is None or not isinstance(weights, torch.Tensor) or weights.shape != ref.value[at].shape:
+            continue
+        seen = (weights != 0) & ~weights.isnan()
+        for name, reading in _readings(mask, weights.shape).items():
+            rows = reading.any(-1, keepdim=True).expand_as(reading) if reading is not None else None
+            fits[name] = fits.get(name, True) and reading is not None and torch.equal(seen[rows], reading[rows])
+    said = {"right": None,
+            "inverted": f"{INVERTED}: your weights are zero exactly where the mask is True.",
+            "heads": ("your weights follow a 3-D mask broadcast without a head axis: head h of every sequence uses "
+                      "mask[h]; unsqueeze(1) it to (B, 1, T_q, T_k) first."),
+            "inverted heads": (f"{INVERTED}; and your weights follow it broadcast without a head axis (head h uses "
+                               f"mask[h]): unsqueeze(1) a 3-D mask first."),
+            "ignored": "the mask is not applied: your weights are nonzero at keys it hides."}
+    name = next((n for n in said if fits.get(n)), None)
+    return None if name in (None, "right") else LIKELY + said[name]
+
+
+def _readings(mask: torch.Tensor, shape: torch.Size) -> dict[str, torch.Tensor | None]:
+    """The keys each query may attend to, (shape), for each way of using `mask` that a student might (None
+    where that way cannot broadcast)."""
+    def broadcast(m: torch.Tensor) -> torch.Tensor | None:
+        try:
+            return torch.broadcast_to(m, shape)
+        except RuntimeError:
+            return None
+    right = mask.unsqueeze(1) if mask.dim() == 3 and len(shape) == 4 else mask
+    out = {name: broadcast(m) for name, m in (("right", right), ("inverted", ~right), ("heads", mask),
+                                              ("inverted heads", ~mask))}
+    out["ignored"] = torch.ones(shape, dtype=torch.bool, device=mask.device)
+    return out
 
 
 # ---------------------------------------------------------------- causal masks of another form

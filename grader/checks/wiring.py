@@ -219,6 +219,8 @@ def _label(value: Any, known: list[tuple[str, torch.Tensor]]) -> str:
     for name, t in known:
         if _same(value, t):
             return name
+    if value.dtype == torch.bool:   # ~mask: nn.MultiheadAttention's convention, True = ignore
+        return next((f"~{name}" for name, t in known if t.dtype == torch.bool and _same(value, ~t)), "?")
     if value.is_floating_point():
         for i, (a, ta) in enumerate(known):
             for b, tb in known[i + 1:]:
