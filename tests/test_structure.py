@@ -318,3 +318,18 @@ def test_right_masking_with_another_mistake_says_nothing_about_the_mask():
     report = check(multi_head.MULTI_HEAD_ATTENTION, MHAScaledByDModel)
     assert not report.passed and "mask" not in report.message.split("\n", 1)[1].lower().replace("masked row", ""), \
         report.message
+
+
+def test_a_mask_reading_that_does_not_explain_the_case_shown_is_an_observation():
+    from grader.checks import attention
+
+    def scaled_dot_product_attention(q, k, v, mask=None):
+        scores = q @ k.transpose(-2, -1)                            # no scaling, and the mask inverted
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
+        weights = torch.softmax(scores, -1).nan_to_num(0.0)
+        return weights @ v, weights
+    report = check(attention.SCALED_DOT_PRODUCT_ATTENTION, scaled_dot_product_attention)
+    shown = flat(for_student(report.message))
+    assert "no mask" in shown and "Likely mistake" not in shown, shown     # the first failing case has no mask
+    assert "What differs: besides, on the cases with a mask: your mask is inverted" in shown, shown

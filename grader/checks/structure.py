@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from grader.checks.cases import Case
-from grader.checks.compare import reference_outcomes
+from grader.checks.compare import mismatch, reference_outcomes
 from grader.checks.item import Item
 from grader.checks.run import Outcome, run_student
 
@@ -118,7 +118,13 @@ def explain_attention_mask(item: Item, cases: Sequence[Case], outcomes: Sequence
                                f"mask[h]): unsqueeze(1) a 3-D mask first."),
             "ignored": "the mask is not applied: your weights are nonzero at keys it hides."}
     name = next((n for n in said if fits.get(n)), None)
-    return None if name in (None, "right") else LIKELY + said[name]
+    if name in (None, "right"):
+        return None
+    first = next((c for c, out, ref in zip(cases, outcomes, expected)
+                  if out.error is not None or mismatch(item, ref.value, out.value) is not None), None)
+    if first is not None and first.kwargs.get("mask") is None:   # it does not explain the case the student sees
+        return f"{OBSERVED}besides, on the cases with a mask: {said[name][0].lower()}{said[name][1:]}"
+    return LIKELY + said[name]
 
 
 def _readings(mask: torch.Tensor, shape: torch.Size) -> dict[str, torch.Tensor | None]:
