@@ -334,3 +334,38 @@ def test_a_mask_passed_inverted_to_a_sublayer_is_named():
             return self.norm2(h + self.feed_forward(h))
     report = check(transformer.ENCODER_LAYER, EncoderInvertedMask)
     assert "What differs: self_attn's mask is ~mask; it should be mask" in flat(report.message), report.message
+
+
+def test_a_layer_built_on_the_students_own_attention_with_other_parameter_names_is_read_by_position():
+    class OwnAttention(nn.Module):
+        def __init__(self, d_model, num_heads):
+            super().__init__()
+            self.inner = MultiHeadAttention(d_model, num_heads)
+            self.W_q, self.W_k, self.W_v, self.W_o = self.inner.W_q, self.inner.W_k, self.inner.W_v, self.inner.W_o
+            del self.inner.W_q, self.inner.W_k, self.inner.W_v, self.inner.W_o
+
+        def forward(self, q, k, v, mask=None):
+            self.inner.W_q, self.inner.W_k, self.inner.W_v, self.inner.W_o = self.W_q, self.W_k, self.W_v, self.W_o
+            return self.inner.forward(q, k, v, mask)
+
+    class EncoderOwnAttention(EncoderRight):
+        def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+            super().__init__(d_model, num_heads, d_ff, dropout)
+            self.self_attn = OwnAttention(d_model, num_heads)
+
+        def forward(self, x, mask=None):
+            h = self.norm1(x + self.self_attn(x, x, x, mask)[0])
+            return self.norm2(h + self.feed_forward(h))
+
+    class EncoderOwnAttentionFFNOnX(EncoderOwnAttention):
+        def forward(self, x, mask=None):
+            h = self.norm1(x + self.self_attn(x, x, x, mask)[0])
+            return self.norm2(self.feed_forward(x) + h)
+
+    item = transformer.ENCODER_LAYER
+    reference = item.reference()
+    case = make_cases(item, 0)[2]
+    right = observe(item, reference, case, reference)
+    assert differences(right, observe(item, EncoderOwnAttention, case, reference)) == []
+    said = differences(right, observe(item, EncoderOwnAttentionFFNOnX, case, reference))
+    assert said == ["feed_forward's input is the layer input x; it should be norm1's output"], said

@@ -104,7 +104,8 @@ def explain_attention_mask(item: Item, cases: Sequence[Case], outcomes: Sequence
         mask = case.kwargs.get("mask")
         weights = out.value[at] if out.error is None and isinstance(out.value, (tuple, list)) and \
             len(out.value) > at else None
-        if mask is None or not isinstance(weights, torch.Tensor) or weights.shape != ref.value[at].shape:
+        if mask is None or not isinstance(weights, torch.Tensor) or weights.shape != ref.value[at].shape \
+                or weights.device != mask.device:
             continue
         seen = (weights != 0) & ~weights.isnan()
         for name, reading in _readings(mask, weights.shape).items():
