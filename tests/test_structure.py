@@ -333,3 +333,16 @@ def test_a_mask_reading_that_does_not_explain_the_case_shown_is_an_observation()
     shown = flat(for_student(report.message))
     assert "no mask" in shown and "Likely mistake" not in shown, shown     # the first failing case has no mask
     assert "What differs: besides, on the cases with a mask: your mask is inverted" in shown, shown
+
+
+def test_nothing_is_said_when_the_case_shown_is_wrong_in_another_way():
+    def causal_mask(T_q, T_k=None, device=None):
+        T_k = T_q if T_k is None else T_k
+        mask = ~torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(T_k - T_q)
+        return mask if T_q == 4 else mask[None]          # inverted; the other cases also have a wrong shape
+    item = masking.CAUSAL_MASK
+    cases = make_cases(item, 0)
+    assert explain_mask(item, cases, run_student(item, causal_mask, cases, watch=False)) is not None
+    def causal_mask_shape_first(T_q, T_k=None, device=None):
+        return causal_mask(T_q, T_k, device)[None] if T_q == 4 else causal_mask(T_q, T_k, device)
+    assert explain_mask(item, cases, run_student(item, causal_mask_shape_first, cases, watch=False)) is None

@@ -47,7 +47,9 @@ def explain_mask(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome],
     got = [out.value if out.error is None else None for out in outcomes]
     usable = [i for i, (e, g) in enumerate(zip(expected, got)) if _comparable(e, g)]
     failing = [i for i in usable if not torch.equal(expected[i], got[i])]
-    if not failing:
+    shown = next((i for i, out in enumerate(outcomes) if out.error is not None
+                  or mismatch(item, expected[i], out.value) is not None), None)
+    if not failing or shown != failing[0]:   # the case the student reads is wrong in another way (shape, dtype)
         return None
     if all(torch.equal(got[i], ~expected[i]) for i in failing):
         return LIKELY + INVERTED + "."
@@ -100,13 +102,15 @@ def explain_attention_mask(item: Item, cases: Sequence[Case], outcomes: Sequence
     at = item.outputs.index("weights")
     expected = reference_outcomes(item, cases)
     fits: dict[str, bool] = {}
-    for case, out, ref in zip(cases, outcomes, expected):
+    read = set()   # the cases whose weights were read
+    for i, (case, out, ref) in enumerate(zip(cases, outcomes, expected)):
         mask = case.kwargs.get("mask")
         weights = out.value[at] if out.error is None and isinstance(out.value, (tuple, list)) and \
             len(out.value) > at else None
         if mask is None or not isinstance(weights, torch.Tensor) or weights.shape != ref.value[at].shape \
                 or weights.device != mask.device:
             continue
+        read.add(i)
         seen = (weights != 0) & ~weights.isnan()
         for name, reading in _readings(mask, weights.shape).items():
             rows = reading.any(-1, keepdim=True).expand_as(reading) if reading is not None else None
@@ -121,9 +125,9 @@ def explain_attention_mask(item: Item, cases: Sequence[Case], outcomes: Sequence
     name = next((n for n in said if fits.get(n)), None)
     if name in (None, "right"):
         return None
-    first = next((c for c, out, ref in zip(cases, outcomes, expected)
+    first = next((i for i, (out, ref) in enumerate(zip(outcomes, expected))
                   if out.error is not None or mismatch(item, ref.value, out.value) is not None), None)
-    if first is not None and first.kwargs.get("mask") is None:   # it does not explain the case the student sees
+    if first is None or first not in read:   # the case the student reads: an error, a wrong shape or no mask
         return f"{OBSERVED}besides, on the cases with a mask: {said[name][0].lower()}{said[name][1:]}"
     return LIKELY + said[name]
 
