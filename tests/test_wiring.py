@@ -292,7 +292,8 @@ MEMBERS = ("    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):\n"
            "        self.self_attn = MultiHeadAttention(d_model, num_heads)\n"
            "        self.cross_attn = MultiHeadAttention(d_model, num_heads)\n"
            "        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)\n"
-           "        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)\n\n")
+           "        self.norm1, self.norm2 = LayerNorm(d_model), LayerNorm(d_model)\n"
+           "        self.norm3 = LayerNorm(d_model)\n\n")
 IN_THE_NOTEBOOK = [
     ("class DecoderLayer(nn.Module):\n" + MEMBERS +
      "    def forward(self, x, memory, self_mask=None, memory_mask=None):\n"

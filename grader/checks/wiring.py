@@ -65,7 +65,8 @@ def explain_layer(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]
     digits = hidden_difference(item, expected[index].value, outcomes[index].value)
     eps = _eps_explains(item, cases, outcomes, impl) if impl is not None else None
     if eps is not None:
-        return f"Likely mistake: {eps}" + (f" ({digits.removeprefix('below the printed digits: ')})." if digits else ".")
+        where = f" ({digits.removeprefix('below the printed digits: ')})" if digits else ""
+        return f"Likely mistake: {eps}{where}."
     if digits is not None:
         return f"{OBSERVED}{digits}."
     if impl is None:
@@ -139,7 +140,8 @@ def _eps_explains(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]
     if any(out.error is None and (r.error is not None or mismatch(item, r.value, out.value) is not None)
            for out, r in zip(outcomes, again)):
         return None
-    return f"your LayerNorm's eps is {eps:g}, the exercise's {right:g}: with eps={eps:g} the reference gives your output"
+    return (f"your LayerNorm's eps is {eps:g}, the exercise's {right:g}: with eps={eps:g} the reference gives your "
+            f"output")
 
 
 # ---------------------------------------------------------------- observing the wiring
