@@ -370,3 +370,16 @@ def test_a_layer_built_on_the_students_own_attention_with_other_parameter_names_
     assert differences(right, observe(item, EncoderOwnAttention, case, reference)) == []
     said = differences(right, observe(item, EncoderOwnAttentionFFNOnX, case, reference))
     assert said == ["feed_forward's input is the layer input x; it should be norm1's output"], said
+
+
+def test_the_batch_grader_without_the_submission_names_a_usual_eps_from_the_outcomes():
+    from grader.checks import bert
+    from grader.checks.compare import grade
+    item = bert.BERT_EMBEDDINGS
+    cases = make_cases(item, 0)
+    result = grade(item, cases, run_student(item, BertEmbeddingsTorchLN, cases))
+    said = flat(result.message)
+    assert "Likely mistake: the reference with a LayerNorm eps of 1e-05 instead of 1e-12 gives your output" in said
+    assert "expected" in said and "tolerance" in said, said
+    result = grade(item, cases, run_student(item, BertEmbeddingsNudged, cases))
+    assert "What differs: below the printed digits" in flat(result.message) and "eps" not in result.message

@@ -54,16 +54,16 @@ class Record:
 # ---------------------------------------------------------------- Item.explain for layers
 
 def explain_layer(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None) -> str | None:
-    """A difference below the printed digits (and the LayerNorm eps that explains it), else the wiring that
+    """A LayerNorm eps that explains the outputs and a difference below the printed digits, else the wiring that
     differs from the reference's on the first case with a wrong value, or None. Without the submission at hand
-    (the batch grader has only its outcomes) only the digits are said."""
+    (the batch grader has only its outcomes) the wiring is not observed."""
     expected = reference_outcomes(item, cases)
     index = next((i for i, (out, ref) in enumerate(zip(outcomes, expected))
                   if out.error is None and mismatch(item, ref.value, out.value) is not None), None)
     if index is None:
         return None
     digits = hidden_difference(item, expected[index].value, outcomes[index].value)
-    eps = _eps_explains(item, cases, outcomes, impl) if impl is not None else None
+    eps = _eps_explains(item, cases, outcomes, impl) if impl is not None or digits is not None else None
     if eps is not None:
         where = f" ({digits.removeprefix('below the printed digits: ')})" if digits else ""
         return f"Likely mistake: {eps}{where}."
@@ -117,31 +117,48 @@ def _norms(module: torch.nn.Module) -> list[torch.nn.Module]:
             and isinstance(getattr(m, "eps", None), (int, float)) and not isinstance(m.eps, bool)]
 
 
+COMMON_EPS = (1e-5, 1e-6, 1e-12)   # nn.LayerNorm's default, some implementations', BERT's
+
+
 def _eps_explains(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any) -> str | None:
-    """"your LayerNorm's eps is 1e-05; ..." when the student's norms share one eps other than the reference's
-    and the reference built with that eps gives the student's outputs on every case."""
-    case = cases[0]
+    """"your LayerNorm's eps is 1e-05, ..." when the student's norms share one eps other than the reference's
+    and the reference built with that eps gives the student's outputs on every case. Without the submission (the
+    batch grader) the usual values of eps are tried the same way."""
+    init = cases[0].init or {}
+    reference = item.reference()
+    ours = _norm_eps(reference(**init))
+    if len(ours) != 1:
+        return None
+    right = ours.pop()
+    if impl is None:
+        found = next((eps for eps in COMMON_EPS if eps != right and _reproduces(item, cases, outcomes, eps)), None)
+        return None if found is None else (f"the reference with a LayerNorm eps of {found:g} instead of {right:g} "
+                                           f"gives your output: check the eps of your LayerNorm")
     try:
-        theirs = _norm_eps(impl(**(case.init or {})))
+        theirs = _norm_eps(impl(**init))
     except Exception:
         return None
-    reference = item.reference()
-    ours = _norm_eps(reference(**(case.init or {})))
-    if len(theirs) != 1 or len(ours) != 1 or theirs == ours:
+    if len(theirs) != 1 or theirs == {right}:
         return None
-    eps, right = theirs.pop(), ours.pop()
+    eps = theirs.pop()
+    if not _reproduces(item, cases, outcomes, eps):
+        return None
+    return (f"your LayerNorm's eps is {eps:g}, the exercise's {right:g}: with eps={eps:g} the reference gives your "
+            f"output")
 
-    class WithTheirEps(reference):
+
+def _reproduces(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], eps: float) -> bool:
+    """Whether the reference with every norm's eps set to `eps` gives the outcomes (on every case with a value)."""
+    reference = item.reference()
+
+    class WithEps(reference):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             for m in _norms(self):
                 m.eps = eps
-    again = run_student(item, WithTheirEps, cases, watch=False)
-    if any(out.error is None and (r.error is not None or mismatch(item, r.value, out.value) is not None)
-           for out, r in zip(outcomes, again)):
-        return None
-    return (f"your LayerNorm's eps is {eps:g}, the exercise's {right:g}: with eps={eps:g} the reference gives your "
-            f"output")
+    again = run_student(item, WithEps, cases, watch=False)
+    pairs = [(out, r) for out, r in zip(outcomes, again) if out.error is None]
+    return bool(pairs) and all(r.error is None and mismatch(item, r.value, out.value) is None for out, r in pairs)
 
 
 # ---------------------------------------------------------------- observing the wiring
