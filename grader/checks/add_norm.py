@@ -14,6 +14,7 @@ from torch import nn
 from grader.checks.cases import Case, linear_state, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
+from grader.checks.wiring import explain_layer
 
 ASSIGNMENT = "06_add_norm"
 
@@ -177,7 +178,7 @@ ADD_NORM = Item(
                 "the residual sum.", _AddNormDropoutAfterNorm),
         Mistake("no_dropout", "the dropout is missing (or not an nn.Dropout that follows train()/eval()): "
                 "LN(x + dropout(sublayer_out)).", _AddNormNoDropout),
-    ))
+    ), explain=explain_layer)
 
 
 def check_AddNorm(impl, seeds=(0,), cuda=False) -> None:

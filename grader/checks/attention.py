@@ -11,6 +11,7 @@ from grader.checks.history import softmax_rows
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
 from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION
+from grader.checks.structure import explain_attention_mask
 
 ASSIGNMENT = "03_attention"
 
@@ -132,7 +133,7 @@ SCALED_DOT_PRODUCT_ATTENTION = Item(
                 _sdpa_masked_row_uniform),
         Mistake("masked_row_nan", "filling masked scores with -inf makes a fully masked row "
                 "softmax(-inf, ..., -inf) = NaN; give such a row zero weights and zero output.", _sdpa_masked_row_nan),
-    ))
+    ), explain=explain_attention_mask)
 
 
 def check_scaled_dot_product_attention(impl, seeds=(0,), cuda=False):
@@ -179,7 +180,7 @@ SELF_ATTENTION = Item(
         Mistake("q_k_swapped", "your weights are transposed: the scores are K Q^T instead of Q K^T (softmax then "
                 "runs over the wrong index).", _sa_q_k_swapped),
     ),
-    builds_on=(SCALED_DOT_PRODUCT_ATTENTION,))
+    builds_on=(SCALED_DOT_PRODUCT_ATTENTION,), explain=explain_attention_mask)
 
 
 def check_self_attention(impl, seeds=(0,), cuda=False):

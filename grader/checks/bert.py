@@ -20,6 +20,7 @@ from grader.checks.add_norm import norm_state
 from grader.checks.cases import Case, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import Report, assert_passes, describe
+from grader.checks.wiring import explain_layer
 
 ASSIGNMENT = "08_bert"
 
@@ -458,7 +459,7 @@ BERT_EMBEDDINGS = Item(
         Mistake("positions_from_1", "your positions start at 1; the first token has position 0.", _BertPositionsFrom1),
         Mistake("norm_words_only", "you normalised only the word embeddings; the LayerNorm acts on the sum of all "
                 "three.", _BertNormWordsOnly),
-    ))
+    ), explain=explain_layer)
 
 
 def check_BertEmbeddings(impl, seeds=(0,), cuda=False) -> None:

@@ -229,9 +229,14 @@ def _device_error(item: Item, case: Case, where: str, error: str) -> str | None:
 _TORCH_ADVICE = re.compile(r"[.;] (Use Tensor\.cpu\(\)|move one of them).*$")
 
 
-def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], problem: str
-                    ) -> tuple[str, Mistake | None]:
+def _with_diagnosis(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], problem: str,
+                    impl: Any = None) -> tuple[str, Mistake | None]:
     mistake = diagnose(item, cases, outcomes)
+    if mistake is None and item.explain is not None and (line := item.explain(item, cases, outcomes, impl)):
+        # "Likely mistake" goes after the verdict; an observation last, the block for_student always keeps
+        verdict, _, detail = problem.partition("\n")
+        order = (verdict, line, detail) if line.startswith("Likely mistake:") else (verdict, detail, line)
+        return "\n".join(part for part in order if part), None
     return _message(problem, mistake), mistake
 
 
@@ -244,9 +249,10 @@ def _message(problem: str, mistake: Mistake | None) -> str:
 
 
 @single_threaded
-def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> Report:
+def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None) -> Report:
     """Compare a submission's outcomes with the reference on the same cases (the first failing case
-    decides the message); name a known mistake."""
+    decides the message); name a known mistake. `impl`, the submission when the caller has it (a notebook's
+    check; not the batch grader, whose outcomes come from the sandbox), lets item.explain run it again."""
     if len(outcomes) != len(cases):
         return Report(False, f"{item.name}: got {len(outcomes)} outcomes for {len(cases)} cases")
     for out in outcomes:
@@ -262,7 +268,7 @@ def compare(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]) -> R
         problem, wrong_value = found
         if not wrong_value:
             return Report(False, bounded(problem))
-        message, mistake = _with_diagnosis(item, cases, outcomes, problem)
+        message, mistake = _with_diagnosis(item, cases, outcomes, problem, impl)
         return Report(False, bounded(message), mistake=mistake.key if mistake else None)
     return Report(True, f"{item.name}: all {len(cases)} cases pass.")
 

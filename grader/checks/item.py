@@ -36,6 +36,11 @@ class Item:
     the reference comparison (randomised items). ``mistakes`` is the catalogue of known mistakes.
     ``builds_on`` lists the items of the same notebook that the solution calls: when a failing submission
     calls the student's own version of one and that version fails its check, the message says so.
+    ``explain(item, cases, outcomes, impl) -> str | None``, when set, is asked when a value is wrong and no
+    catalogued mistake reproduces the outputs (`impl` is the submission when the caller has it, else None: the
+    batch grader has only the outcomes from the sandbox). It returns one line for the student: "Likely mistake:
+    ..." for what it has shown holds exactly (a mask that is the complement of the right one), "What differs:
+    ..." for what it observed (grader/checks/structure.py for masks, wiring.py for layers built of sublayers).
     """
 
     name: str
@@ -50,6 +55,7 @@ class Item:
     compare_fn: Callable | None = None
     mistakes: tuple[Mistake, ...] = ()
     builds_on: tuple[Item, ...] = ()
+    explain: Callable | None = None
 
     def __repr__(self) -> str:
         return f"Item({self.name!r}, {self.assignment!r})"

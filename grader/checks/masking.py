@@ -7,6 +7,7 @@ import torch
 from grader.checks.cases import META, Case, tokens
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
+from grader.checks.structure import explain_mask
 
 ASSIGNMENT = "05_masking"
 
@@ -56,7 +57,7 @@ CAUSAL_MASK = Item(
                 "j <= i + (T_k - T_q); your mask is aligned to the top-left corner.", _causal_top_left),
         Mistake("float_mask", "your mask is a float tensor; return a bool tensor (True = may attend).",
                 _causal_float_mask),
-    ))
+    ), explain=explain_mask)
 
 
 def check_causal_mask(impl, seeds=(0,), cuda=False):
@@ -107,7 +108,7 @@ PADDING_MASK = Item(
         Mistake("masks_queries", "your mask has shape (B, T, 1): it masks query rows instead of key columns; "
                 "padding_mask is (B, 1, T).", _pad_masks_queries),
         Mistake("pad_id_ignored", "you compared with 0 instead of the pad_id argument.", _pad_id_ignored),
-    ))
+    ), explain=explain_mask)
 
 
 def check_padding_mask(impl, seeds=(0,), cuda=False):
@@ -157,7 +158,7 @@ DECODER_SELF_ATTENTION_MASK = Item(
         Mistake("padding_only", "your mask is only the padding part; AND it with the causal mask.",
                 _dec_padding_only),
     ),
-    builds_on=(CAUSAL_MASK, PADDING_MASK))
+    builds_on=(CAUSAL_MASK, PADDING_MASK), explain=explain_mask)
 
 
 def check_decoder_self_attention_mask(impl, seeds=(0,), cuda=False):

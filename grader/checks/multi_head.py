@@ -12,6 +12,7 @@ from grader.checks.cases import Case, causal, linear_state, random_mask, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
 from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION
+from grader.checks.structure import explain_attention_mask
 
 ASSIGNMENT = "04_multi_head"
 
@@ -191,7 +192,7 @@ MULTI_HEAD_ATTENTION = Item(
         Mistake("average_weights", "you returned the weights averaged over the heads (as nn.MultiheadAttention "
                 "does by default); return them per head, (B, H, T_q, T_k).", _MHAAverageWeights),
     ),
-    builds_on=(SPLIT_HEADS, MERGE_HEADS))
+    builds_on=(SPLIT_HEADS, MERGE_HEADS), explain=explain_attention_mask)
 
 
 def check_MultiHeadAttention(impl, seeds=(0,), cuda=False):

@@ -53,7 +53,7 @@ def check(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool = False
     for seed in seeds:
         cases = make_cases(item, seed, cuda=cuda)
         ran += len(cases)
-        report = compare(item, cases, run_student(item, impl, cases))
+        report = compare(item, cases, run_student(item, impl, cases), impl)
         if not report.passed:
             break
     report.cases = ran

@@ -19,6 +19,7 @@ from grader.checks.cases import Case, randn, random_mask, tokens
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
 from grader.checks.run import ContractBroken
+from grader.checks.wiring import explain_layer
 from transformer_ref.layers import DecoderLayer, EncoderLayer, LayerNorm, PositionwiseFeedForward
 from transformer_ref.model import Transformer
 from transformer_ref.multihead import MultiHeadAttention
@@ -116,7 +117,7 @@ ENCODER_LAYER = Item(
         Mistake("norms_swapped", "norm1 and norm2 are swapped: norm1 follows self-attention, norm2 the feed-forward "
                 "network.", _EncoderNormsSwapped),
         Mistake("mask_ignored", "the mask is not passed to self-attention.", _EncoderMaskIgnored),
-    ))
+    ), explain=explain_layer)
 
 
 def check_EncoderLayer(impl, seeds=(0,), cuda=False) -> None:
@@ -212,7 +213,7 @@ DECODER_LAYER = Item(
                 _DecoderSelfMaskIgnored),
         Mistake("no_residual_ffn", "the residual connection around the feed-forward network is missing: "
                 "norm3(x + feed_forward(x)).", _DecoderNoResidualFFN),
-    ))
+    ), explain=explain_layer)
 
 
 def check_DecoderLayer(impl, seeds=(0,), cuda=False) -> None:
