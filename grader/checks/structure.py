@@ -70,7 +70,8 @@ def explain_mask(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome],
 
 def _comparable(expected: Any, got: Any) -> bool:
     return (isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor) and expected.dtype == torch.bool
-            and got.dtype == torch.bool and got.shape == expected.shape and got.device == expected.device)
+            and got.dtype == torch.bool and got.shape == expected.shape and got.device == expected.device
+            and not got.is_meta)   # a meta case has a shape, a dtype and a device, no values
 
 
 def _padded_keys(case: Case, mask: torch.Tensor) -> torch.Tensor | None:
@@ -88,7 +89,8 @@ def _inverted_mistake(item: Item, cases: Sequence[Case], got: Sequence[Any]) -> 
     for mistake in item.mistakes:
         theirs = [out.value if out.error is None else None for out in run_student(item, mistake.impl, cases,
                                                                                   watch=False)]
-        if all(_comparable(m, g) and torch.equal(g, ~m) for m, g in zip(theirs, got)):
+        valued = [(m, g) for m, g in zip(theirs, got) if not (isinstance(g, torch.Tensor) and g.is_meta)]
+        if all(_comparable(m, g) and torch.equal(g, ~m) for m, g in valued):
             return f"{INVERTED}; and besides, {mistake.says[0].lower()}{mistake.says[1:]}"
     return None
 
