@@ -45,6 +45,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from grader.records import final_score
+
 FORMATS = ("canvas", "moodle", "csv")
 ROSTER_COLUMNS = ("student_id", "name", "canvas_id", "sis_user_id", "sis_login_id", "section", "email", "id_number")
 # Canvas's gradebook CSV (Instructor Guide, "How do I import grades in the Gradebook?"): the student columns of
@@ -109,7 +111,7 @@ def read_scores(db_url: str) -> Scores:
             for sub in gb.assignment_submissions(a):
                 key = (sub.student.id, a)
                 raw[key] = float(sub.score or 0.0)
-                scores[key] = max(0.0, raw[key] - float(sub.late_submission_penalty or 0.0))
+                scores[key] = final_score(raw[key], sub.late_submission_penalty)
                 submitted[key] = sub.timestamp.isoformat() if sub.timestamp else ""
         students = {s.id: Person(s.id, name=_full_name(s.first_name, s.last_name), canvas_id=s.lms_user_id or "",
                                  sis_login_id=s.id, email=s.email or "", id_number=s.id) for s in gb.students}

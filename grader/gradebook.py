@@ -26,7 +26,7 @@ from sqlalchemy import Column, Float, MetaData, String, Table, Text, UniqueConst
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from traitlets import Float as FloatTrait
 
-from grader.records import Result
+from grader.records import Result, final_score
 
 CSV_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox",
                "late_penalty", "final_score"]
@@ -227,7 +227,7 @@ def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
     for row in rows:
         key = (row["student_id"], row["assignment"])
         score, penalty = nbgrader.get(key, (None, None))
-        final = None if score is None else max(0.0, float(score) - float(penalty or 0.0))
+        final = None if score is None else final_score(score, penalty)
         out[key] = Result(*key, row["status"], row["reason"], row["score"], row["max_score"], timestamp=row["timestamp"],
                           seconds=row["seconds"], sandbox=row["sandbox"], late_penalty=float(penalty or 0.0),
                           final=final)
@@ -236,7 +236,7 @@ def stored_results(gb: Gradebook) -> dict[tuple[str, str], Result]:
 
 def _final(r: Result) -> str:
     """The final_score cell: the gradebook's final score where it holds one, else the score less the penalty."""
-    return f"{r.final if r.final is not None else max(0.0, r.score - r.late_penalty):g}"
+    return f"{r.final if r.final is not None else final_score(r.score, r.late_penalty):g}"
 
 
 def write_csv(path: Path, results: list[Result]) -> None:

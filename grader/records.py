@@ -51,6 +51,12 @@ class Result:
                                      # what the feedback page and the LMS exports show; None before it is recorded
 
 
+def final_score(score: float | None, late_penalty: float | None) -> float:
+    """The one final score every output shows (grades.csv, the exports, nbgrader's own export): nbgrader's score
+    for a submission (a manual grade where one was set, else the autograded one) less its late penalty, >= 0."""
+    return max(0.0, float(score or 0.0) - float(late_penalty or 0.0))
+
+
 @dataclass(frozen=True)
 class ItemScore:
     """One graded item's points and the report shown under its test cell (and as the comment on its solution cell)."""

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from grader.feedback import html_text
+
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("bookkeeping")]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,6 +158,10 @@ def test_final_score_is_the_graded_score_with_manual_grades_less_the_late_penalt
     ann = _rows(out)["ann"]
     score, penalty = float(ann["score"]), float(ann["late_penalty"])
     assert penalty > 0 and float(ann["final_score"]) == pytest.approx(score - penalty), ann
+    page = html_text((out / "feedback" / "ann" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
+    assert f"(Score: {round(score - penalty, 2):g} / " in page.replace(".0 /", " /"), page[:400]
+    assert f"Late submission penalty (Score: -{round(penalty, 2):g})" in page.replace(".0)", ")"), page[:600]
+    assert _exported(out, tmp_path) == {fmt: float(ann["final_score"]) for fmt in ("csv", "canvas", "moodle", "nbgrader")}
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         grade = next(g for g in gb.find_submission(ASSIGNMENT, "ann").notebooks[0].grades if g.max_score > 0)
         grade.manual_score = 0.0
@@ -166,3 +172,25 @@ def test_final_score_is_the_graded_score_with_manual_grades_less_the_late_penalt
     assert float(ann["score"]) == score, "the autograded score stays"
     assert float(ann["final_score"]) == pytest.approx(expected), ann
     assert expected < score - penalty, "the manual grade counts"
+    assert _exported(out, tmp_path) == {fmt: pytest.approx(expected) for fmt in ("csv", "canvas", "moodle", "nbgrader")}
+
+
+def _exported(out: Path, tmp_path: Path) -> dict[str, float]:
+    """ann's score in each LMS export of `python -m grader export` and in `nbgrader export`."""
+    got = {}
+    for fmt in ("csv", "canvas", "moodle"):
+        to = tmp_path / f"{fmt}.csv"
+        proc = subprocess.run([sys.executable, "-m", "grader", "export", str(out), "--format", fmt, "--to", str(to)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        with open(to, newline="") as f:
+            rows = [r for r in csv.reader(f) if r]
+        column = rows[0].index(ASSIGNMENT)
+        (ann,) = [r for r in rows[1:] if "ann" in r[:5]]
+        got[fmt] = float(ann[column])
+    to = tmp_path / "nbgrader.csv"
+    subprocess.run([sys.executable, "-m", "nbgrader", "export", f"--db=sqlite:///{out / 'gradebook.db'}", f"--to={to}"],
+                   check=True, capture_output=True, cwd=tmp_path, timeout=120)
+    with open(to, newline="") as f:
+        got["nbgrader"] = next(float(r["score"]) for r in csv.DictReader(f) if r["student_id"] == "ann")
+    return got
