@@ -368,15 +368,7 @@ def test_greedy_decode_without_a_max_len_bound_is_told_to_stop_not_to_change_the
 
 # ---------------------------------------------------------------- crashes point at the student's line (item 4)
 
-class _DecoderLayerWith(nn.Module):
-    """DecoderLayer's members; `cross` says how the student's forward calls cross-attention."""
-
-    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
-        super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, num_heads)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads)
-        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
-        self.norm1, self.norm2, self.norm3 = LayerNorm(d_model), LayerNorm(d_model), LayerNorm(d_model)
+_DecoderLayerWith = transformer._DecoderLayerMistake   # DecoderLayer's members; each forward below is a student's
 
 
 class DecoderLayerSelfMaskToCross(_DecoderLayerWith):
