@@ -43,6 +43,22 @@ def sqlite_url(path: Path) -> str:
     return "sqlite:///" + str(Path(path).resolve())
 
 
+def gradebook_of(command: str, out: Path, db_url: str | None, roster: Path | None) -> str | None:
+    """The gradebook URL an instructor command reads (--db-url, else OUT/gradebook.db), after checking it and
+    --roster; None, with the reason on stderr, when either is missing."""
+    if db_url is None:
+        db = out / "gradebook.db"
+        if not db.is_file():
+            print(f"python -m grader {command}: no gradebook at {db}; give the OUT of a grading run or --db-url",
+                  file=sys.stderr)
+            return None
+        db_url = sqlite_url(db)
+    if roster is not None and not roster.is_file():
+        print(f"python -m grader {command}: --roster must be a CSV file; got {roster}", file=sys.stderr)
+        return None
+    return db_url
+
+
 def ensure_alembic_on_path() -> None:
     """nbgrader runs the `alembic` executable when it creates a gradebook; put this Python's bin/ on PATH."""
     bin_dir = str(Path(sys.executable).parent)

@@ -285,19 +285,11 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from grader.course import sqlite_url
+    from grader.course import gradebook_of
     from grader.inert import terminal_text
 
-    db_url = args.db_url
+    db_url = gradebook_of("export", args.out, args.db_url, args.roster)
     if db_url is None:
-        db = args.out / "gradebook.db"
-        if not db.is_file():
-            print(f"python -m grader export: no gradebook at {db}; give the OUT of a grading run or --db-url",
-                  file=sys.stderr)
-            return 2
-        db_url = sqlite_url(db)
-    if args.roster is not None and not args.roster.is_file():
-        print(f"python -m grader export: --roster must be a CSV file; got {args.roster}", file=sys.stderr)
         return 2
     titles = {}
     for pair in args.title:

@@ -561,21 +561,13 @@ def add_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from grader.course import sqlite_url
+    from grader.course import gradebook_of
 
     if not 0 < args.below <= 1:
         print(f"python -m grader report: --below must be a fraction in (0, 1]; got {args.below}", file=sys.stderr)
         return 2
-    db_url = args.db_url
+    db_url = gradebook_of("report", args.out, args.db_url, args.roster)
     if db_url is None:
-        db = args.out / "gradebook.db"
-        if not db.is_file():
-            print(f"python -m grader report: no gradebook at {db}; give the OUT of a grading run or --db-url",
-                  file=sys.stderr)
-            return 2
-        db_url = sqlite_url(db)
-    if args.roster is not None and not args.roster.is_file():
-        print(f"python -m grader report: --roster must be a CSV file; got {args.roster}", file=sys.stderr)
         return 2
     try:
         t = report(db_url, args.out, args.to, args.roster, args.below, progress=not args.no_progress)
