@@ -145,14 +145,13 @@ def _nested(n: int, depth: int):
     (Odd(), "Odd object"),
     (torch.ones(2, dtype=torch.complex64), "dtype torch.complex64"),
     (torch.ones(2).to_sparse(), "sparse"),
-    (torch.empty(2, device="meta"), "meta"),
     (list(range(65)), "list of 65, too long"),
     ((((((((1,),),),),),),), "tuple of 1, too long or too deeply nested"),
     (2 ** 64, "int of 65 bits"),
     (_nested(1000, 5), "list of 1000, too long"),      # 10**15 leaves by shared references
     (_nested(64, 5), "over the grader's limit"),
     (_nested(64, 2) + _nested(64, 2), "list of 128"),
-], ids=["tensor subclass", "metaclass", "complex", "sparse", "meta", "long list", "deep tuple", "long int",
+], ids=["tensor subclass", "metaclass", "complex", "sparse", "long list", "deep tuple", "long int",
         "shared references", "shared references 64**5", "too many values"])
 def test_the_encoder_describes_what_the_host_would_refuse(value, says):
     start = time.perf_counter()
@@ -162,6 +161,23 @@ def test_the_encoder_describes_what_the_host_would_refuse(value, says):
     while isinstance(described, tuple):   # the deep tuple is cut where it gets too deep
         (described,) = described
     assert type(described) is Unsent and says in described.what, back["value"]
+
+
+def test_a_meta_tensor_comes_back_as_its_shape_and_dtype():
+    """The checks' meta cases return tensors without values: only the shape, dtype and device travel."""
+    value = (torch.empty(3, 1, 5, dtype=torch.bool, device="meta"), torch.empty(0, 2 ** 31, device="meta"))
+    (back,) = wire.decode(wire.encode("f", [outcome(value)]), "f")
+    for sent, got in zip(value, back["value"]):
+        assert got.is_meta and got.shape == sent.shape and got.dtype == sent.dtype
+
+
+@pytest.mark.parametrize("node", [{"meta": [2] * 9, "dtype": "F32"}, {"meta": [2 ** 40], "dtype": "F32"},
+                                  {"meta": [2], "dtype": "C64"}, {"meta": "2", "dtype": "F32"},
+                                  {"meta": [2.0], "dtype": "F32"}])
+def test_a_forged_meta_tensor_is_refused(node):
+    header = json.dumps({"item": "f", "outcomes": [{"value": node, "error": None, "mutated": [], "shortcut": None}]})
+    with pytest.raises(ValueError, match="a meta tensor whose"):
+        wire.decode(struct.pack(">I", len(header)) + header.encode(), "f")
 
 
 def test_the_encoder_keeps_the_node_budget_for_every_outcome():

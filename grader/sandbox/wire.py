@@ -8,6 +8,7 @@ costs the host more than the frame's own size to read:
     outcome  = {"value": V, "error": str | null, "mutated": [str], "shortcut": str | null}
     V        = null | true | false | int (64-bit) | float | str | {"tensor": k, "device": "cpu" | "cuda[:i]"}
                | {"list": [V, ...]} | {"tuple": [V, ...]}
+               | {"meta": [int, ...], "dtype": str}   (a meta tensor: a shape and a dtype, no values)
                | {"unsent": str}   (a value the harness could not send, as what it was: read as Unsent)
 
 JSON has no references (a tree of N nodes is N nodes of text), no compression and no code; safetensors is
@@ -85,9 +86,13 @@ class _Encoder:
             return None
         if type(value) is torch.Tensor:
             nbytes = value.numel() * value.element_size()
-            if value.dtype not in _NAMES or value.layout is not torch.strided or value.is_meta:
-                return _unsent(f"a {value.layout} tensor of dtype {value.dtype} ({'meta, ' * value.is_meta}the "
-                               f"grader reads dense tensors of {', '.join(str(d)[6:] for d in _NAMES)})")
+            if value.dtype not in _NAMES or value.layout is not torch.strided:
+                return _unsent(f"a {value.layout} tensor of dtype {value.dtype} (the grader reads dense tensors "
+                               f"of {', '.join(str(d)[6:] for d in _NAMES)})")
+            if value.is_meta:   # a shape, a dtype and a device, no values (the checks' meta cases)
+                if value.dim() > MAX_DIMS:
+                    return _unsent(f"a meta tensor of {value.dim()} dimensions, past the grader's limits")
+                return {"meta": list(value.shape), "dtype": _NAMES[value.dtype]}
             if value.dim() > MAX_DIMS or len(self.tensors) >= MAX_TENSORS or self.bytes + nbytes > _ENCODE_BYTES:
                 return _unsent(f"a tensor of shape {tuple(value.shape)}, past the grader's limits")
             key, self.bytes = str(len(self.tensors)), self.bytes + nbytes
@@ -275,6 +280,8 @@ class _Reader:
             raise ValueError("a value that is not null, a number, a string, a tensor, a list or a tuple")
         if set(data) == {"tensor", "device"}:
             return self.tensor(data["tensor"], data["device"])
+        if set(data) == {"meta", "dtype"}:
+            return _meta(data["meta"], data["dtype"])
         if set(data) == {"unsent"}:
             return Unsent(_text(data["unsent"], "an unsent value", optional=False))
         ((kind, items),) = data.items() if len(data) == 1 else (("two keys", None),)
@@ -301,6 +308,16 @@ class _Reader:
                 raise ValueError(f"a tensor on {device}, and this machine has no GPU")
             t = t.to(device)
         return t
+
+
+def _meta(shape: Any, dtype: Any) -> torch.Tensor:
+    """A meta tensor (no storage: nothing is allocated whatever the shape) of a checked shape and dtype."""
+    if type(dtype) is not str or dtype not in DTYPES:
+        raise ValueError(f"a meta tensor whose dtype is not one of {', '.join(DTYPES)}")
+    if type(shape) is not list or len(shape) > MAX_DIMS or any(type(d) is not int or not 0 <= d <= MAX_DIM
+                                                                for d in shape):
+        raise ValueError(f"a meta tensor whose shape is not at most {MAX_DIMS} sizes of 0 to {MAX_DIM}")
+    return torch.empty(shape, dtype=DTYPES[dtype], device="meta")
 
 
 def _text(data: Any, what: str, optional: bool = True, limit: int = MAX_STRING) -> str | None:
