@@ -35,6 +35,16 @@ from grader.sandbox.channel import Reader
 from grader.sandbox.limits import GiB, MiB, Limits
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def mount_points(folder: str) -> list[str]:
+    """What the sandbox's `folder` holds when it is empty: the folders bubblewrap makes there to bind the course and
+    the Python runtime at their host paths (a checkout under /tmp shows its top folder in the sandbox's /tmp)."""
+    bound = {ROOT, Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+    return sorted({p.relative_to(folder).parts[0] for p in bound if p.is_relative_to(folder) and p != Path(folder)})
+
+
+EMPTY = {"/dev/shm": mount_points("/dev/shm"), "/tmp": mount_points("/tmp"), "/scratch": []}
 X86_64 = os.uname().machine == "x86_64"
 AUDIT_ARCH_X86_64, AUDIT_ARCH_I386 = 0xC000003E, 0x40000003
 ALLOW, KILL_PROCESS = 0x7FFF0000, 0x80000000
@@ -350,7 +360,7 @@ def test_memory_outside_the_address_space_is_bounded_and_emptied_after_each_run(
     if group is not None:
         assert group.peak_memory() <= LIMITS.cgroup_memory, group.peak_memory()
     left, _ = _run(server, LEFT)
-    assert left == {"/dev/shm": [], "/tmp": [], "/scratch": []}, f"the next run sees {left}"
+    assert left == EMPTY, f"the next run sees {left}"
     assert server.group is group, "the same zygote ran both"
 
 
@@ -378,7 +388,7 @@ def test_the_cgroup_counts_tmpfs_and_kills_at_its_limit():
         if group is not None:                                   # the zygote lived on: the next run has it all
             assert group.peak_memory() <= limits.cgroup_memory + 16 * MiB, group.peak_memory()
         left, _ = _run(hogged, LEFT)
-        assert left == {"/dev/shm": [], "/tmp": [], "/scratch": []}, left
+        assert left == EMPTY, left
         print(f"the hog's run ended with {run.returncode} (None: its zygote was killed and restarted)")
     finally:
         hogged.stop()
@@ -431,7 +441,7 @@ def test_nothing_of_a_survivor_outlives_its_sandbox(how):
         assert not _alive(members), "a member of the cgroup is still running"
         assert all(not d.exists() for d in group.dirs.values()), "the cgroup is removed"
         again, _ = _run(survived, LEFT)
-        assert again == {"/dev/shm": [], "/tmp": [], "/scratch": []}, again
+        assert again == EMPTY, again
     finally:
         survived.stop()
 
