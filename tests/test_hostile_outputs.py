@@ -107,7 +107,7 @@ CLASS = {
     "zip_bomb": (edited("scaled_dot_product_attention", source=ZIP_BOMB + FORGE), ONLY_FIRST,
                  (REFUSED, "over the limit")),
     "gzip_header": (edited("scaled_dot_product_attention", source=GZIP_HEADER + FORGE), ONLY_FIRST, (REFUSED,)),
-    "amplify": (edited("scaled_dot_product_attention", source=AMPLIFY), ONLY_FIRST, ("should return a tuple", "over the grader")),
+    "amplify": (edited("scaled_dot_product_attention", source=AMPLIFY), ONLY_FIRST, ("expected a torch.Tensor",)),
     "amplify_numbers": (edited("scaled_dot_product_attention", source=AMPLIFY_NUMBERS), ONLY_FIRST,
                         ("should return a tuple", "over the grader")),
 }

@@ -24,7 +24,7 @@ from torch.overrides import TorchFunctionMode
 from grader.checks.cases import META, Case, clone, on_meta, same, single_threaded, to_device, tree_map
 from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
-from grader.checks.results import describe
+from grader.checks.results import Unsent, describe
 from grader.checks.shortcuts import Tripwires, find_shortcut, find_shortcut_in, shortcut_message
 
 
@@ -173,33 +173,27 @@ def _run_with_values(item: Item, impl: Any, case: Case, wires: Tripwires | None)
 
 
 MAX_PARTS = 4096   # parts of a returned value that are walked (a list of n references to one list... is n**depth)
-
-
-class _TooLarge(Exception):
-    pass
+MAX_NESTING = 32   # levels of lists and tuples
 
 
 def detached(value: Any) -> Any:
-    """`value` with its tensors detached (tuples and lists rebuilt). A value of more than MAX_PARTS parts is
-    returned as it is, after MAX_PARTS steps: walking it could take forever, and no expected value is that large
-    (the comparison fails it by its type; in the sandbox, grader.sandbox.wire sends it as a description)."""
+    """`value` with its tensors detached (tuples and lists rebuilt). Past MAX_PARTS parts or MAX_NESTING levels,
+    each further part is Unsent: walking all of it could take forever (so could every later walk), and no expected
+    value is that large (the comparison fails it with the description)."""
     parts = 0
 
-    def walk(obj: Any) -> Any:
+    def walk(obj: Any, depth: int) -> Any:
         nonlocal parts
         parts += 1
-        if parts > MAX_PARTS:
-            raise _TooLarge
+        if parts > MAX_PARTS or depth > MAX_NESTING or isinstance(obj, (tuple, list)) and parts + len(obj) > MAX_PARTS:
+            return Unsent(f"a value of more than {MAX_PARTS} parts or {MAX_NESTING} levels, over the grader's limit")
         if isinstance(obj, torch.Tensor):
             return obj.detach()
         if isinstance(obj, (tuple, list)):
-            return type(obj)(walk(o) for o in obj)
+            return type(obj)(walk(o, depth + 1) for o in obj)
         return obj
 
-    try:
-        return walk(value)
-    except (_TooLarge, RecursionError):
-        return value
+    return walk(value, 0)
 
 
 def _format_exception(item: Item, err: BaseException) -> str:

@@ -104,6 +104,8 @@ class _Encoder:
             return value if -MAX_INT <= value < MAX_INT else _unsent(f"an int of {value.bit_length()} bits")
         if type(value) is str:
             return _short(value, self.cap)
+        if type(value) is Unsent:   # cut already where it was made (grader.checks.run.detached)
+            return _unsent(value.what)
         if type(value) in (tuple, list):
             if depth >= MAX_DEPTH - 1 or len(value) > MAX_LENGTH or self.nodes + len(value) > limit:
                 return _unsent(f"a {type(value).__name__} of {len(value)}, too long or too deeply nested for the grader")
