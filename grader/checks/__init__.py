@@ -14,13 +14,14 @@ sandbox and in students' notebooks.
 
 from __future__ import annotations
 
-from grader.checks import (add_norm, attention, bert, history, masking, multi_head, positional_encoding,
-                           transformer, vit, warmup)
+from grader.checks import (add_norm, attention, attention_at_scale, bert, history, masking, multi_head,
+                           positional_encoding, transformer, vit, warmup)
 from grader.checks.item import Item
 
 # Chapter order. (`item` below is a function; the module is grader.checks.item: import names from it with
 # `from grader.checks.item import Item`, since `import grader.checks.item as m` would give the function.)
-_MODULES = (history, positional_encoding, attention, multi_head, masking, add_norm, transformer, bert, vit, warmup)
+_MODULES = (history, positional_encoding, attention, multi_head, masking, add_norm, transformer, bert, vit, warmup,
+            attention_at_scale)
 
 ITEMS: dict[str, Item] = {it.name: it for module in _MODULES for it in module.ITEMS}
 ASSIGNMENTS: dict[str, tuple[str, ...]] = {module.ASSIGNMENT: tuple(it.name for it in module.ITEMS)

@@ -19,6 +19,7 @@ POINTS: dict[str, dict[str, int]] = {
     "08_bert": {"mask_tokens": 5, "BertEmbeddings": 4, "masked_lm_loss": 3},
     "09_vit": {"patchify": 4, "unpatchify": 3, "PatchEmbedding": 4},
     "10_warmup": {"noam_lr": 3, "warmup_linear_lr": 3, "warmup_cosine_lr": 4},
+    "11_attention_at_scale": {"online_softmax_step": 5, "cached_attention_step": 5},
 }
 
 
