@@ -78,9 +78,8 @@ def _step_cases(g: torch.Generator, seed: int) -> list[Case]:
         _step_case(g, "after 4 keys, a tile of one key: scores_tile (3, 1), v_tile (1, 2)", later, (), 3, 1, 2, 4),
         _step_case(g, "after 6 keys: scores_tile (2, 4, 5) with -inf scores, row 1 all -inf", masked, (2,), 4, 5, 3,
                    6, masked=0.4, empty_rows=(1,)),
-        _step_case(g, "float64, after 3 keys: scores_tile (2, 5, 4); row 3 has seen no key (m = -inf) and its "
-                   "tile is all -inf", masked, (2,), 5, 4, 2, 3, torch.float64, masked=0.3, empty_rows=(3,),
-                   unseen_rows=(3,)),
+        _step_case(g, "float64, scores_tile (2, 5, 4); row 3: no key yet (m = -inf), an all -inf tile", masked,
+                   (2,), 5, 4, 2, 3, torch.float64, masked=0.3, empty_rows=(3,), unseen_rows=(3,)),
         _step_case(g, "float64, after 7 keys: scores_tile (3, 3, 6), v_tile (3, 6, 4)", masked, (3,), 3, 6, 4, 7,
                    torch.float64),
         _step_case(g, "after 3 keys: scores_tile (2, 3, 4) on the meta device (no values)", device, (2,), 3, 4, 2, 3,
