@@ -288,6 +288,21 @@ def student_not_itself(q, k, v, k_cache, v_cache):
     return torch.softmax(scores, -1) @ values, keys, values
 
 
+def student_offset_before_append(q, k, v, k_cache, v_cache):
+    T_q, T_k = q.size(-2), k_cache.size(-2)
+    mask = torch.ones(T_q, T_k + T_q, dtype=torch.bool, device=q.device).tril(T_k - T_q)   # T_k read too early
+    k_cache, v_cache = torch.cat([k_cache, k], -2), torch.cat([v_cache, v], -2)
+    scores = (q @ k_cache.transpose(-2, -1) / math.sqrt(q.size(-1))).masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, -1) @ v_cache, k_cache, v_cache
+
+
+def student_unscaled(q, k, v, k_cache, v_cache):
+    keys, values = torch.cat([k_cache, k], -2), torch.cat([v_cache, v], -2)
+    t = k_cache.size(-2)
+    mask = torch.ones(q.size(-2), keys.size(-2), dtype=torch.bool, device=q.device).tril(t)
+    return torch.softmax((q @ keys.transpose(-2, -1)).masked_fill(~mask, -math.inf), -1) @ values, keys, values
+
+
 def student_no_causal(q, k, v, k_cache, v_cache):
     keys, values = torch.cat([k_cache, k], -2), torch.cat([v_cache, v], -2)
     return torch.softmax(q @ keys.transpose(-2, -1) / math.sqrt(q.size(-1)), -1) @ values, keys, values
@@ -310,7 +325,8 @@ AS_STUDENTS_WRITE = [
     (CACHED, student_attends_old_only, "attends_old_only"), (CACHED, student_cache_ignored, "cache_ignored"),
     (CACHED, student_cat_not_returned, "old_cache_returned"), (CACHED, student_top_left, "top_left"),
     (CACHED, student_not_itself, "not_itself"), (CACHED, student_no_causal, "no_causal"),
-    (CACHED, student_prepended, "prepended"),
+    (CACHED, student_prepended, "prepended"), (CACHED, student_offset_before_append, "offset_before_append"),
+    (CACHED, student_unscaled, "unscaled"),
 ]
 
 
@@ -372,7 +388,7 @@ def test_grade_the_textbook_formula_loses_only_the_masked_group_and_is_told_why(
 def test_grade_one_token_steps_pass_when_only_several_new_positions_are_wrong():
     result = contract.graded(CACHED, student_no_causal)
     failed = [g.group for g in result.groups if not g.passed]
-    assert failed == ["an empty cache, and several new positions at once", "float64 and no head axis",
+    assert failed == ["an empty cache or several new positions", "float64 and no head axis",
                       "inputs on another device"], result.message
     assert result.groups[0].passed and result.mistake == "no_causal"
 

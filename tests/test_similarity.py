@@ -226,7 +226,7 @@ def test_command_line_writes_the_csv_and_html_report_from_out_or_submissions(tmp
 
 
 CHECK_MODULES = ["history", "positional_encoding", "attention", "multi_head", "masking", "add_norm", "transformer",
-                 "bert", "vit", "warmup"]
+                 "bert", "vit", "warmup", "attention_at_scale"]
 
 
 def test_no_two_catalogued_alternatives_are_flagged_nor_taken_for_the_reference():

@@ -228,7 +228,7 @@ def _cached_args(g: torch.Generator, batch: tuple, t: int, T_new: int, d_k: int,
 
 
 def _cached_cases(g: torch.Generator, seed: int) -> list[Case]:
-    step, first = "one new token (a decoding step)", "an empty cache, and several new positions at once"
+    step, first = "one new token (a decoding step)", "an empty cache or several new positions"
     wide, device = "float64 and no head axis", "inputs on another device"
     B, H, t, d = (int(torch.randint(lo, hi, (1,), generator=g)) for lo, hi in ((1, 4), (1, 4), (1, 9), (2, 7)))
     return [
@@ -255,22 +255,23 @@ def _visible(T_new: int, T: int, offset: int, device: torch.device) -> torch.Ten
     return torch.arange(T, device=device) <= i + offset
 
 
-def _attend(q, keys, values, allowed=None):
-    """softmax(q keys^T / sqrt(d_k)) values, keys outside `allowed` (bool, True = may attend) excluded."""
-    scores = q @ keys.transpose(-2, -1) / math.sqrt(q.size(-1))
+def _attend(q, keys, values, allowed=None, scale=None):
+    """softmax(q keys^T / scale) values (scale: sqrt(d_k) unless given), keys outside `allowed` (bool, True = may
+    attend) excluded."""
+    scores = q @ keys.transpose(-2, -1) / (math.sqrt(q.size(-1)) if scale is None else scale)
     if allowed is not None:
         scores = scores.masked_fill(~allowed, -math.inf)
     return torch.softmax(scores, dim=-1) @ values
 
 
-def _cached(q, k, v, k_cache, v_cache, *, offset=None, causal=True, prepend=False):
+def _cached(q, k, v, k_cache, v_cache, *, offset=None, causal=True, prepend=False, scale=None):
     """The cached step with one knob turned the wrong way; right with none. offset: the causal offset used
-    instead of t (the new queries' true first position)."""
+    instead of t (the new queries' true first position); scale: instead of sqrt(d_k)."""
     t, T_new = k_cache.size(-2), q.size(-2)
     keys = torch.cat([k, k_cache] if prepend else [k_cache, k], dim=-2)
     values = torch.cat([v, v_cache] if prepend else [v_cache, v], dim=-2)
     allowed = _visible(T_new, t + T_new, t if offset is None else offset, q.device) if causal else None
-    return _attend(q, keys, values, allowed), keys, values
+    return _attend(q, keys, values, allowed, scale), keys, values
 
 
 def _attends_old_only(q, k, v, k_cache, v_cache):
@@ -296,6 +297,14 @@ def _not_itself(q, k, v, k_cache, v_cache):
     return _cached(q, k, v, k_cache, v_cache, offset=k_cache.size(-2) - 1)
 
 
+def _offset_before_append(q, k, v, k_cache, v_cache):
+    return _cached(q, k, v, k_cache, v_cache, offset=k_cache.size(-2) - q.size(-2))
+
+
+def _unscaled(q, k, v, k_cache, v_cache):
+    return _cached(q, k, v, k_cache, v_cache, scale=1.0)
+
+
 def _no_causal(q, k, v, k_cache, v_cache):
     return _cached(q, k, v, k_cache, v_cache, causal=False)
 
@@ -318,10 +327,14 @@ CACHED_ATTENTION_STEP = Item(
                 "t .. t + T_new - 1, so query i sees keys j <= i + t.", _top_left),
         Mistake("not_itself", "your offset is one short (j < i + t): a new query must also see its own key, "
                 "j <= i + t.", _not_itself),
+        Mistake("offset_before_append", "your causal offset is t - T_new, T_k - T_q with T_k the cache's length "
+                "before appending; after appending T_k = t + T_new, so the offset is t: j <= i + t.",
+                _offset_before_append),
         Mistake("no_causal", "every new query sees every new key; with several new positions query i may see "
                 "only keys j <= i + t (a causal rule over all t + T_new keys).", _no_causal),
         Mistake("prepended", "you put the new keys and values before the cached ones; the cache is in position "
                 "order: torch.cat([k_cache, k], dim=-2).", _prepended),
+        Mistake("unscaled", "you did not divide the scores by sqrt(d_k): softmax(q K^T / sqrt(d_k)) V.", _unscaled),
     ))
 
 
