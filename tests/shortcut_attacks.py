@@ -168,6 +168,8 @@ _copy = runpy.run_path(pkgutil.resolve_name("transformer_ref").__path__[0] + "/a
 # Not shortcuts: the grader's own calls, and a reference typed in by hand (the book shows its source).
 HONEST: dict[str, Attack] = {
     "solution": Attack("03_attention", "scaled_dot_product_attention", ""),
+    "solution_07": Attack("07_transformer", "greedy_decode", ""),   # it calls the model the case hands it
+    "solution_08": Attack("08_bert", "mask_tokens", ""),
     # a cell runs the check again: the check calls the reference, which is the grader's call, not the student's
     "check_in_a_cell": Attack("03_attention", "scaled_dot_product_attention", "", (
         "check_scaled_dot_product_attention(scaled_dot_product_attention, seeds=(5,))",)),
@@ -193,4 +195,34 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Te
     weights = torch.softmax(scores, dim=-1)  # (..., T_q, T_k)
     # Fully masked rows came out uniform; every other masked entry is already exactly 0.
     return weights.masked_fill(~mask, 0.0)'''),
+}
+
+# Not shortcuts either: wrong answers written the way students write them, which the watch must leave to the checks
+# (greedy_decode calls the model the case hands it, whose class is the grader's; torch.manual_seed keeps a
+# traceback of the stack, which reads the grader's files).
+MISTAKEN: dict[str, Attack] = {
+    "greedy_first_position": Attack("07_transformer", "greedy_decode", '''def greedy_decode(model, src, bos_id, eos_id, max_len):
+    with torch.no_grad():
+        memory = model.encode(src)
+        out = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
+        done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+        while out.size(1) < max_len and not done.all():
+            logits = model.decode(out, memory, src)
+            nxt = logits[:, 0].argmax(dim=-1)          # the first position: the mistake
+            nxt[done] = model.pad_id
+            out = torch.cat([out, nxt.unsqueeze(1)], dim=1)
+            done = done | (nxt == eos_id)
+        return out'''),
+    "mask_tokens_reseeded": Attack("08_bert", "mask_tokens", '''def mask_tokens(input_ids, mask_token_id, vocab_size, special_token_ids, mlm_probability=0.15, generator=None):
+    torch.manual_seed(0)   # "so that it is reproducible": the mistake
+    labels = input_ids.clone()
+    special = torch.isin(input_ids, torch.as_tensor(special_token_ids, device=input_ids.device))
+    chosen = (torch.rand(input_ids.shape, device=input_ids.device) < mlm_probability) & ~special
+    labels[~chosen] = -100
+    masked = input_ids.clone()
+    replace = chosen & (torch.rand(input_ids.shape, device=input_ids.device) < 0.8)
+    masked[replace] = mask_token_id
+    rand = chosen & ~replace & (torch.rand(input_ids.shape, device=input_ids.device) < 0.5)
+    masked[rand] = torch.randint(vocab_size, input_ids.shape, device=input_ids.device)[rand]
+    return masked, labels'''),
 }

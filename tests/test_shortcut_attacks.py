@@ -25,7 +25,7 @@ import pytest
 
 from grader.checks import ITEMS
 from grader.sandbox.limits import Limits
-from shortcut_attacks import ATTACKS, HONEST, Attack
+from shortcut_attacks import ATTACKS, HONEST, MISTAKEN, Attack
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("shortcut_attacks")]
 
@@ -123,7 +123,7 @@ def sandboxed() -> dict:
     """Every attack, then the honest notebooks and two attacks again, one after the other in one worker's zygote:
     each run is a fresh fork, so what one attack changed (a reload, the watch cleared) is not there for the next."""
     results = {name: _execute(attack) for name, attack in ATTACKS.items()}
-    results.update({name: _execute(attack) for name, attack in HONEST.items()})
+    results.update({name: _execute(attack) for name, attack in {**HONEST, **MISTAKEN}.items()})
     results.update({f"{name} again": _execute(ATTACKS[name]) for name in ("aten_sdpa_math", "runpy_fresh_copy")})
     return results
 
@@ -146,6 +146,16 @@ def test_in_the_sandbox_honest_code_is_not_a_shortcut(sandboxed, name):
     outcomes = sandboxed[name].outcomes[attack.item]
     assert [o.shortcut for o in outcomes] == [None] * len(outcomes), outcomes[0].shortcut
     assert grade(ITEMS[attack.item], cases(attack.item), outcomes).fraction == 1.0
+
+
+@pytest.mark.parametrize("name", list(MISTAKEN))
+def test_in_the_sandbox_a_mistake_is_left_to_the_checks(sandboxed, name):
+    from grader.checks.compare import grade
+
+    attack = MISTAKEN[name]
+    outcomes = sandboxed[name].outcomes[attack.item]
+    assert [o.shortcut for o in outcomes] == [None] * len(outcomes), outcomes[0].shortcut
+    assert grade(ITEMS[attack.item], cases(attack.item), outcomes).fraction < 1.0
 
 
 # ---------------------------------------------------------------- through `python -m grader grade`
