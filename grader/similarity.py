@@ -9,12 +9,16 @@ with grader.submission.code_cells, never by what a student wrote elsewhere):
                implementation: the function or class the item's check compares against, with the private
                helpers it calls (inspect.getsource). That is transformer_ref, which the book shows, except for
                greedy_decode, masked_lm_loss and unpatchify, whose references are in grader.checks, which
-               ships with the course package.
+               ships with the course package;
+  - solution   the same against the instructor's solution cell (--solutions, default solutions/: what a student
+               who cloned the instructor's repository has).
 A fingerprint found in more than --max-holders (default 10, like MOSS's -m) solutions of the same item is set
 aside as what everyone writes (in a class of 300, the three textbook lines of dot_product_attention), for pairs
-and for the reference alike. Solutions with fewer than --min-fingerprints (default 10) fingerprints left after
-the stub and those are removed are too short to judge (a one-line `return scaled_dot_product_attention(x @ W_q,
-...)`) and are counted, not flagged. A flag is a reason to read the two solutions side by side, not a verdict.
+only: against published code (the reference, the solutions) every fingerprint counts, so that 18 copies of the
+instructor's solution are 18 findings, not 18 holders of common code. Solutions with fewer than
+--min-fingerprints (default 10) fingerprints left after the stub (and, for pairs, the common ones) are removed
+are too short to judge (a one-line `return scaled_dot_product_attention(x @ W_q, ...)`) and are counted, not
+flagged. A flag is a reason to read the two solutions side by side, not a verdict.
 
 How code is compared:
  1. normalise (Python's ast): drop comments, docstrings and type annotations; name each function's parameters
@@ -55,6 +59,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RELEASE = REPO_ROOT / "exercises"
+DEFAULT_SOLUTIONS = REPO_ROOT / "solutions"
 K = 5          # tokens per k-gram: shorter common runs are noise
 WINDOW = 4     # winnowing window: every common run of K + WINDOW - 1 = 8 tokens is found
 THRESHOLD = 0.8
@@ -152,11 +157,16 @@ def _clean_body(body: list[ast.stmt]) -> list[ast.stmt]:
 
 
 def normalise(code: str) -> list[str]:
-    """The tokens of `code` after step 1 of the module docstring (a list of strings, no layout)."""
+    """The tokens of `code` after step 1 of the module docstring (a list of strings, no layout). Code that does
+    not parse, or nests too deeply for Python's parser or for a walk of its tree (a student's `1+1+...+1` of 50,000
+    terms), is tokenised as it is."""
     try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
+        return _normalised(ast.parse(code))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):   # MemoryError: the parser's "too deep"
         return _raw_tokens(code)
+
+
+def _normalised(tree: ast.Module) -> list[str]:
     helpers = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     aliases = {}
     for n in ast.walk(tree):
@@ -242,11 +252,11 @@ class Solution:
 
 @dataclass
 class Finding:
-    kind: str            # "pair" or "reference"
+    kind: str            # "pair", "reference" or "solution"
     assignment: str
     item: str
     student_a: str
-    student_b: str       # the other student, or the reference's dotted name
+    student_b: str       # the other student, the reference's dotted name, or the solution notebook
     similarity: float
     shared: int
     fingerprints_a: int
@@ -319,14 +329,46 @@ def reference_source(item_name: str) -> tuple[str, str] | None:
     return f"{ref.__module__}.{ref.__qualname__}", "\n\n".join(dict.fromkeys(parts))
 
 
+def instructor_solutions(folder: Path | None) -> dict[tuple[str, str], tuple[str, str]]:
+    """(assignment, item) -> (the notebook's path as a name, the code of its solution cell) for every instructor
+    notebook folder/<assignment>/*.ipynb ({} without the folder)."""
+    from grader.submission import load_source
+
+    found: dict[tuple[str, str], tuple[str, str]] = {}
+    if folder is None or not folder.is_dir():
+        return found
+    for path in sorted(folder.glob("*/*.ipynb")):
+        source = load_source(path)
+        cells = {c.metadata.nbgrader.grade_id: c.source for c in source.notebook.cells
+                 if c.get("metadata", {}).get("nbgrader", {}).get("solution")}
+        for item in source.items:
+            if cells.get(item.name):
+                found[(path.parent.name, item.name)] = (f"{path.parent.name}/{path.name}", cells[item.name])
+    return found
+
+
+def published(assignment: str, item: str, solutions: dict) -> list[tuple[str, str, str]]:
+    """(kind, name, code) of the published code a solution of `item` may be a copy of: the reference and the
+    instructor's solution."""
+    found = []
+    ref = reference_source(item)
+    if ref is not None:
+        found.append(("reference", *ref))
+    if (assignment, item) in solutions:
+        found.append(("solution", *solutions[(assignment, item)]))
+    return found
+
+
 def compare(release: Path, root: Path, threshold: float = THRESHOLD, reference_threshold: float = REFERENCE_THRESHOLD,
             min_fingerprints: int = MIN_FINGERPRINTS, max_holders: int = MAX_HOLDERS,
-            assignments: list[str] | None = None) -> tuple[list[Finding], dict[str, int]]:
+            assignments: list[str] | None = None,
+            solutions: Path | None = DEFAULT_SOLUTIONS) -> tuple[list[Finding], dict[str, int]]:
     """The findings (most similar first) and counts: items, solutions judged, too short to judge, and common
     fingerprints (held by more than `max_holders` solutions of an item) set aside."""
     fp = Fingerprinter()
     findings: list[Finding] = []
     counts = {"items": 0, "solutions": 0, "too_short": 0, "common": 0}
+    instructor = instructor_solutions(solutions)
     for (assignment, item), data in sorted(solution_cells(release, root, assignments).items()):
         counts["items"] += 1
         boilerplate = set(fp.all_kgrams(normalise(data["stub"]))) if data["stub"] else set()
@@ -344,16 +386,14 @@ def compare(release: Path, root: Path, threshold: float = THRESHOLD, reference_t
             solutions.append(Solution(student, assignment, item, code, prints))
         counts["solutions"] += len(solutions)
         findings += _pairs(solutions, threshold)
-        ref = reference_source(item)
-        if ref is not None:
-            name, ref_code = ref
-            ref_prints = fp.fingerprints(normalise(ref_code), boilerplate) - common
-            for s in solutions:
-                shared = len(s.fingerprints & ref_prints)
-                if shared / len(s.fingerprints) >= reference_threshold:
-                    findings.append(Finding("reference", assignment, item, s.student, name,
-                                            shared / len(s.fingerprints), shared, len(s.fingerprints),
-                                            len(ref_prints), s.code, ref_code))
+        judged = {student: prints for student, prints in all_prints.items() if len(prints) >= min_fingerprints}
+        for kind, name, code in published(assignment, item, instructor):
+            pub_prints = fp.fingerprints(normalise(code), boilerplate)
+            for student, prints in judged.items():
+                shared = len(prints & pub_prints)
+                if shared / len(prints) >= reference_threshold:
+                    findings.append(Finding(kind, assignment, item, student, name, shared / len(prints), shared,
+                                            len(prints), len(pub_prints), data["students"][student], code))
     findings.sort(key=lambda f: (-f.similarity, f.assignment, f.item, f.student_a, f.student_b))
     return findings, counts
 
@@ -404,7 +444,8 @@ def write_report(findings: list[Finding], counts: dict[str, int], to: Path, sett
         f"in more than {settings['max_holders']:g} solutions of an item set aside as common. "
         "Flagged: pairs sharing at least "
         f"{settings['threshold']:.0%} of the smaller solution's fingerprints; solutions with at least "
-        f"{settings['reference_threshold']:.0%} of their fingerprints in the reference.</p>",
+        f"{settings['reference_threshold']:.0%} of their fingerprints in the reference or in the instructor's "
+        "solution (every fingerprint counted: published code is never common).</p>",
         f"<h2>{len(findings)} finding(s)</h2>",
     ]
     if findings:
@@ -428,6 +469,9 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--to", type=Path, required=True, help="report folder: similarity.csv and similarity.html")
     p.add_argument("--release", type=Path, default=DEFAULT_RELEASE,
                    help="released notebooks, for the solution cells and their stubs (default: exercises/)")
+    p.add_argument("--solutions", type=Path, default=None,
+                   help="the instructor's notebooks, <assignment>/<notebook>.ipynb: a solution like one of them is "
+                        "flagged (default: solutions/; OUT/source for a grading run's OUT)")
     p.add_argument("--threshold", type=float, default=THRESHOLD,
                    help="flag a pair sharing this fraction of the smaller solution's fingerprints "
                         f"(default {THRESHOLD})")
@@ -441,6 +485,11 @@ def add_command(commands: argparse._SubParsersAction) -> None:
                         f"(default {MAX_HOLDERS}, like MOSS's -m)")
     p.add_argument("--assignment", action="append", help="only this assignment (repeatable)")
     p.set_defaults(run=run)
+
+
+def _instructor_folder(path: Path) -> Path:
+    """A grading run's copy of the instructor's notebooks (OUT/source) when `path` is one, else solutions/."""
+    return path / "source" if (path / "source").is_dir() else DEFAULT_SOLUTIONS
 
 
 def run(args: argparse.Namespace) -> int:
@@ -459,9 +508,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"python -m grader similarity: {what} must be a directory; got {path}", file=sys.stderr)
             return 2
     findings, counts = compare(args.release, submission_root(args.path), args.threshold, args.reference_threshold,
-                               args.min_fingerprints, args.max_holders, args.assignment)
+                               args.min_fingerprints, args.max_holders, args.assignment,
+                               args.solutions or _instructor_folder(args.path))
     write_report(findings, counts, args.to, vars(args))
-    pairs = sum(f.kind == "pair" for f in findings)
-    print(f"{pairs} similar pair(s), {len(findings) - pairs} solution(s) like the reference, in "
-          f"{counts['solutions']} solutions of {counts['items']} items; report: {args.to / 'similarity.html'}")
+    kinds = Counter(f.kind for f in findings)
+    print(f"{kinds['pair']} similar pair(s), {kinds['reference']} solution(s) like the reference, "
+          f"{kinds['solution']} like the instructor's solution, in {counts['solutions']} solutions of "
+          f"{counts['items']} items; report: {args.to / 'similarity.html'}")
     return 0

@@ -22,7 +22,8 @@ from grader.checks.masking import CAUSAL_MASK
 from grader.checks.multi_head import MULTI_HEAD_ATTENTION as MHA
 from grader.checks.report import CheckFailed, check
 from grader.checks.run import Outcome, run_student
-from grader.checks.shortcuts import ShortcutError, Tripwires, find_shortcut, find_shortcut_in
+from grader.checks.shortcuts import ShortcutError, find_shortcut, find_shortcut_in
+from grader.checks.watch import Tripwires
 from transformer_ref.attention import scaled_dot_product_attention as reference_sdpa
 
 FUSED = "torch.nn.functional.scaled_dot_product_attention"

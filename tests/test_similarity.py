@@ -20,6 +20,7 @@ import math
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import nbformat
@@ -182,8 +183,9 @@ def test_exactly_the_planted_copies_are_flagged_and_one_liners_are_too_short(tmp
 
 def test_what_everyone_writes_is_set_aside_in_a_large_class(tmp_path):
     """Twelve students write the textbook dot_product_attention (the reference's three lines) under their own
-    names: with MOSS's rule (a passage in more than 10 solutions is common) nobody is flagged; counted, each
-    of them would be a pair with every other and a copy of the reference."""
+    names: with MOSS's rule (a passage in more than 10 solutions is common) no pair is flagged, while each is
+    like the reference and the instructor's solution (published code is never common); counted, each would also
+    be a pair with every other."""
     released = nbformat.read(ROOT / "exercises" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
     for i in range(12):
         nb = copy.deepcopy(released)
@@ -193,7 +195,9 @@ def test_what_everyone_writes_is_set_aside_in_a_large_class(tmp_path):
         (tmp_path / f"student{i:02d}" / ASSIGNMENT).mkdir(parents=True)
         nbformat.write(nb, tmp_path / f"student{i:02d}" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
     findings, counts = similarity.compare(ROOT / "exercises", tmp_path, assignments=[ASSIGNMENT])
-    assert findings == [] and counts["common"] > 0 and (counts["solutions"], counts["too_short"]) == (0, 12)
+    kinds = Counter(f.kind for f in findings)   # the reference's three lines are the instructor's solution too
+    assert kinds == {"reference": 12, "solution": 12}, kinds
+    assert counts["common"] > 0 and (counts["solutions"], counts["too_short"]) == (0, 12)
     counted, _ = similarity.compare(ROOT / "exercises", tmp_path, max_holders=12, assignments=[ASSIGNMENT])
     assert sum(f.kind == "pair" for f in counted) == 12 * 11 // 2
     assert sum(f.kind == "reference" for f in counted) == 12
@@ -215,7 +219,8 @@ def test_command_line_writes_the_csv_and_html_report_from_out_or_submissions(tmp
                            str(tmp_path / "report"), "--assignment", ASSIGNMENT],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "2 similar pair(s), 1 solution(s) like the reference, in 10 solutions of 3 items" in proc.stdout
+    assert ("2 similar pair(s), 1 solution(s) like the reference, 0 like the instructor's solution, in 10 solutions "
+            "of 3 items") in proc.stdout
     with open(tmp_path / "report" / "similarity.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == similarity.CSV_COLUMNS
@@ -264,3 +269,57 @@ def test_no_two_catalogued_alternatives_are_flagged_nor_taken_for_the_reference(
                     assert share < similarity.THRESHOLD, (item.name, name, other, share)
     assert judged >= 60, judged    # the catalogue is really compared, not skipped as too short
     assert worst_pair < similarity.THRESHOLD and worst_reference < similarity.REFERENCE_THRESHOLD
+
+
+def _class_of(tmp_path: Path, bodies: dict[str, str], item: str = "scaled_dot_product_attention") -> Path:
+    """SUBMISSIONS with each student's code as the solution cell of `item` in the released notebook."""
+    released = nbformat.read(ROOT / "exercises" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    for student, code in bodies.items():
+        nb = copy.deepcopy(released)
+        next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == item).source = code
+        (tmp_path / student / ASSIGNMENT).mkdir(parents=True)
+        nbformat.write(nb, tmp_path / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb")
+    return tmp_path
+
+
+def test_a_class_wide_copy_of_the_instructors_solution_is_flagged_for_each_copier(tmp_path):
+    """The repository students clone holds solutions/: 18 hand in its solution cell (a few with their own names
+    and comments), 3 write their own. MOSS's rule sets the copies' shared code aside for pairs (18 > 10 holders);
+    against the instructor's solution every fingerprint counts, so each copier is flagged, nobody else."""
+    solution = next(c.source for c in nbformat.read(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb",
+                                                    as_version=4).cells
+                    if c.metadata.get("nbgrader", {}).get("grade_id") == "scaled_dot_product_attention")
+    copies = {f"copier{i:02d}": re.sub(r"\bscores\b", f"s{i}", solution) + f"\n# done {i}" for i in range(18)}
+    own = {s: _cells()[s]["scaled_dot_product_attention"] for s in ("ben", "cho", "dan")}
+    findings, _ = similarity.compare(ROOT / "exercises", _class_of(tmp_path, {**copies, **own}),
+                                     assignments=[ASSIGNMENT])
+    flagged = {f.student_a for f in findings if f.kind == "solution"}
+    assert flagged == set(copies), findings
+    assert all(f.student_b == f"{ASSIGNMENT}/{ASSIGNMENT}.ipynb" for f in findings if f.kind == "solution")
+    assert not any(f.kind == "pair" for f in findings)
+    without, _ = similarity.compare(ROOT / "exercises", tmp_path, assignments=[ASSIGNMENT], solutions=None)
+    assert not any(f.kind == "solution" for f in without)
+
+
+DEEP = {   # nested past what Python's parser, or a recursive walk of its tree, can take
+    "sum": "def scaled_dot_product_attention(q, k, v, mask=None):\n    return " + "1 + " * 30000 + "1\n",
+    "unary": "def scaled_dot_product_attention(q, k, v, mask=None):\n    return " + "-" * 30000 + "q\n",
+    "attributes": "def scaled_dot_product_attention(q, k, v, mask=None):\n    return q" + ".T" * 30000 + "\n",
+    "calls": "def scaled_dot_product_attention(q, k, v, mask=None):\n    return q" + "()" * 30000 + "\n",
+}
+
+
+def test_a_deeply_nested_solution_is_compared_as_tokens_and_the_report_is_written(tmp_path):
+    """A student's deeply nested expression (RecursionError in the parser, or MemoryError: "too deep") no longer
+    stops the report for the class: the cell is compared as its tokens, the others as before."""
+    bodies = {**DEEP, "ana": _cells()["ana"]["scaled_dot_product_attention"],
+              "eve": _cells()["eve"]["scaled_dot_product_attention"]}
+    _class_of(tmp_path / "submitted", bodies)
+    proc = subprocess.run([sys.executable, "-m", "grader", "similarity", str(tmp_path / "submitted"), "--to",
+                           str(tmp_path / "report"), "--assignment", ASSIGNMENT],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "report" / "similarity.csv", newline="") as f:
+        rows = {(r["kind"], r["student_a"], r["student_b"]) for r in csv.DictReader(f)}
+    assert ("pair", "ana", "eve") in rows
+    assert not any(kind == "pair" and {a, b} & set(DEEP) - {"sum"} for kind, a, b in rows)

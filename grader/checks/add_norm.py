@@ -14,6 +14,7 @@ from torch import nn
 from grader.checks.cases import Case, linear_state, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
+from grader.checks.shortcuts import ANY_COURSE_CODE
 from grader.checks.wiring import explain_layer
 
 ASSIGNMENT = "06_add_norm"
@@ -23,7 +24,12 @@ ASSIGNMENT = "06_add_norm"
 LAYER_NORM_SHORTCUTS = (
     "torch.nn.functional.layer_norm", "torch.layer_norm", "torch.native_layer_norm", "torch.nn.LayerNorm.forward",
     "torch.nn.functional.group_norm", "torch.nn.functional.batch_norm", "torch.nn.functional.instance_norm",
-    "torch.nn.functional.rms_norm", "transformer_ref.layers.layer_norm", "transformer_ref.layers.LayerNorm.forward")
+    "torch.nn.functional.rms_norm", "transformer_ref.layers.layer_norm", "transformer_ref.layers.LayerNorm.forward",
+    ANY_COURSE_CODE)
+LAYER_NORM_OPS = ("aten::layer_norm", "aten::native_layer_norm", "aten::group_norm", "aten::native_group_norm",
+                  "aten::batch_norm", "aten::native_batch_norm", "aten::_native_batch_norm_legit*",
+                  "aten::_batch_norm_*", "aten::cudnn_batch_norm", "aten::miopen_batch_norm", "aten::instance_norm",
+                  "aten::rms_norm", "aten::_fused_rms_norm")
 REF_SUBLAYERS = ("transformer_ref.layers.AddNorm.forward", "transformer_ref.layers.PreNormResidual.forward",
                  "transformer_ref.layers.PositionwiseFeedForward.forward")
 REF_TRANSFORMER_LAYERS = ("transformer_ref.layers.EncoderLayer.forward", "transformer_ref.layers.DecoderLayer.forward")
@@ -84,7 +90,7 @@ def _ln_swapped(x, gamma, beta, eps=1e-5):
 
 LAYER_NORM = Item(
     "layer_norm", ASSIGNMENT, "function", _layer_norm_cases, Reference("layers", "layer_norm"), LAYER_NORM_SHORTCUTS,
-    outputs=("output",),
+    outputs=("output",), forbidden_ops=LAYER_NORM_OPS,
     mistakes=(
         Mistake("wrong_axis", "you normalised over the wrong axis (dim=-2, across positions); LayerNorm normalises "
                 "each position's features, over the last axis.", _ln_wrong_axis),

@@ -10,7 +10,7 @@ from grader.checks.cases import Case, causal, random_mask, randn
 from grader.checks.history import softmax_rows
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
-from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION
+from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION, TORCH_ATTENTION_OPS
 from grader.checks.structure import explain_attention_mask
 
 ASSIGNMENT = "03_attention"
@@ -55,6 +55,7 @@ def _dpa_softmax_axis(x):
 DOT_PRODUCT_ATTENTION = Item(
     "dot_product_attention", ASSIGNMENT, "function", _dot_product_cases,
     Reference("attention", "dot_product_attention"), ATTENTION_SHORTCUTS, outputs=("output", "weights"),
+    forbidden_ops=TORCH_ATTENTION_OPS,
     mistakes=(
         Mistake("scaled", "you divided X X^T by sqrt(d); this first version has no scaling: softmax(X X^T) X.",
                 _dpa_scaled),
@@ -119,6 +120,7 @@ def _sdpa_masked_row_nan(q, k, v, mask=None):
 SCALED_DOT_PRODUCT_ATTENTION = Item(
     "scaled_dot_product_attention", ASSIGNMENT, "function", _sdpa_cases,
     Reference("attention", "scaled_dot_product_attention"), ATTENTION_SHORTCUTS, outputs=("output", "weights"),
+    forbidden_ops=TORCH_ATTENTION_OPS,
     mistakes=(
         Mistake("no_scale", "your weights equal softmax(QK^T) without dividing by sqrt(d_k).", _sdpa_no_scale),
         Mistake("scale_d_k", "you divided QK^T by d_k; the paper divides by sqrt(d_k).", _sdpa_scale_d_k),
@@ -172,7 +174,7 @@ def _sa_q_k_swapped(x, W_q, W_k, W_v, mask=None):
 
 SELF_ATTENTION = Item(
     "self_attention", ASSIGNMENT, "function", _self_attention_cases, Reference("attention", "self_attention"),
-    ATTENTION_SHORTCUTS, outputs=("output", "weights"),
+    ATTENTION_SHORTCUTS, outputs=("output", "weights"), forbidden_ops=TORCH_ATTENTION_OPS,
     mistakes=(
         Mistake("scale_d_model", "you divided by sqrt(d_model); scale by sqrt(d_k), the size of the query/key "
                 "projections (W_q.shape[1]).", _sa_scale_d_model),

@@ -32,6 +32,7 @@ BERT_SHORTCUTS = ("transformer_ref.bert.mask_tokens", "transformer_ref.bert.Bert
                   "transformers.data.data_collator.DataCollatorForLanguageModeling.torch_mask_tokens")
 CROSS_ENTROPY_SHORTCUTS = ("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss",
                            "torch.nn.CrossEntropyLoss.forward", "torch.nn.NLLLoss.forward")
+CROSS_ENTROPY_OPS = ("aten::cross_entropy_loss", "aten::nll_loss*")
 
 # ---------------------------------------------------------------- mask_tokens
 
@@ -518,7 +519,7 @@ def _mlm_softmax_not_log(logits, labels):
 
 MASKED_LM_LOSS = Item(
     "masked_lm_loss", ASSIGNMENT, "function", _mlm_loss_cases, lambda: _masked_lm_loss,
-    CROSS_ENTROPY_SHORTCUTS + BERT_SHORTCUTS, outputs=("loss",),
+    CROSS_ENTROPY_SHORTCUTS + BERT_SHORTCUTS, outputs=("loss",), forbidden_ops=CROSS_ENTROPY_OPS,
     mistakes=(
         Mistake("mean_over_all", "you averaged over every position; average over the positions whose label is not "
                 "-100 only.", _mlm_mean_over_all),

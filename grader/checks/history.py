@@ -76,10 +76,12 @@ def _rnn_sigmoid(x, h0, W_xh, W_hh, b_h):
 RNN_SHORTCUTS = ("torch.nn.RNN.forward", "torch.nn.RNNCell.forward", "torch.nn.GRU.forward", "torch.nn.LSTM.forward",
                  "torch.rnn_tanh", "torch.rnn_tanh_cell", "transformer_ref.rnn.rnn_forward",
                  "transformer_ref.rnn.Seq2Seq.forward")
+RNN_OPS = ("aten::rnn_tanh*", "aten::rnn_relu*", "aten::gru*", "aten::lstm*", "aten::_thnn_fused_*",
+           "aten::_cudnn_rnn*", "aten::miopen_rnn*")
 
 RNN_FORWARD = Item(
     "rnn_forward", ASSIGNMENT, "function", _rnn_cases, Reference("rnn", "rnn_forward"), RNN_SHORTCUTS,
-    outputs=("outputs", "h_T"),
+    outputs=("outputs", "h_T"), forbidden_ops=RNN_OPS,
     mistakes=(
         Mistake("no_recurrence", "every step uses h0 instead of the previous hidden state; "
                 "h_t = tanh(x_t W_xh + h_{t-1} W_hh + b_h).", _rnn_no_recurrence),

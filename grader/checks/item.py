@@ -30,7 +30,8 @@ class Item:
     ``cases(g, seed)`` builds CPU cases from the generator ``g`` (every case names its group);
     ``reference()`` returns the reference in the same form as a submission (a function or an
     nn.Module class), imported lazily from transformer_ref. ``forbidden`` lists dotted names of
-    callables the submission may not use. ``outputs`` names the returned values, for messages.
+    callables the submission may not use; ``forbidden_ops`` the ATen operators behind them that it may not run
+    however it reaches them ("aten::native_layer_norm"; a trailing * matches a prefix). ``outputs`` names the returned values, for messages.
     ``tol`` overrides the float tolerances {dtype: (rtol, atol)}. ``members`` (classes) names the
     parameters the checker sets. ``compare_fn(item, cases, outcomes) -> Report``, when set, replaces
     the reference comparison (randomised items). ``mistakes`` is the catalogue of known mistakes.
@@ -56,6 +57,7 @@ class Item:
     mistakes: tuple[Mistake, ...] = ()
     builds_on: tuple[Item, ...] = ()
     explain: Callable | None = None
+    forbidden_ops: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"Item({self.name!r}, {self.assignment!r})"

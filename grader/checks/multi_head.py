@@ -11,7 +11,7 @@ from grader.checks.attention import attend
 from grader.checks.cases import Case, causal, linear_state, random_mask, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
-from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION
+from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION, TORCH_ATTENTION_OPS
 from grader.checks.structure import explain_attention_mask
 
 ASSIGNMENT = "04_multi_head"
@@ -178,7 +178,7 @@ class _MHAAverageWeights(_MHAMistake):
 
 MULTI_HEAD_ATTENTION = Item(
     "MultiHeadAttention", ASSIGNMENT, "class", _mha_cases, Reference("multihead", "MultiHeadAttention"),
-    TORCH_ATTENTION + REF_ATTENTION + REF_MULTIHEAD, outputs=("output", "weights"),
+    TORCH_ATTENTION + REF_ATTENTION + REF_MULTIHEAD, outputs=("output", "weights"), forbidden_ops=TORCH_ATTENTION_OPS,
     members="W_q, W_k, W_v, W_o: nn.Linear(d_model, d_model) with bias",
     mistakes=(
         Mistake("no_transpose", "your heads were reshaped to (B, H, T, d_k) without a transpose; view the "

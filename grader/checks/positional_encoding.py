@@ -11,7 +11,7 @@ from grader.checks.cases import Case, causal, random_mask, randn
 from grader.checks.history import softmax_rows
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
-from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION
+from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION, TORCH_ATTENTION_OPS
 
 ASSIGNMENT = "02_positional_encoding"
 
@@ -219,7 +219,7 @@ def _shaw_rel_transposed(q, k, v, rel_k, rel_v, mask=None):
 RELATIVE_ATTENTION = Item(
     "relative_attention", ASSIGNMENT, "function", _relative_attention_cases,
     Reference("positional", "relative_attention"), TORCH_ATTENTION + REF_ATTENTION + REF_POSITIONAL,
-    outputs=("output", "weights"),
+    outputs=("output", "weights"), forbidden_ops=TORCH_ATTENTION_OPS,
     mistakes=(
         Mistake("no_rel_v", "your output leaves out the value term: z_i = sum_j w_ij (v_j + a^V_ij), not "
                 "sum_j w_ij v_j.", _shaw_no_rel_v),

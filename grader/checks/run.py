@@ -25,7 +25,8 @@ from grader.checks.cases import META, Case, clone, on_meta, same, single_threade
 from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
 from grader.checks.results import Unsent, describe
-from grader.checks.shortcuts import Tripwires, find_shortcut, find_shortcut_in, shortcut_message
+from grader.checks.shortcuts import find_shortcut, find_shortcut_in, shortcut_message
+from grader.checks.watch import Tripwires, handed, plain_tensor
 
 
 @dataclass
@@ -63,14 +64,15 @@ PACKAGE_DIRS = _package_dirs()
 
 @single_threaded
 def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = True,
-                wires: Tripwires | None = None, source: str | None = None) -> list[Outcome]:
+                wires: Tripwires | None = None, source: str | None = None, strict: bool = False) -> list[Outcome]:
     """Run a submission on every case; never raises for anything the submission does.
 
     Inputs are cloned first and compared afterwards (in-place modification). With ``watch`` (the
     default) forbidden shortcuts are caught by tripwires -- `wires`, installed by the caller before
     any student code ran, or else a Tripwires(item.forbidden) installed for this run -- and by
     reading the source: `source` when given (e.g. the whole notebook), else the submission's own
-    source and its helpers' (when Python can find them).
+    source and its helpers' (when Python can find them). `strict` (the grading harness) also forbids
+    calls into the course's checking code while the submission runs.
     """
     static = None
     if watch:
@@ -79,43 +81,58 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
     outcomes = []
     with own or contextlib.nullcontext():
         for case in cases:
-            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None))
+            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None, strict))
     if static is not None:
         for out in outcomes:
             out.shortcut = out.shortcut or shortcut_message(item, static)
     return outcomes
 
 
-def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Outcome:
+def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool = False) -> Outcome:
     inputs = to_device((case.args, case.kwargs), META) if case.meta_inputs else (case.args, case.kwargs)
     args, kwargs = clone(inputs)
     given = dataclasses.replace(case, args=args, kwargs=kwargs)
     out = Outcome()
-    hits: list[str] = []
+    raised: Exception | None = None
     copies = _CopiesOffMeta() if on_meta(case) else contextlib.nullcontext()
-    try:
-        with (wires.watching(item) if wires is not None else contextlib.nullcontext([])) as hits, copies:
-            value = _call(item, impl, given)
-        out.value = detached(value)
-    except Exception as err:  # the student's exception becomes a message
-        out.error = _format_exception(item, err)
-    out.mutated = [name for name, a, b in _named_tensors(item, impl, inputs, (given.args, given.kwargs))
-                   if not same(a, b)]
-    if hits:
+    handed((given.args, given.kwargs))
+    # Everything that decides the grade happens in the window, while it is watched: making the outputs plain (a
+    # tensor subclass's detach or __torch_function__) and comparing the inputs (a tensor whose class the code
+    # changed). The student's exception is only put into words after it: the traceback reads source files, which
+    # the watch would count as reading the course's code, and a case that raised scores 0 whatever its text says.
+    with wires.watching(item, strict) if wires is not None else contextlib.nullcontext([]) as hits:
+        try:
+            with copies:
+                value = _call(item, impl, given)
+            out.value = detached(value)
+        except Exception as err:  # the student's exception becomes a message, below
+            raised = err
+        try:
+            out.mutated = [name for name, a, b in _named_tensors(item, impl, inputs, (given.args, given.kwargs))
+                           if not same(a, b)]
+        except Exception as err:
+            raised = raised or err
+    if raised is not None:
+        out.error = _format_exception(item, raised)
+    tampered = wires.tampered() if wires is not None else None
+    if tampered:
+        out.shortcut = tampering_message(item, tampered)
+    elif hits:
         out.shortcut = shortcut_message(item, hits[0])
     if out.error is not None and on_meta(case) and (READS_VALUES[1] in out.error
                                                     or READS_VALUES[0] in out.error and copies.last == "tolist"):
-        return _run_with_values(item, impl, case, wires)
+        return _run_with_values(item, impl, case, wires, strict)
     if case.default_device and out.error is None and not out.shortcut:
-        _compare_without_default_device(item, impl, case, wires, out)
+        _compare_without_default_device(item, impl, case, wires, out, strict)
     return out
 
 
-def _compare_without_default_device(item: Item, impl: Any, case: Case, wires: Tripwires | None, out: Outcome) -> None:
+def _compare_without_default_device(item: Item, impl: Any, case: Case, wires: Tripwires | None, out: Outcome,
+                                    strict: bool) -> None:
     """A default-device case again without it: a submission whose result changes makes some tensor on the
     default device (some torch operations take a CPU tensor and a meta one without complaint, and return
     uninitialised values); `out` then holds an error that says so."""
-    again = _run_case(item, impl, dataclasses.replace(case, default_device=None), wires)
+    again = _run_case(item, impl, dataclasses.replace(case, default_device=None), wires, strict)
     if again.error is None and not _same_values(out.value, again.value):
         out.value, out.error = None, (f"{item.name} gave other values with the default device set to "
                                       f"{case.default_device} than without it: a tensor it makes without device= is "
@@ -188,7 +205,9 @@ def detached(value: Any) -> Any:
         if parts > MAX_PARTS or depth > MAX_NESTING or isinstance(obj, (tuple, list)) and parts + len(obj) > MAX_PARTS:
             return Unsent(f"a value of more than {MAX_PARTS} parts or {MAX_NESTING} levels, over the grader's limit")
         if isinstance(obj, torch.Tensor):
-            return obj.detach()
+            return plain_tensor(obj.detach())   # a subclass's own detach runs here, watched
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):   # a NamedTuple (a cache)
+            return type(obj)(*(walk(o, depth + 1) for o in obj))
         if isinstance(obj, (tuple, list)):
             return type(obj)(walk(o, depth + 1) for o in obj)
         return obj
@@ -196,13 +215,25 @@ def detached(value: Any) -> Any:
     return walk(value, 0)
 
 
+def tampering_message(item: Item, what: str) -> str:
+    """What the student reads when the watch on shortcuts was changed while `item` ran."""
+    return (f"{item.name} changed the grader's watch on shortcuts while it ran ({what}); this item scores 0 "
+            f"while that is there.")
+
+
 def _format_exception(item: Item, err: BaseException) -> str:
+    """The student's exception as one line for the student; never raises (an exception's __str__ is theirs)."""
+    try:
+        return _describe_exception(item, err)
+    except Exception as inner:   # noqa: BLE001 -- whatever the submission's exception does
+        return f"{item.name} raised an exception whose message could not be read ({type(inner).__name__})"
+
+
+def _describe_exception(item: Item, err: BaseException) -> str:
     if isinstance(err, NotImplementedError) and not str(err).strip():   # the notebook's `raise NotImplementedError()`
         return (f"{item.name} is not implemented yet: it raised NotImplementedError. Replace "
                 f"`raise NotImplementedError()` with your code.")
-    if isinstance(err, SetupError):
-        return str(err)
-    if isinstance(err, ArityError):
+    if isinstance(err, (SetupError, ArityError)):
         return str(err)
     where = _student_line(err)
     if isinstance(err, ContractBroken):

@@ -2,16 +2,18 @@
 
 Two independent guards:
 
-- :class:`Tripwires` replaces each forbidden callable (by dotted name, e.g.
-  ``torch.nn.functional.scaled_dot_product_attention``) with a wrapper. While an item is being
-  watched, a wrapper whose name that item forbids records the call and raises
-  :class:`ShortcutError`; every other call passes through to the original. This catches calls made
-  through a module attribute (``F.scaled_dot_product_attention(...)``), however the name was reached.
-- :func:`find_shortcut` reads the submission's source text (``ast``, no bytecode, so it does not depend
+- the watch at run time (grader.checks.watch): trip-wires on the forbidden names, a profile hook that knows
+  forbidden code by content and the course's by location, PyTorch modes and the dispatcher's trace for the
+  forbidden ATen operators, an audit hook. It catches a shortcut however its object was reached, while the
+  code runs.
+- :func:`find_shortcut` (here) reads the submission's source text (``ast``, no bytecode, so it does not depend
   on one Python version's opcodes) and finds references to forbidden names through import aliases,
   and ways around the check (``importlib``, ``sys.modules``, ``getattr(m, "x" + "y")``, ...). This
-  catches names bound before the tripwires were installed (``from torch.nn.functional import
+  catches names bound before the watch was installed (``from torch.nn.functional import
   scaled_dot_product_attention as sdpa``) and subclasses of forbidden classes.
+
+This module also holds what both share: the messages, how a dotted name is resolved, and the forbidden names
+several assignments share.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ import contextlib
 import functools
 import importlib
 import inspect
-import weakref
 import sys
 import textwrap
 import types
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -46,6 +47,11 @@ _EVASIVE_MODULES = ("importlib", "ctypes", "builtins", "inspect", "gc", "grader"
 _EVASIVE_CALLS = ("__import__", "exec", "eval", "compile")
 _EVASIVE_ATTRIBUTES = ("__closure__", "__wrapped__", "__globals__", "__builtins__",   # and the frames of the
                        "_getframe", "f_back", "f_locals", "f_globals", "tb_frame", "gi_frame")   # grader's code
+# A forbidden name for every function of the course package, wherever it is bound or copied: what the notebooks
+# mean by "nothing from transformer_ref". The watch knows that code by where it is and by what it is.
+ANY_COURSE_CODE = "transformer_ref.*"
+# What the watch reports for ways around it that only run time shows (grader.checks.watch).
+RUNTIME_EVASIONS = ("the course's source files", "types.CodeType", "marshal.loads")
 _CLASS_METHODS = ("forward", "__init__", "__call__")   # forbidding X.forward forbids the class X
 # Conventional names a submission's function body uses without importing them itself (the imports
 # sit in another notebook cell): used only when neither the source nor the namespace binds them.
@@ -60,7 +66,7 @@ def _public_check(dotted: str) -> bool:
 
 def shortcut_message(item: Item, dotted: str) -> str:
     """What the student reads when `item`'s submission uses `dotted`."""
-    if dotted in EVASIONS:
+    if dotted in EVASIONS or dotted in RUNTIME_EVASIONS:
         return (f"{item.name} uses {dotted}, which can reach code around the course's check for ready-made "
                 f"answers. Write this part with ordinary imports and calls; this item scores 0 while that "
                 f"is there.")
@@ -106,104 +112,11 @@ def resolve(dotted: str) -> tuple[Any, str, Any] | None:
         return None
 
 
-# trip-wire -> the callable it stands for. Kept here rather than on the wrapper (no __wrapped__, no attribute),
-# so that student code cannot take the original back from a trip-wire it holds.
-_ORIGINALS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _original(obj: Any) -> Any:
-    """The callable a tripwire wrapper stands for (obj itself when it is not a wrapper)."""
-    try:
-        return _ORIGINALS.get(obj, obj)
-    except TypeError:   # neither hashable nor weakly referable: not a wrapper
-        return obj
-
-
-# ---------------------------------------------------------------- tripwires
-
-class Tripwires:
-    """Wrappers around forbidden callables that raise only while an item that forbids them is watched.
-
-    ``install()`` replaces every resolvable name in `dotted_names` with a wrapper, ``uninstall()`` puts
-    the originals back (also usable as a context manager). ``watching(item)`` yields the list of
-    forbidden names the submission called while it was active.
-    """
-
-    def __init__(self, dotted_names: Iterable[str]) -> None:
-        self.names = tuple(dict.fromkeys(dotted_names))
-        self._patched: list[tuple[Any, str, Any, bool]] = []   # owner, attribute, raw value, was own attribute
-        self._item: Item | None = None
-        self._hits: list[str] = []
-
-    def install(self) -> Tripwires:
-        if self._patched:
-            return self
-        for dotted in self.names:
-            found = resolve(dotted)
-            if found is None:
-                continue
-            owner, attr = found[0], found[1]
-            own = isinstance(owner, type) and attr in vars(owner) or not isinstance(owner, type)
-            raw = inspect.getattr_static(owner, attr)
-            try:
-                setattr(owner, attr, self._wire(dotted, raw))
-            except (AttributeError, TypeError):  # some C types refuse new attributes
-                continue
-            self._patched.append((owner, attr, raw, own))
-        return self
-
-    def uninstall(self) -> None:
-        for owner, attr, raw, own in reversed(self._patched):
-            if own:
-                setattr(owner, attr, raw)
-            else:
-                delattr(owner, attr)
-        self._patched = []
-
-    def __enter__(self) -> Tripwires:
-        return self.install()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.uninstall()
-
-    @contextlib.contextmanager
-    def watching(self, item: Item) -> Iterator[list[str]]:
-        """While active, a call of a name `item` forbids is recorded (in the yielded list) and raises."""
-        saved = self._item, self._hits
-        self._item, self._hits = item, []
-        try:
-            yield self._hits
-        finally:
-            self._item, self._hits = saved
-
-    def _wire(self, dotted: str, raw: Any) -> Any:
-        """A wrapper for `raw` (a function, staticmethod or classmethod) that trips for watched items."""
-        fn = raw.__func__ if isinstance(raw, (staticmethod, classmethod)) else raw
-
-        def wire(*args: Any, **kwargs: Any) -> Any:
-            item = self._item
-            if item is not None and dotted in item.forbidden:
-                self._hits.append(dotted)
-                raise ShortcutError(shortcut_message(item, dotted))
-            return fn(*args, **kwargs)
-        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):   # not __wrapped__: see _ORIGINALS
-            try:
-                setattr(wire, attr, getattr(fn, attr))
-            except (AttributeError, TypeError):
-                pass
-        _ORIGINALS[wire] = fn
-        if isinstance(raw, staticmethod):
-            return staticmethod(wire)
-        if isinstance(raw, classmethod):
-            return classmethod(wire)
-        return wire
-
-
 # ---------------------------------------------------------------- reading the source
 
 def _forbidden_objects(forbidden: Iterable[str]) -> tuple[set[str], dict[int, str]]:
     """The forbidden dotted names (plus the classes whose forward/__init__/__call__ is forbidden), and
-    the objects they name today by id (to catch the same object under another name)."""
+    the objects they name today by id (to catch the same object under another name, a trip-wire's original too)."""
     names, objects = set(), {}
     for dotted in forbidden:
         names.add(dotted)
@@ -220,8 +133,15 @@ def _forbidden_objects(forbidden: Iterable[str]) -> tuple[set[str], dict[int, st
             if attr in _CLASS_METHODS:
                 objects.setdefault(id(owner), owner_name)
         objects[id(value)] = dotted
-        objects[id(_original(value))] = dotted
+        objects[id(_unwrapped(value))] = dotted
     return names, objects
+
+
+def _unwrapped(obj: Any) -> Any:
+    """The original behind a trip-wire (obj itself when it is none)."""
+    from grader.checks.watch import original   # (the watch imports this module)
+
+    return original(obj)
 
 
 def _lookup(dotted: str) -> Any:
@@ -451,6 +371,8 @@ class _Reader(ast.NodeVisitor):
         return _lookup(_CONVENTIONAL[root]) if root in _CONVENTIONAL else None
 
     def _forbidden_dotted(self, dotted: str) -> str | None:
+        if ANY_COURSE_CODE in self.names and dotted.startswith(ANY_COURSE_CODE[:-1]) and dotted.count(".") > 1:
+            return dotted   # transformer_ref.<module>.<anything>: the course's code (a module alone is no call)
         parts = dotted.split(".")
         return next((".".join(parts[:n]) for n in range(1, len(parts) + 1) if ".".join(parts[:n]) in self.names),
                     None)
@@ -458,7 +380,7 @@ class _Reader(ast.NodeVisitor):
     def _forbidden_object(self, obj: Any) -> str | None:
         if obj is None:
             return None
-        return self.objects.get(id(obj)) or self.objects.get(id(_original(obj)))
+        return self.objects.get(id(obj)) or self.objects.get(id(_unwrapped(obj)))
 
     def _judge_chain(self, root: str, attrs: list[str]) -> str | None:
         """The forbidden name `root.attrs...` refers to: by its dotted name, or by the object it names."""
@@ -567,7 +489,13 @@ def find_shortcut_in(impl: Any, forbidden: Iterable[str]) -> str | None:
 F = "torch.nn.functional."
 TORCH_ATTENTION = (F + "scaled_dot_product_attention", F + "multi_head_attention_forward",
                    "torch.nn.MultiheadAttention.forward", "torch.nn.MultiheadAttention.__init__")
+# The ATen operators behind TORCH_ATTENTION, however they are called (torch.ops.aten, torch._C._nn, the math
+# kernel that also returns the weights; _safe_softmax is the math kernel's masked softmax, used by nothing else).
+TORCH_ATTENTION_OPS = ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_*", "aten::_safe_softmax",
+                       "aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd",
+                       "aten::_fused_sdp_choice", "aten::_flash_attention_*", "aten::_efficient_attention_*",
+                       "aten::_cudnn_attention_*")
 REF_ATTENTION = tuple(f"transformer_ref.attention.{n}" for n in (
     "dot_product_attention", "scaled_dot_product_attention", "fused_attention", "_fused_attention",
-    "self_attention",
-    "SelfAttention.forward", "additive_attention", "AdditiveAttention.forward"))
+    "_masked_softmax", "self_attention",
+    "SelfAttention.forward", "additive_attention", "AdditiveAttention.forward")) + (ANY_COURSE_CODE,)

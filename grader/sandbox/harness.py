@@ -8,8 +8,10 @@ each item (an item that hung or crashed is no longer among them; cells and items
 solution cell's id is its item's name). The job is read whole before any student code runs; after
 that stdin is empty, so `input()` gets EOF.
 
-Every trip-wire on a forbidden shortcut of the assignment is installed before the first cell runs, so a
-reference a cell saves under another name is already the trip-wire. Reports go to the grader on file
+Every trip-wire on a forbidden shortcut of the assignment is installed before the first cell runs (and put in
+place of every alias a course module bound when it was imported), so a reference a cell saves under another
+name is already the trip-wire; the profile hook and the PyTorch modes of grader.checks.shortcuts watch each
+item and every cell, and an item during which any of it was changed scores 0. Reports go to the grader on file
 descriptor 3 as frames (one byte of kind, four of length, the payload):
   b"S" {"cell": id} / {"item": name}        a step starts (the grader's clock for that step starts)
   b"E" {"cell": id, "error": str | None}    a cell finished
@@ -30,6 +32,7 @@ from typing import Any
 import torch
 
 from grader.sandbox import wire
+from grader.checks.watch import own_code
 from grader.sandbox.channel import Channel
 
 MAX_TEXT = 2000   # characters of an error message sent back
@@ -42,7 +45,9 @@ def _strip_magics(source: str) -> str:
 
 
 def _describe_error(err: BaseException, filename: str) -> str:
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == filename]
+    # without the frames' lines: what linecache read from the course's files would be there for the next cell
+    summary = traceback.StackSummary.extract(traceback.walk_tb(err.__traceback__), lookup_lines=False)
+    frames = [f for f in summary if f.filename == filename]
     where = f" at line {frames[-1].lineno}" if frames else ""
     return f"{type(err).__name__}{where}: {err}"[:MAX_TEXT]
 
@@ -52,15 +57,19 @@ def run_cell(cell: dict, namespace: dict) -> str | None:
     filename = f"<cell {cell['id']}>"
     try:
         code = compile(_strip_magics(cell["source"]), filename, "exec")
+        own_code(code)   # the functions it defines are the student's own, whatever their text
         exec(code, namespace)  # noqa: S102 -- this is the sandbox's whole purpose
     except BaseException as err:  # SystemExit and KeyboardInterrupt from student code too
         return _describe_error(err, filename)
     return None
 
 
-def run_item(item: Any, namespace: dict, cases: list, wires: Any) -> list[dict]:
+def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = None,
+             before: str | None = None) -> list[dict]:
     """Call the student's function or class on every case; outcomes as dicts (grader.sandbox.wire encodes them:
-    exact tensors, numbers, short strings, short lists and tuples; anything else is described in a string)."""
+    exact tensors, numbers, short strings, short lists and tuples; anything else is described in a string).
+    `before`: the message for what the watch saw before this item (in the cells or between items) that costs it
+    its points."""
     from grader.checks.run import run_student
 
     impl = namespace.get(item.name)
@@ -68,9 +77,13 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any) -> list[dict]:
         return [{"value": None, "error": f"`{item.name}` is not defined when the notebook has run",
                  "mutated": [], "shortcut": None}]
     try:
-        outcomes = run_student(item, impl, cases, wires=wires, source="")
+        outcomes = run_student(item, impl, cases, wires=wires, source="", strict=True)
     except BaseException as err:  # the student's code broke the runner itself (e.g. patched it)
         return [{"value": None, "error": f"{type(err).__name__}: {err}"[:MAX_TEXT], "mutated": [], "shortcut": None}]
+    if guard is not None:
+        guard.mark(item, outcomes)
+    for outcome in outcomes:
+        outcome.shortcut = outcome.shortcut or before
     return [{"value": o.value, "error": None if o.error is None else str(o.error)[:MAX_TEXT],
              "mutated": [str(m) for m in o.mutated][:16], "shortcut": None if o.shortcut is None else str(o.shortcut)}
             for o in outcomes]
@@ -91,6 +104,44 @@ class _AnyCell:
 
         names = ASSIGNMENTS[items[0].assignment] if items else ()
         self.forbidden = set.intersection(*(set(ITEMS[n].forbidden) for n in names)) if names else set()
+        self.forbidden_ops = set.intersection(*(set(ITEMS[n].forbidden_ops) for n in names)) if names else set()
+
+
+class _Guard:
+    """The grader's own modules and classes as they were before the first cell: after each item, any attribute
+    that is no longer the same object (a check, the runner or the trip-wires replaced through some module
+    path), or a grader function whose code was replaced, scores that item 0."""
+
+    def __init__(self) -> None:
+        self.snapshot = self._take()
+
+    @staticmethod
+    def _take() -> dict[tuple[str, str, str], int]:
+        taken = {}
+        for name, module in list(sys.modules.items()):
+            if not (name == "grader" or name.startswith("grader.")) or not hasattr(module, "__dict__"):
+                continue
+            for attr, value in list(vars(module).items()):
+                taken[(name, "", attr)] = id(value)
+                if isinstance(value, type) and value.__module__ == name:
+                    for member, inner in list(vars(value).items()):
+                        taken[(name, value.__qualname__, member)] = id(inner)
+        return taken
+
+    def changed(self) -> str | None:
+        from grader.checks.watch import grader_code_changed
+
+        now = self._take()
+        changed = [".".join(p for p in key if p) for key, value in self.snapshot.items() if now.get(key) != value]
+        return (f"{changed[0]} was replaced" if changed else None) or grader_code_changed()
+
+    def mark(self, item: Any, outcomes: list) -> None:
+        from grader.checks.run import tampering_message
+
+        what = self.changed()
+        if what is not None:
+            for outcome in outcomes:
+                outcome.shortcut = tampering_message(item, what)
 
 
 def main() -> None:
@@ -99,7 +150,9 @@ def main() -> None:
     sys.stdin = open(os.devnull)
 
     from grader.checks import ITEMS
-    from grader.checks.shortcuts import Tripwires
+    from grader.checks.run import tampering_message
+    from grader.checks.shortcuts import shortcut_message
+    from grader.checks.watch import Tripwires
 
     items = [ITEMS[name] for name in job["items"]]
     if job.get("import_transformers"):   # so that the transformers library's shortcuts get trip-wires too
@@ -107,19 +160,38 @@ def main() -> None:
             import transformers  # noqa: F401
         except ImportError:
             pass
-    wires = Tripwires(sorted({name for item in items for name in item.forbidden}))
-    wires.install()
+    # Installed after the course's modules are imported (in the zygote, before it forked this process) and before
+    # any student code: the trip-wires also replace every alias of a forbidden object that a module bound when it
+    # was imported (rebind), and from here on every moment is watched: a cell, an item's case, or what lies
+    # between (the base window: what any item forbids).
+    wires = Tripwires(sorted({name for item in items for name in item.forbidden}), rebind=True, between=True,
+                      ops=sorted({op for item in items for op in item.forbidden_ops})).install()
+    guard = _Guard()
 
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
-    with wires.watching(_AnyCell(items)):
+    cells = _AnyCell(items)
+    with wires.watching(cells) as hits:
         for cell in job["cells"]:
             if cell["id"] in job["skip_cells"]:
                 continue
             channel.event(b"S", cell=cell["id"])
             channel.event(b"E", cell=cell["id"], error=run_cell(cell, namespace))
+    # A shortcut a cell took (it may have answered the grader's cases, which are in this process) costs every item,
+    # and so does one taken between items (a finaliser, a signal handler, a patched method the harness calls).
+    tampered, shortcut = wires.tampered(), hits[0] if hits else None
+
+    def before(item: Any) -> str | None:
+        if tampered or shortcut:
+            return tampering_message(item, tampered) if tampered else shortcut_message(cells, shortcut)
+        between = wires.between_windows()
+        return tampering_message(item, between) if between else None
+
     for item in items:
         channel.event(b"S", item=item.name)
-        outcomes = run_item(item, namespace, job["cases"][item.name], wires)
+        outcomes = run_item(item, namespace, job["cases"][item.name], wires, guard, before(item))
+        late = before(item)   # code of the student's that ran while the outcomes were written
+        if late and not all(o["shortcut"] for o in outcomes):
+            outcomes = [{"value": None, "error": None, "mutated": [], "shortcut": late} for _ in outcomes]
         channel.send(b"O", wire.encode(item.name, outcomes))
     channel.event(b"E", done=True)
 
