@@ -170,6 +170,7 @@ HONEST: dict[str, Attack] = {
     "solution": Attack("03_attention", "scaled_dot_product_attention", ""),
     "solution_07": Attack("07_transformer", "greedy_decode", ""),   # it calls the model the case hands it
     "solution_08": Attack("08_bert", "mask_tokens", ""),
+    "solution_11": Attack("11_attention_at_scale", "cached_attention_step", ""),
     # a cell runs the check again: the check calls the reference, which is the grader's call, not the student's
     "check_in_a_cell": Attack("03_attention", "scaled_dot_product_attention", "", (
         "check_scaled_dot_product_attention(scaled_dot_product_attention, seeds=(5,))",)),

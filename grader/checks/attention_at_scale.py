@@ -15,10 +15,10 @@ import math
 
 import torch
 
-from grader.checks.cases import META, Case, randn
+from grader.checks.cases import Case, randn
 from grader.checks.item import Item, Mistake, Reference
 from grader.checks.report import assert_passes
-from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION
+from grader.checks.shortcuts import REF_ATTENTION, TORCH_ATTENTION, TORCH_ATTENTION_OPS
 
 ASSIGNMENT = "11_attention_at_scale"
 
@@ -175,6 +175,7 @@ DIVIDED = ("you divide acc by l inside the step; the step returns the unnormalis
 ONLINE_SOFTMAX_STEP = Item(
     "online_softmax_step", ASSIGNMENT, "function", _step_cases,
     Reference("tiled_attention", "online_softmax_step"), AT_SCALE_SHORTCUTS, outputs=("m", "l", "acc"),
+    forbidden_ops=TORCH_ATTENTION_OPS,
     mistakes=(
         Mistake("l_not_rescaled", L_NOT_RESCALED, _l_not_rescaled),
         Mistake("l_not_rescaled", L_NOT_RESCALED, _l_not_rescaled_nan),
@@ -315,7 +316,7 @@ def _prepended(q, k, v, k_cache, v_cache):
 
 CACHED_ATTENTION_STEP = Item(
     "cached_attention_step", ASSIGNMENT, "function", _cached_cases, lambda: reference_cached_attention_step,
-    AT_SCALE_SHORTCUTS, outputs=("output", "k_cache", "v_cache"),
+    AT_SCALE_SHORTCUTS, outputs=("output", "k_cache", "v_cache"), forbidden_ops=TORCH_ATTENTION_OPS,
     mistakes=(
         Mistake("attends_old_only", "your queries attend to the cached keys only: append k and v to the cache "
                 "first (torch.cat along the positions, dim=-2), then attend over all t + T_new.", _attends_old_only),

@@ -95,7 +95,7 @@ def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict
     out = Outcome()
     raised: Exception | None = None
     copies = _CopiesOffMeta() if on_meta(case) else contextlib.nullcontext()
-    handed((given.args, given.kwargs))
+    handed((given.args, given.kwargs, copies))   # what the student calls, and the mode around the call
     # Everything that decides the grade happens in the window, while it is watched: making the outputs plain (a
     # tensor subclass's detach or __torch_function__) and comparing the inputs (a tensor whose class the code
     # changed). The student's exception is only put into words after it: the traceback reads source files, which

@@ -100,7 +100,7 @@ def _facts(code: types.CodeType) -> tuple[int, int]:
     elif code in _GENUINE["exempt"]:
         kind = _EXEMPT
     elif code in _GENUINE["handed"]:
-        kind = _COURSE
+        kind = _LIBRARY
     elif code in _GENUINE["grader"]:
         kind = _GRADER
     elif name.startswith(_LIBRARY_DIRS) or name.startswith("<frozen "):
@@ -180,8 +180,9 @@ def own_code(code: types.CodeType) -> None:
 
 def handed(value: Any) -> None:
     """The grader's classes whose instances a case hands to the student's code (greedy_decode's model is a
-    Transformer subclass that watches the notebook's rules): their methods are judged as the course package's
-    code is, since the notebook tells the student to call them. Only the grader's genuine code (learnt before any
+    Transformer subclass that watches the notebook's rules) or puts around its call (the TorchFunctionMode of a
+    meta case): their methods are judged as library code is (passed over: what they call is judged by who called
+    them), since the notebook tells the student to call them. Only the grader's genuine code (learnt before any
     student code ran) is let through this way."""
     for cls in _grader_classes(value):
         for fn in _functions_of(cls, cls.__module__):
