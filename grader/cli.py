@@ -264,11 +264,13 @@ def grade_jobs(runner: SandboxRunner, jobs: list[Job], workers: int, log_file: P
 class Run:
     """What `grade` did. rows: every submission of this shard (of the class without --shard) as the
     gradebook has it, plus "skipped" (unknown assignment) and "pending" (not recorded yet) ones;
-    graded: the results of this run; already: how many were recorded before and not graded again."""
+    graded: the results of this run; already: how many were recorded before and not graded again; remade: the
+    submissions ("student/assignment") whose feedback page was made again (grader.refresh)."""
 
     rows: list[Result] = field(default_factory=list)
     graded: list[Result] = field(default_factory=list)
     already: int = 0
+    remade: list[str] = field(default_factory=list)
 
 
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
@@ -315,6 +317,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     from grader.gradebook import (changed_since, failed_at, late_penalty_plugin, record, recorded,  # imports torch
                                   stored_results, write_csv)
     from grader.records import Result
+    from grader.refresh import refresh
     from grader.runner import SandboxRunner
 
     late = late_penalty_plugin(nbgrader_config(out, db_url, config_file))
@@ -341,6 +344,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
                                                                   "that stopped: run the command again)")
     # Shards take turns here, so the last one to write grades.csv has read every other shard's commits.
     with course_lock(out, db_url), Gradebook(db_url) as gb:
+        run.remade = refresh(gb, out, db_url, config_file, [(j.student_id, j.assignment_id) for j in mine], late)
         stored = stored_results(gb)
         handed = {(j.student_id, j.assignment_id) for j in everyone} | {
             (r.student_id, r.assignment_id) for r in skipped if r.status != "skipped"}
@@ -378,6 +382,10 @@ def summary(run: Run, seconds: float, out: Path) -> str:
              + (f" ({run.already} were in the gradebook already)" if run.already else "")
              + f"; {len(run.rows)} in all, {len(bad)} not graded normally, {len(noted)} graded with a note; "
                f"grades: {out / 'grades.csv'}, feedback: {out / 'feedback'}"]
+    if run.remade:
+        shown = ", ".join(t(k) for k in run.remade[:10]) + (f" and {len(run.remade) - 10} more" if len(run.remade) > 10 else "")
+        lines.append(f"{len(run.remade)} feedback page(s) made again, without running code (a manual grade or a due "
+                     f"date changed since): {shown}")
     if bad:
         lines.append("not graded normally:")
         lines += [f"  {t(r.student_id)}/{t(r.assignment_id)}: {r.status}: {t(r.reason or '(no reason given)')}"

@@ -12,6 +12,7 @@ lists the submissions every shard recorded, not only the ones this process grade
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import time
@@ -47,6 +48,15 @@ RESULTS = Table(
     Column("timestamp", String(64)),                     # the graded submission's timestamp.txt, ISO, UTC
     Column("graded_at", String(64), nullable=False),
     UniqueConstraint("student_id", "assignment", name="grader_results_submission"),
+)
+# What each feedback page shows (page_signature), so that a page whose scores changed since it was made (a manual
+# grade in formgrader, a due date set or moved) is made again without running the student's code (grader.refresh).
+PAGES = Table(
+    "grader_pages", _METADATA,
+    Column("student_id", String(128), nullable=False),
+    Column("assignment", String(128), nullable=False),
+    Column("shown", Text, nullable=False),
+    UniqueConstraint("student_id", "assignment", name="grader_pages_submission"),
 )
 
 
@@ -132,21 +142,52 @@ def _write(gb: Gradebook, result: Result, late: LateSubmissionPlugin | None) -> 
             if text is not None:
                 comment.auto_comment = text
     db.flush()
-    seconds_late = submission.total_seconds_late
-    for notebook in submission.notebooks:
-        notebook.late_submission_penalty = None
-        if late is not None and seconds_late > 0:
-            score = sum((g.manual_score if g.manual_score is not None else g.auto_score) or 0.0 for g in notebook.grades)
-            penalty = late.late_submission_penalty(result.student_id, score, seconds_late)
-            if penalty is not None:
-                notebook.late_submission_penalty = min(max(penalty, 0.0), score)
-    result.late_penalty = sum(nb.late_submission_penalty or 0.0 for nb in submission.notebooks)
+    shown = result_signature(result)   # the page the worker made: its scores and its penalty, before they change here
+    result.late_penalty = apply_late_penalty(submission, late)
+    key = and_(PAGES.c.student_id == result.student_id, PAGES.c.assignment == result.assignment_id)
+    db.execute(delete(PAGES).where(key))
+    if shown is not None:
+        db.execute(PAGES.insert().values(student_id=result.student_id, assignment=result.assignment_id, shown=shown))
     db.execute(delete(RESULTS).where(and_(RESULTS.c.student_id == result.student_id,
                                           RESULTS.c.assignment == result.assignment_id)))
     db.execute(RESULTS.insert().values(
         student_id=result.student_id, assignment=result.assignment_id, status=result.status, reason=result.reason,
         score=result.score, max_score=result.max_score, seconds=round(result.seconds, 3), sandbox=result.sandbox,
         timestamp=_iso(submission.timestamp), graded_at=datetime.utcnow().isoformat(timespec="seconds")))
+
+
+def apply_late_penalty(submission: SubmittedAssignment, late: LateSubmissionPlugin | None) -> float:
+    """Set each notebook's late_submission_penalty from the assignment's due date as it is now and the
+    notebook's score (a manual grade where one was set), clipped to [0, score]; the submission's total."""
+    seconds_late = submission.total_seconds_late
+    for notebook in submission.notebooks:
+        notebook.late_submission_penalty = None
+        if late is not None and seconds_late > 0:
+            score = sum((g.manual_score if g.manual_score is not None else g.auto_score) or 0.0 for g in notebook.grades)
+            penalty = late.late_submission_penalty(submission.student.id, score, seconds_late)
+            if penalty is not None:
+                notebook.late_submission_penalty = min(max(penalty, 0.0), score)
+    return sum(nb.late_submission_penalty or 0.0 for nb in submission.notebooks)
+
+
+def _signature(grades: list[tuple[str, str, float]], penalty: float) -> str:
+    return json.dumps({"grades": sorted([nb, cell, round(float(score), 6)] for nb, cell, score in grades),
+                       "penalty": round(float(penalty), 6)})
+
+
+def result_signature(result: Result) -> str | None:
+    """What the feedback page of a graded result shows: its autograded scores and the penalty the worker
+    applied (None for a failure, whose page shows no scores)."""
+    if result.status != "graded":
+        return None
+    return _signature([(c.notebook, c.grade_id, c.auto_score or 0.0) for c in result.grades], result.late_penalty)
+
+
+def page_signature(submission: SubmittedAssignment) -> str:
+    """What a feedback page made from the gradebook now would show: each grade's score (manual where set) and
+    the late penalty."""
+    grades = [(nb.notebook.name, g.cell.name, g.score or 0.0) for nb in submission.notebooks for g in nb.grades]
+    return _signature(grades, sum(nb.late_submission_penalty or 0.0 for nb in submission.notebooks))
 
 
 def _submission(gb: Gradebook, result: Result) -> SubmittedAssignment:

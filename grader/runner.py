@@ -18,7 +18,6 @@ from __future__ import annotations
 import ast
 import copy
 import hashlib
-import logging
 import os
 import shutil
 import time
@@ -33,7 +32,8 @@ from grader.checks.compare import grade
 from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
 from grader.course import ensure_alembic_on_path, nbgrader_config, new_folder, replace_dir, sqlite_url
 from grader.execution import Execution, execute, memory_note
-from grader.feedback import failure_page, inert_pages
+from grader.feedback import failure_page
+from grader.refresh import make_pages
 from grader.records import CellGrade, ItemScore, Job, Result
 from grader.sandbox.limits import Limits
 from grader.submission import Cell, SourceNotebook, code_cells, find_notebook, load_source, read_notebook
@@ -191,8 +191,6 @@ class SandboxRunner:
     def _feedback(self, ws: Path, job: Job, result: Result) -> None:
         """Record the scores in this worker's gradebook, run nbgrader's GenerateFeedback, move both into OUT."""
         from nbgrader.api import Gradebook
-        from nbgrader.converters import GenerateFeedback
-        from nbgrader.coursedir import CourseDirectory
 
         from grader.gradebook import late_penalty_plugin, record
 
@@ -202,16 +200,7 @@ class SandboxRunner:
         with Gradebook(sqlite_url(ws / "gradebook.db")) as gb:   # the feedback page shows these scores and penalty
             record(gb, result, late_penalty_plugin(cfg))
             result.late_penalty = gb.find_submission(job.assignment_id, job.student_id).late_submission_penalty or 0.0
-        log = logging.getLogger(f"grader.nbgrader.{os.getpid()}")
-        log.propagate = False
-        coursedir = CourseDirectory(config=cfg, log=log)
-        coursedir.assignment_id, coursedir.student_id = job.assignment_id, job.student_id
-        converter = GenerateFeedback(coursedir=coursedir, config=cfg, log=log)
-        converter.force = True
-        converter.start()
-        if not (ws / "feedback" / job.student_id / job.assignment_id).exists():
-            raise RuntimeError("nbgrader generate_feedback produced no feedback")
-        inert_pages(ws / "feedback" / job.student_id / job.assignment_id)   # grader.inert: no student markup
+        make_pages(ws, sqlite_url(ws / "gradebook.db"), self.config_file, job.student_id, job.assignment_id)
         for step in ("autograded", "feedback"):
             src = ws / step / job.student_id / job.assignment_id
             if src.exists():

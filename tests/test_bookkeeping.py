@@ -139,8 +139,9 @@ def test_a_due_date_set_in_the_repository_is_found_and_a_missing_one_is_said(tmp
 
 def test_final_score_is_the_graded_score_with_manual_grades_less_the_late_penalty(tmp_path):
     """grades.csv's final_score is what the feedback page and the exports show: nbgrader's score, with a manual
-    grade an instructor set in formgrader, less the late penalty; writing grades.csv again (a resumed run) picks a
-    manual grade up without regrading."""
+    grade an instructor set in formgrader, less the late penalty. A due date set after grading and a manual grade
+    are picked up by running the same command again: nothing is regraded, the penalty is applied and the page is
+    made again, and every output agrees."""
     from datetime import datetime
 
     from nbgrader.api import Gradebook
@@ -154,25 +155,40 @@ def test_final_score_is_the_graded_score_with_manual_grades_less_the_late_penalt
     ensure_alembic_on_path()
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         gb.update_or_create_assignment(ASSIGNMENT, duedate=datetime(2026, 3, 1, 10, 0))
-    _grade(submissions, out, "--regrade")
+    again = _grade(submissions, out)
+    assert "resuming: 1 of 1 submissions are in the gradebook already" in again.stdout, again.stdout
+    assert "1 feedback page(s) made again, without running code" in again.stdout, again.stdout
     ann = _rows(out)["ann"]
     score, penalty = float(ann["score"]), float(ann["late_penalty"])
     assert penalty > 0 and float(ann["final_score"]) == pytest.approx(score - penalty), ann
+    assert _page_score(out) == pytest.approx(score - penalty)
     page = html_text((out / "feedback" / "ann" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
-    assert f"(Score: {round(score - penalty, 2):g} / " in page.replace(".0 /", " /"), page[:400]
     assert f"Late submission penalty (Score: -{round(penalty, 2):g})" in page.replace(".0)", ")"), page[:600]
+    assert "made again" not in _grade(submissions, out).stdout, "a page is made again only when its scores change"
     assert _exported(out, tmp_path) == {fmt: float(ann["final_score"]) for fmt in ("csv", "canvas", "moodle", "nbgrader")}
     with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
         grade = next(g for g in gb.find_submission(ASSIGNMENT, "ann").notebooks[0].grades if g.max_score > 0)
         grade.manual_score = 0.0
         gb.db.commit()
-        expected = max(0.0, gb.find_submission(ASSIGNMENT, "ann").score - penalty)
+        manual = gb.find_submission(ASSIGNMENT, "ann").score
+        expected = manual - min(manual, round(manual * 0.3, 2))   # the penalty (3 days' 10%) of the score now
     _grade(submissions, out)
     ann = _rows(out)["ann"]
     assert float(ann["score"]) == score, "the autograded score stays"
     assert float(ann["final_score"]) == pytest.approx(expected), ann
     assert expected < score - penalty, "the manual grade counts"
+    assert _page_score(out) == pytest.approx(expected), "the page shows the manual grade"
+    _grade(submissions, out, "--regrade")
+    assert _page_score(out) == pytest.approx(expected), "and keeps showing it after a regrade"
     assert _exported(out, tmp_path) == {fmt: pytest.approx(expected) for fmt in ("csv", "canvas", "moodle", "nbgrader")}
+
+
+def _page_score(out: Path) -> float:
+    """The total on ann's feedback page: nbgrader's "03_attention (Score: X / Y)" heading."""
+    import re
+
+    page = html_text((out / "feedback" / "ann" / ASSIGNMENT / f"{ASSIGNMENT}.html").read_text())
+    return float(re.search(rf"{ASSIGNMENT} \(Score: ([0-9.]+) / ", page).group(1))
 
 
 def _exported(out: Path, tmp_path: Path) -> dict[str, float]:
