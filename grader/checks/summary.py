@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from grader.checks import notebook
+from grader.checks import notebook, state
 from grader.checks.cases import Case, make_cases
 from grader.checks.compare import compare, mismatch, reference_outcomes
 from grader.checks.item import Item
@@ -68,6 +68,9 @@ def _status(item: Item, namespace: Mapping[str, Any]) -> str:
     impl = namespace[item.name]
     if notebook.stale(item.name, impl):
         return "old definition (its cell raised)"
+    old = state.stale(item.name, impl)
+    if old is not None:
+        return f"stale, run {old.cell} again"
     if _wrong_kind(item, impl):
         return f"not a {item.kind}"
     try:

@@ -1,0 +1,249 @@
+"""Stale kernel state (issue 16, item 5): a check that was given a definition the notebook no longer shows
+says which cell (`In [N]`) and what to run again; a consistent kernel prints only the pass line.
+
+Each test runs a released notebook in a Jupyter kernel as JupyterLab runs it (the kernel's ``__session__`` is
+the notebook's path) and saves the notebook as the student's JupyterLab would after their edits (the text of
+every cell, the `In [N]` of those that ran). The traps: a cell edited and not run again (a function in 05, a
+class in 04, failing and passing), the provided `attention` helper of 04 redefined in a cell since deleted,
+redefined below the test cell, or `del`-eted; causal_mask, which 05's decoder_self_attention_mask uses,
+redefined in a deleted cell. Hints: tests/test_hints.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_LINES, WIDTH = 6, 80
+
+
+def _solution(source: str) -> str:
+    return "\n".join(line for line in source.splitlines() if "### BEGIN SOLUTION" not in line
+                     and "### END SOLUTION" not in line)
+
+
+class Student:
+    """A kernel on a copy of a released notebook, and the notebook as the student's JupyterLab saves it."""
+
+    def __init__(self, tmp_path: Path, assignment: str):
+        from jupyter_client.manager import start_new_kernel
+        self.path = tmp_path / f"{assignment}.ipynb"
+        self.nb = nbformat.read(ROOT / "exercises" / assignment / f"{assignment}.ipynb", as_version=4)
+        answers = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+        self.answers = {c.metadata["nbgrader"]["grade_id"]: _solution(c.source) for c in answers.cells
+                        if c.cell_type == "code"}
+        for cell in self.nb.cells:   # the student has written the solutions
+            if cell.cell_type == "code" and cell.metadata["nbgrader"].get("solution"):
+                cell.source = self.answers[cell.metadata["nbgrader"]["grade_id"]]
+        self.save()
+        env = {**os.environ, "JPY_SESSION_NAME": str(self.path)}
+        self.km, self.kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path), env=env)
+        self.count = 0
+
+    def cell(self, grade_id: str) -> nbformat.NotebookNode:
+        return next(c for c in self.nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+
+    def run(self, code: str) -> tuple[str, bool]:
+        chunks: list[str] = []
+
+        def hook(msg):
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                chunks.append(content["text"])
+            elif kind == "error":
+                chunks.append("\n".join(content["traceback"]) + "\n")
+        reply = self.kc.execute_interactive(code, output_hook=hook, timeout=300)
+        self.count = reply["content"]["execution_count"]
+        return "".join(chunks), reply["content"]["status"] == "error"
+
+    def run_cell(self, grade_id: str) -> tuple[str, bool]:
+        """Run a cell of the notebook as it is; it shows its `In [N]` from now on."""
+        cell = self.cell(grade_id)
+        output = self.run(cell.source)
+        cell.execution_count = self.count
+        return output
+
+    def insert(self, after: str, source: str, run: bool = True) -> nbformat.NotebookNode:
+        """A new code cell of the student's below the cell `after` (run at once unless run=False)."""
+        cell = nbformat.v4.new_code_cell(source)
+        self.nb.cells.insert(self.nb.cells.index(self.cell(after)) + 1, cell)
+        if run:
+            assert not self.run(source)[1]
+            cell.execution_count = self.count
+        return cell
+
+    def save(self):
+        """JupyterLab's (auto)save: a moment after the last cell ran, so that the file is newer than every run."""
+        time.sleep(0.05)
+        nb = copy.deepcopy(self.nb)
+        nbformat.write(nb, self.path)
+
+    def run_all(self, *grade_ids: str):
+        for grade_id in grade_ids:
+            output, raised = self.run_cell(grade_id)
+            assert not raised, output
+
+    def close(self):
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)
+
+
+@pytest.fixture
+def masking(tmp_path):
+    student = Student(tmp_path, "05_masking")
+    yield student
+    student.close()
+
+
+@pytest.fixture
+def multi_head(tmp_path):
+    student = Student(tmp_path, "04_multi_head")
+    yield student
+    student.close()
+
+
+def assert_short(output: str):
+    lines = output.strip("\n").splitlines()
+    assert 1 <= len(lines) <= MAX_LINES, f"{len(lines)} lines\n{output}"
+    assert all(len(line) <= WIDTH for line in lines), f"a line over {WIDTH} characters\n{output}"
+    assert "Traceback" not in output and "grader/checks" not in output, output
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def pass_line(name: str) -> str:
+    return rf"{re.escape(name)}: right on all \d+ visible cases \(\d+ points?\)\n"
+
+
+WRONG_CAUSAL = ("def causal_mask(T_q, T_k=None, device=None):\n"
+                "    T_k = T_q if T_k is None else T_k\n"
+                "    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).triu(1)\n")
+
+
+@pytest.mark.slow
+def test_a_consistent_kernel_says_nothing_but_the_pass_lines(masking):
+    masking.run_all("imports", "causal_mask", "padding_mask", "decoder_self_attention_mask")
+    masking.save()
+    for name in ("causal_mask", "padding_mask", "decoder_self_attention_mask"):
+        output, raised = masking.run_cell(f"test_{name}")
+        assert not raised and re.fullmatch(pass_line(name), output), output
+    # The same cell run twice, a cell of the student's that defines nothing, a notebook not yet saved: silent.
+    masking.run_all("causal_mask")
+    masking.insert("causal_mask", "x = causal_mask(3)")
+    output, raised = masking.run_cell("test_decoder_self_attention_mask")
+    assert not raised and re.fullmatch(pass_line("decoder_self_attention_mask"), output), output
+
+
+@pytest.mark.slow
+def test_a_function_edited_and_not_run_again_is_named_with_its_cell(masking):
+    masking.run_all("imports", "causal_mask")
+    defined_in = masking.count
+    masking.cell("causal_mask").source = WRONG_CAUSAL          # edited, not run: the kernel's still passes
+    masking.save()
+    output, raised = masking.run_cell("test_causal_mask")
+    assert not raised and re.match(pass_line("causal_mask"), output), output
+    assert f"In [{defined_in}]" in output and "edited since" in flat(output) and "Run it again" in flat(output)
+    assert_short(output)
+
+    masking.cell("causal_mask").source = WRONG_CAUSAL          # now the kernel holds the wrong one ...
+    masking.run_all("causal_mask")
+    defined_in = masking.count
+    masking.cell("causal_mask").source = masking.answers["causal_mask"]   # ... and the cell shows the fix
+    masking.save()
+    output, raised = masking.run_cell("test_causal_mask")
+    assert raised, output
+    first, *rest = output.strip().splitlines()
+    assert first.startswith("The `causal_mask` in your kernel is the one In [") and f"In [{defined_in}]" in first
+    assert "edited since" in flat(output) and "On that old definition: causal_mask " in flat(output)
+    assert_short(output)
+
+    masking.run_all("causal_mask")                              # run again: silent, and right
+    masking.save()
+    output, raised = masking.run_cell("test_causal_mask")
+    assert not raised and re.fullmatch(pass_line("causal_mask"), output), output
+
+
+@pytest.mark.slow
+def test_a_function_the_tested_one_uses_redefined_in_a_deleted_cell_is_named(masking):
+    masking.run_all("imports", "causal_mask", "padding_mask", "decoder_self_attention_mask")
+    helper = masking.cell("causal_mask").execution_count
+    scratch = masking.insert("padding_mask", WRONG_CAUSAL)     # tried out in a cell of its own ...
+    masking.nb.cells.remove(scratch)                            # ... and deleted
+    masking.save()
+    output, raised = masking.run_cell("test_decoder_self_attention_mask")
+    assert raised, output
+    text = flat(output)
+    assert text.startswith(f"decoder_self_attention_mask uses `causal_mask`. The `causal_mask` in your kernel is "
+                           f"the one In [{scratch.execution_count}] defined, a cell that is no longer in the notebook")
+    assert f"Run In [{helper}] again, then this cell" in text, output
+    assert_short(output)
+
+
+WRONG_ATTENTION = ("def attention(q, k, v, mask=None):\n"
+                   "    weights = torch.softmax(q @ k.transpose(-2, -1), dim=-1)\n"
+                   "    return weights @ v, weights\n")
+
+
+@pytest.mark.slow
+def test_the_provided_helper_redefined_then_deleted_below_or_del_is_named(multi_head):
+    s = multi_head
+    s.run_all("imports", "split_heads", "merge_heads", "attention_helper", "MultiHeadAttention")
+    helper = s.cell("attention_helper").execution_count
+    scratch = s.insert("attention_helper", WRONG_ATTENTION)
+    s.nb.cells.remove(scratch)
+    s.save()
+    output, raised = s.run_cell("test_MultiHeadAttention")
+    assert raised, output
+    text = flat(output)
+    assert text.startswith(f"MultiHeadAttention uses `attention`. The `attention` in your kernel is the one "
+                           f"In [{scratch.execution_count}] defined, a cell that is no longer in the notebook"), output
+    assert f"Run In [{helper}] again, then this cell." in text, output
+    assert_short(output)
+
+    below = s.insert("test_MultiHeadAttention", WRONG_ATTENTION)   # redefined below the test cell
+    s.save()
+    output, raised = s.run_cell("test_MultiHeadAttention")
+    assert raised and f"In [{below.execution_count}] defined, a cell below this one" in flat(output), output
+    assert f"Run In [{helper}] again" in flat(output), output
+
+    s.nb.cells.remove(below)
+    assert not s.run("del attention")[1]
+    s.save()
+    output, raised = s.run_cell("test_MultiHeadAttention")
+    assert raised and flat(output).startswith("MultiHeadAttention uses `attention`, which your kernel does not "
+                                              f"have (deleted, or its cell not run). Run In [{helper}], then this "
+                                              "cell."), output
+    assert_short(output)
+
+    s.run_all("attention_helper")
+    s.save()
+    output, raised = s.run_cell("test_MultiHeadAttention")
+    assert not raised and re.fullmatch(pass_line("MultiHeadAttention"), output), output
+
+
+@pytest.mark.slow
+def test_a_class_edited_and_not_run_again_is_named_and_the_summary_says_so(multi_head):
+    s = multi_head
+    s.run_all("imports", "split_heads", "merge_heads", "attention_helper", "MultiHeadAttention")
+    defined_in = s.count
+    s.cell("MultiHeadAttention").source = s.answers["MultiHeadAttention"].replace(
+        "self.W_o(merge_heads(heads))", "merge_heads(heads)")   # edited in forward, not run
+    s.save()
+    output, raised = s.run_cell("test_MultiHeadAttention")
+    assert not raised and re.match(pass_line("MultiHeadAttention"), output), output
+    assert f"The `MultiHeadAttention` in your kernel is the one In [{defined_in}] defined, but that cell has " \
+           "been edited since" in flat(output), output
+    assert_short(output)
+    output, raised = s.run_cell("summary")
+    assert not raised and re.search(rf"^  MultiHeadAttention +stale, run In \[{defined_in}\] again +0 / \d+$",
+                                    output, re.M), output
