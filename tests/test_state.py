@@ -6,7 +6,10 @@ the notebook's path) and saves the notebook as the student's JupyterLab would af
 every cell, the `In [N]` of those that ran). The traps: a cell edited and not run again (a function in 05, a
 class in 04, failing and passing), the provided `attention` helper of 04 redefined in a cell since deleted,
 redefined below the test cell, or `del`-eted; causal_mask, which 05's decoder_self_attention_mask uses,
-redefined in a deleted cell. Hints: tests/test_hints.py.
+redefined in a deleted cell.
+
+Hints on demand (item 6): every item has two steps (the idea, the concrete step), none holds a line of the
+solution's code, every notebook says how to ask, and in a kernel the calls go idea, step, "that was the last".
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+import grader.checks as gc
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES, WIDTH = 6, 80
@@ -247,3 +252,76 @@ def test_a_class_edited_and_not_run_again_is_named_and_the_summary_says_so(multi
     output, raised = s.run_cell("summary")
     assert not raised and re.search(rf"^  MultiHeadAttention +stale, run In \[{defined_in}\] again +0 / \d+$",
                                     output, re.M), output
+
+
+# ---------------------------------------------------------------- hints on demand
+
+def _solution_lines(assignment: str) -> dict[str, list[str]]:
+    """Each solution cell's code between its markers, line by line, comments and spaces removed."""
+    nb = nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+    out = {}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and meta.get("solution"):
+            body = re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", cell.source, re.S)
+            out[meta["grade_id"]] = [_squeeze(line.split("  #")[0]) for chunk in body for line in chunk.splitlines()]
+    return out
+
+
+def _squeeze(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def _solution_code_in(hint: str, lines: list[str], shortest: int = 10) -> list[str]:
+    """The solution's lines (of at least `shortest` characters without spaces) that the hint spells out."""
+    squeezed = _squeeze(hint)
+    return [line for line in lines if len(line) >= shortest and line in squeezed]
+
+
+@pytest.mark.parametrize("assignment", sorted(gc.ASSIGNMENTS))
+def test_every_item_has_the_idea_then_the_step_and_no_line_of_its_solution(assignment):
+    solutions = _solution_lines(assignment)
+    for name in gc.ASSIGNMENTS[assignment]:
+        hints = gc.ITEMS[name].hints
+        assert len(hints) == 2 and all(h.strip() for h in hints) and hints[0] != hints[1], name
+        assert all(len(h) <= 400 for h in hints), f"{name}: a hint over 400 characters (it should fit a glance)"
+        for h in hints:
+            assert not _solution_code_in(h, solutions[name]), f"{name}'s hint spells out its solution: {h}"
+
+
+def test_the_comparison_finds_a_solution_line_however_it_is_spaced():
+    lines = _solution_lines("10_warmup")["warmup_linear_lr"]
+    assert _solution_code_in("During the warmup: return  base_lr*step / warmup_steps .", lines)
+    assert not _solution_code_in(gc.ITEMS["warmup_linear_lr"].hints[1], lines)
+
+
+@pytest.mark.parametrize("folder", ["solutions", "exercises"])
+@pytest.mark.parametrize("assignment", sorted(gc.ASSIGNMENTS))
+def test_every_notebook_says_how_to_ask_for_a_hint(folder, assignment):
+    intro = nbformat.read(ROOT / folder / assignment / f"{assignment}.ipynb", as_version=4).cells[0].source
+    asked = re.findall(r'`hint\("(\w+)"\)`', intro)
+    assert "`from grader.checks.hints import hint`" in intro and asked, intro
+    assert all(name in gc.ASSIGNMENTS[assignment] for name in asked), asked
+
+
+@pytest.mark.slow
+def test_hints_in_a_kernel_go_idea_then_step_then_say_it_was_the_last(masking):
+    from grader.checks.hints import hint   # noqa: F401  (the module under test, imported here too)
+    idea, step = gc.ITEMS["causal_mask"].hints
+    assert not masking.run("from grader.checks.hints import hint")[1]
+    outputs = []
+    for call in ('hint("causal_mask")', "hint(causal_mask)", 'hint("causal_mask")'):
+        if call == "hint(causal_mask)":
+            masking.run_all("imports", "causal_mask")   # asked about by the function itself
+        output, raised = masking.run(call)
+        assert not raised, output
+        assert all(len(line) <= WIDTH for line in output.splitlines()), output
+        outputs.append(flat(output))
+    assert outputs[0].startswith("Hint 1 of 2 for causal_mask (the idea): ") and flat(idea) in outputs[0]
+    assert step not in outputs[0] and 'Run hint("causal_mask") again' in outputs[0]
+    assert outputs[1].startswith("Hint 2 of 2 for causal_mask (the concrete step): ") and flat(step) in outputs[1]
+    assert outputs[2].startswith("That was the last hint for causal_mask") and flat(step) in outputs[2]
+    output, raised = masking.run('hint("causal_msk")')
+    assert not raised and 'Did you mean hint("causal_mask")?' in flat(output), output
+    output, raised = masking.run('hint("padding_mask")')   # counted per item
+    assert not raised and flat(output).startswith("Hint 1 of 2 for padding_mask"), output
