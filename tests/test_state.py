@@ -8,6 +8,11 @@ class in 04, failing and passing), the provided `attention` helper of 04 redefin
 redefined below the test cell, or `del`-eted; causal_mask, which 05's decoder_self_attention_mask uses,
 redefined in a deleted cell.
 
+Handing in (item 7): the Assignments panel's Submit (nbgrader's AssignmentList manager, run as the panel runs it,
+with `make lab`'s grader/lab/ configuration) refuses the freshly fetched blank notebook while the copy under
+exercises/ has work, naming that copy; it submits once the work is copied in, and a blank one when there is no
+worked copy. The same in Chromium: tests/test_lab.py.
+
 Hints on demand (item 6): every item has two steps (the idea, the concrete step), none holds a line of the
 solution's code, every notebook says how to ask, and in a kernel the calls go idea, step, "that was the last".
 """
@@ -18,6 +23,9 @@ import copy
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -325,3 +333,85 @@ def test_hints_in_a_kernel_go_idea_then_step_then_say_it_was_the_last(masking):
     assert not raised and 'Did you mean hint("causal_mask")?' in flat(output), output
     output, raised = masking.run('hint("padding_mask")')   # counted per item
     assert not raised and flat(output).startswith("Hint 1 of 2 for padding_mask"), output
+
+
+# ---------------------------------------------------------------- handing in
+
+PANEL = """
+import json, sys
+from nbgrader.server_extensions.assignment_list.handlers import AssignmentList
+manager = AssignmentList()
+manager.root_dir = sys.argv[1]
+for step in sys.argv[2:]:
+    do = manager.fetch_assignment if step == "fetch" else manager.submit_assignment
+    print(json.dumps(do("transformer-course", "05_masking")))
+"""
+
+
+def _panel(served: Path, exchange: Path, *steps: str) -> list[dict]:
+    """What the Assignments panel's buttons do on the server, with `make lab`'s configuration."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "NBGRADER_"))},
+           "JUPYTER_CONFIG_PATH": str(ROOT / "grader" / "lab"), "NBGRADER_EXCHANGE": str(exchange),
+           "NBGRADER_COURSE": "transformer-course", "JUPYTER_DATA_DIR": str(served.parent / "data")}
+    done = subprocess.run([sys.executable, "-c", PANEL, str(served), *steps], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=served)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def released(tmp_path):
+    """A served folder like `make lab`'s (05_masking/ with the student's work) and an exchange with 05 released."""
+    served, exchange = tmp_path / "exercises", tmp_path / "exchange"
+    shutil.copytree(ROOT / "exercises" / "05_masking", served / "05_masking")
+    shutil.copytree(ROOT / "exercises" / "05_masking", exchange / "transformer-course" / "outbound" / "05_masking")
+    (exchange / "transformer-course" / "inbound").mkdir()
+    return served, exchange
+
+
+def _write_work(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "causal_mask")
+    cell.source = cell.source.replace("raise NotImplementedError()", "return torch.ones(T_q, T_q).tril().bool()")
+    nbformat.write(nb, path)
+
+
+def _submissions(exchange: Path) -> list[Path]:
+    return sorted((exchange / "transformer-course" / "inbound").iterdir())
+
+
+def test_submit_straight_after_fetch_is_refused_and_names_the_worked_copy(released):
+    served, exchange = released
+    _write_work(served / "05_masking" / "05_masking.ipynb")
+    fetched, submitted = _panel(served, exchange, "fetch", "submit")
+    assert fetched["success"], fetched
+    assert not submitted["success"] and not _submissions(exchange)
+    message = submitted["value"].strip().splitlines()[-1]
+    assert "Not submitted: transformer-course/05_masking/05_masking.ipynb is the notebook exactly as released" \
+        in message and "your work is in 05_masking/05_masking.ipynb" in message, submitted["value"][-2000:]
+    assert "then press Submit again" in message
+
+    # Running the blank copy (outputs, execution counts) is not work: still refused.
+    blank = served / "transformer-course" / "05_masking" / "05_masking.ipynb"
+    nb = nbformat.read(blank, as_version=4)
+    nb.cells[1].execution_count, nb.cells[1].outputs = 1, [nbformat.v4.new_output("stream", text="ok\n")]
+    nbformat.write(nb, blank)
+    (submitted,) = _panel(served, exchange, "submit")
+    assert not submitted["success"] and not _submissions(exchange)
+
+    # As the message says: the worked copy copied in, then Submit.
+    shutil.copy(served / "05_masking" / "05_masking.ipynb", blank)
+    (submitted,) = _panel(served, exchange, "submit")
+    assert submitted["success"], submitted
+    (submission,) = _submissions(exchange)
+    assert "return torch.ones(T_q, T_q).tril().bool()" in (submission / "05_masking.ipynb").read_text()
+
+
+def test_a_blank_notebook_with_no_worked_copy_or_work_in_the_fetched_copy_is_submitted(released):
+    served, exchange = released
+    fetched, submitted = _panel(served, exchange, "fetch", "submit")    # nothing written anywhere: as nbgrader
+    assert fetched["success"] and submitted["success"], submitted
+    _write_work(served / "05_masking" / "05_masking.ipynb")
+    _write_work(served / "transformer-course" / "05_masking" / "05_masking.ipynb")   # work in both: theirs to say
+    (submitted,) = _panel(served, exchange, "submit")
+    assert submitted["success"] and len(_submissions(exchange)) == 2, submitted

@@ -178,12 +178,11 @@ def _names(code: types.CodeType) -> set[str]:
 
 
 def _origin(shell: Any, value: Any) -> int | None:
-    """The execution count of the cell that defined `value` (a function, or a class by its own methods)."""
+    """The execution count of the cell that defined `value`: a function's, or the earliest of a class's own
+    methods (a method patched in later, `MultiHeadAttention.forward = ...`, comes from a later cell)."""
     filenames = getattr(shell.compile, "_filename_map", {})
-    for code in _codes(value):
-        if code.co_filename in filenames:
-            return filenames[code.co_filename]
-    return None
+    counts = [filenames[code.co_filename] for code in _codes(value) if code.co_filename in filenames]
+    return min(counts) if counts else None
 
 
 def _from_a_cell(shell: Any, value: Any) -> bool:
