@@ -7,8 +7,9 @@ becomes NaN). The test runs every cell from the Run menu and checks that the mis
 grader.checks, not written here) is shown under the test cell; that the Nbgrader menu offers the Assignment
 List but not Formgrader, Course List or Create Assignment, and the server has no formgrader; that the
 notebook's Validate button shows the same message; and that the Assignments panel lists the released
-assignment with no error, fetches it into <course>/<assignment>/ and submits it into the exchange's inbound
-folder. Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
+assignment with no error, fetches it into <course>/<assignment>/, refuses to submit that blank copy while
+exercises/<assignment>/ has the work (the dialog names it: grader.lab.submit), and submits it into the exchange's
+inbound folder once the worked notebook is copied in. Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
 
 Needs Debian's chromium and chromium-driver (`make browser`) and make; skipped otherwise.
 """
@@ -310,12 +311,26 @@ def test_a_wrong_solution_is_named_and_only_student_tools_are_there(lab, browser
     _wait(browser, click("Fetch"), 30, "no Fetch button")
     _wait(browser, lambda d: fetched.exists(), 60, f"Fetch did not create {fetched}")
     inbound = lab.exchange / COURSE / "inbound"
+    # Submit straight after Fetch would hand in the blank copy while the work is in exercises/: refused, named.
     _wait(browser, click("Submit"), 60, "the fetched assignment has no Submit button")
+    refusal = _wait(browser, lambda d: d.execute_script(
+        "const m = document.getElementById('submission-message'); return m ? m.innerText : ''"),
+        90, "Submit of the blank fetched copy showed no refusal")
+    _screenshot(browser, "submit-refused")
+    assert f"your work is in {ASSIGNMENT}/{ASSIGNMENT}.ipynb" in _squash(refusal), refusal[-2000:]
+    assert f"{COURSE}/{ASSIGNMENT}/{ASSIGNMENT}.ipynb is the notebook exactly as released" in _squash(refusal)
+    assert not list(inbound.iterdir()), "the blank notebook was submitted"
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".jp-Dialog"), 15, "the refusal stayed open")
+    shutil.copy(lab.exercises / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", fetched)   # as the refusal says
+    _wait(browser, click("Submit"), 60, "no Submit button after the refusal")
     # nbgrader copies the folder file by file: the folder appears before the notebook and timestamp.txt are in it.
     _wait(browser, lambda d: inbound.is_dir() and any((s / "timestamp.txt").exists() for s in inbound.iterdir()),
           90, "no complete submission arrived in the inbound folder")
     (submission,) = inbound.iterdir()
     assert (submission / f"{ASSIGNMENT}.ipynb").exists() and f"+{ASSIGNMENT}+" in submission.name
+    handed_in = nbformat.read(submission / f"{ASSIGNMENT}.ipynb", as_version=4)
+    assert any(WRONG_SDPA in cell.source for cell in handed_in.cells), "the submission is not the worked notebook"
     _wait(browser, lambda d: ASSIGNMENT in d.execute_script(
         "const s = document.getElementById('submitted_assignments_list'); return s ? s.innerText : ''"),
         60, "the panel does not list the submission")

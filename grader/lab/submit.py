@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from pathlib import Path
 
+from nbgrader.exchange import ExchangeError
 from nbgrader.exchange.default.submit import ExchangeSubmit
 from nbgrader.utils import find_all_notebooks
 from traitlets import Int
@@ -30,15 +32,21 @@ class SafeSubmit(ExchangeSubmit):
         config=True)
     search_limit = Int(5000, help="At most this many folders are looked at.").tag(config=True)
 
-    def copy_files(self):
+    def start(self):
+        """Refuse before anything is copied; raised from here, the panel's dialog shows a two-frame traceback
+        over the message (its lines kept short, so that it needs no scrolling)."""
+        self.init_src()
         self.init_release()
         blank = [name for name in find_all_notebooks(self.release_path) if self._unchanged(name)]
         if blank and len(blank) == len(find_all_notebooks(self.release_path)):
             for name in blank:
                 worked = self._worked_copy(name)
                 if worked is not None:
-                    self.fail(self._refusal(name, worked))
-        super().copy_files()
+                    message = self._refusal(name, worked)
+                    self.log.fatal(message)
+                    raise ExchangeError("\n" + textwrap.fill(message, 72, break_on_hyphens=False,
+                                                              break_long_words=False))
+        return super().start()
 
     def _unchanged(self, name: str) -> bool:
         """The notebook `name` to submit has every cell's text as released (or cannot be read: nbgrader decides)."""
