@@ -9,7 +9,8 @@ List but not Formgrader, Course List or Create Assignment, and the server has no
 notebook's Validate button shows the same message; and that the Assignments panel lists the released
 assignment with no error, fetches it into <course>/<assignment>/, refuses to submit that blank copy while
 exercises/<assignment>/ has the work (the dialog names it: grader.lab.submit), and submits it into the exchange's
-inbound folder once the worked notebook is copied in. Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
+inbound folder once the worked notebook is copied in. Between the two, a cell edited in the browser and not run
+again is autosaved within seconds and its test cell, run again, names it (grader.checks.state). Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
 
 Needs Debian's chromium and chromium-driver (`make browser`) and make; skipped otherwise.
 """
@@ -17,6 +18,7 @@ Needs Debian's chromium and chromium-driver (`make browser`) and make; skipped o
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -278,6 +280,35 @@ def test_a_wrong_solution_is_named_and_only_student_tools_are_there(lab, browser
     assert expected in _squash(dialog), dialog
     ActionChains(browser).send_keys(Keys.ESCAPE).perform()
     _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".jp-Dialog"), 15, "the Validate dialog stayed open")
+
+    # A cell edited and not run again: the notebook autosaves within seconds (grader/lab/settings), and the test
+    # cell run again names the cell (its In [N]) whose text the kernel's definition no longer matches.
+    with urllib.request.urlopen(f"{lab.url}/lab/api/settings/@jupyterlab/docmanager-extension:plugin"
+                                f"?token={TOKEN}", timeout=30) as r:
+        assert json.load(r)["schema"]["properties"]["autosaveInterval"]["default"] == 5
+    edited = RIGHT_DPA.replace("return weights @ x, weights", "return 2 * weights @ x, weights")
+    cell_index = ("const nb = window.jupyterapp.shell.currentWidget.content;"
+                  "const at = id => nb.widgets.findIndex(c => (c.model.getMetadata('nbgrader') || {}).grade_id === id);")
+    browser.execute_script(cell_index + "const c = nb.widgets[at('dot_product_attention')];"
+                           "c.model.sharedModel.setSource(c.model.sharedModel.getSource().replace(arguments[0], "
+                           "arguments[1]));", RIGHT_DPA, edited)
+    saved = lab.exercises / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    _wait(browser, lambda d: any(edited in c.source for c in nbformat.read(saved, as_version=4).cells), 60,
+          "the edited cell was not autosaved within a minute")
+    browser.execute_script(cell_index + "nb.activeCellIndex = at('test_dot_product_attention');"
+                           "return window.jupyterapp.commands.execute('notebook:run-cell');")
+
+    def stale_named(d):
+        return d.execute_script(cell_index + "const c = nb.widgets[at('test_dot_product_attention')];"
+                                "return c.node.querySelector('.jp-OutputArea') ? "
+                                "c.node.querySelector('.jp-OutputArea').textContent : '';")
+
+    _wait(browser, lambda d: "edited since" in _squash(stale_named(d)), 120,
+          "the test cell did not say that its definition's cell was edited since it ran")
+    output = _squash(stale_named(browser))
+    assert re.search(r"The `dot_product_attention` in your kernel is the one In \[\d+\] defined, but that cell "
+                     r"has been edited since\. Run it again, then this cell\.", output), output
+    _screenshot(browser, "stale")
 
     # The Assignments panel lists what the instructor released, without an exchange error.
     _click_menu(browser, "Nbgrader", "Assignment List")
