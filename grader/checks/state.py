@@ -33,6 +33,7 @@ from grader.checks import notebook
 MAX_NOTEBOOK_BYTES = 32 * 2**20   # a notebook with larger outputs is not read (the check stays fast)
 MAX_NAMES = 40                    # how many names of the notebook a definition's closure may visit
 
+
 @dataclass(frozen=True)
 class Cell:
     """A code cell of the saved notebook: its position among the code cells, its text, its `In [N]` (or None)."""
@@ -79,11 +80,7 @@ def _stale(shell: Any, name: str, impl: Any) -> Stale | None:
         problem = _compare(shell, dep, value, above, cells, mtime, running)
         if problem:
             return problem if dep == name else Stale(f"{name} uses `{dep}`. {problem.message}", problem.cell)
-    missing = _deleted(shell, impl, above)
-    if missing:
-        return Stale(f"{name} uses `{missing.name}`, which your kernel does not have (deleted, or its cell not "
-                     f"run). Run {missing.cell}, then this cell.", missing.cell)
-    return None
+    return _deleted(shell, name, impl, above)
 
 
 def _compare(shell: Any, name: str, value: Any, above: list[Cell], cells: list[Cell], mtime: float,
@@ -115,19 +112,14 @@ def _compare(shell: Any, name: str, value: Any, above: list[Cell], cells: list[C
                  f"{expected.label()} again, then this cell.", expected.label())
 
 
-@dataclass(frozen=True)
-class _Missing:
-    name: str
-    cell: str
-
-
-def _deleted(shell: Any, impl: Any, above: list[Cell]) -> _Missing | None:
-    """A global name `impl` uses that a cell above defines but the kernel lacks (`del attention`)."""
+def _deleted(shell: Any, name: str, impl: Any, above: list[Cell]) -> Stale | None:
+    """A global name `impl` reads that a cell above defines but the kernel lacks (`del attention`)."""
     used = set().union(*(_names(code) for code in _codes(impl))) if _codes(impl) else set()
     for cell in reversed(above):
         for defined in notebook.defined_names(cell.source):
             if defined in used and defined not in shell.user_ns and not hasattr(builtins, defined):
-                return _Missing(defined, cell.label())
+                return Stale(f"{name} uses `{defined}`, which your kernel does not have (deleted, or its cell not "
+                             f"run). Run {cell.label()}, then this cell.", cell.label())
     return None
 
 
