@@ -158,6 +158,48 @@ def test_a_consistent_kernel_says_nothing_but_the_pass_lines(masking):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("assignment", sorted(gc.ASSIGNMENTS))
+def test_every_notebook_run_and_saved_in_order_prints_only_pass_lines(tmp_path, assignment):
+    """Silence on a consistent kernel, for every item of every assignment (functions, classes, the helpers)."""
+    student = Student(tmp_path, assignment)
+    try:
+        for cell in student.nb.cells:
+            grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "")
+            if cell.cell_type == "code" and not grade_id.startswith("test_") and grade_id != "summary":
+                student.run_all(grade_id)
+        student.save()
+        for name in gc.ASSIGNMENTS[assignment]:
+            output, raised = student.run_cell(f"test_{name}")
+            assert not raised and re.fullmatch(pass_line(name), output), output
+        output, raised = student.run_cell("summary")
+        assert not raised and "3 of 3 right" in output and "stale" not in output, output
+    finally:
+        student.close()
+
+
+def test_whatever_the_kernel_holds_the_state_check_does_not_raise(tmp_path, monkeypatch):
+    """A corrupt or odd saved notebook, a shell without IPython's internals: no message, no exception."""
+    from grader.checks import state
+
+    class Shell:
+        def __init__(self, path):
+            self.user_ns = {"__session__": str(path)}
+            self.execution_count = 3
+
+        @property
+        def compile(self):
+            raise RuntimeError("no compiler")
+
+    for content in ("{not json", "[]", '{"cells": 7}', '{"cells": [{"cell_type": "code", "source": 5}]}'):
+        path = tmp_path / "n.ipynb"
+        path.write_text(content)
+        monkeypatch.setattr(state.notebook, "_shell", lambda path=path: Shell(path))
+        assert state.stale("causal_mask", lambda T_q: None) is None
+    monkeypatch.setattr(state.notebook, "_shell", lambda: Shell(tmp_path))   # a folder, not a notebook
+    assert state.stale("causal_mask", type("X", (), {})) is None
+
+
+@pytest.mark.slow
 def test_a_function_edited_and_not_run_again_is_named_with_its_cell(masking):
     masking.run_all("imports", "causal_mask")
     defined_in = masking.count
@@ -314,7 +356,6 @@ def test_every_notebook_says_how_to_ask_for_a_hint(folder, assignment):
 
 @pytest.mark.slow
 def test_hints_in_a_kernel_go_idea_then_step_then_say_it_was_the_last(masking):
-    from grader.checks.hints import hint   # noqa: F401  (the module under test, imported here too)
     idea, step = gc.ITEMS["causal_mask"].hints
     assert not masking.run("from grader.checks.hints import hint")[1]
     outputs = []
