@@ -448,8 +448,23 @@ def test_submit_straight_after_fetch_is_refused_and_names_the_worked_copy(releas
     assert "return torch.ones(T_q, T_q).tril().bool()" in (submission / "05_masking.ipynb").read_text()
 
 
+def test_the_command_line_submit_refuses_too(released):
+    served, exchange = released
+    _write_work(served / "05_masking" / "05_masking.ipynb")
+    assert _panel(served, exchange, "fetch")[0]["success"]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "NBGRADER_"))},
+           "JUPYTER_CONFIG_PATH": str(ROOT / "grader" / "lab"), "NBGRADER_EXCHANGE": str(exchange),
+           "JUPYTER_DATA_DIR": str(served.parent / "data")}
+    done = subprocess.run([str(Path(sys.executable).with_name("nbgrader")), "submit", "05_masking"], cwd=served,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and not _submissions(exchange), done.stdout + done.stderr
+    assert "your work is in 05_masking/05_masking.ipynb" in " ".join(done.stderr.split()), done.stderr[-2000:]
+
+
 def test_a_blank_notebook_with_no_worked_copy_or_work_in_the_fetched_copy_is_submitted(released):
     served, exchange = released
+    instructor = served / "solutions" / "05_masking"       # a clone's solutions/ is no one's work
+    shutil.copytree(ROOT / "solutions" / "05_masking", instructor)
     fetched, submitted = _panel(served, exchange, "fetch", "submit")    # nothing written anywhere: as nbgrader
     assert fetched["success"] and submitted["success"], submitted
     _write_work(served / "05_masking" / "05_masking.ipynb")

@@ -7,7 +7,8 @@ nbgrader_config.py, so the panel and `nbgrader submit` both use it) refuses such
 of the same notebook, under the folder JupyterLab serves, has work in it, and says where that copy is and what
 to do. A notebook counts as the released one when the text of every cell is the released text (running it and
 saving outputs is not work); a copy is "of the same notebook" when it has the file name and the nbgrader cells
-(grade_id) of the released one. A blank submission with no worked copy anywhere goes through as nbgrader's does.
+(grade_id) of the released one and is not the instructor's source (solutions/<assignment>/, which a clone of
+the course repository has beside exercises/). A blank submission with no worked copy anywhere goes through as nbgrader's does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from nbgrader.utils import find_all_notebooks
 from traitlets import Int
 
 MAX_NOTEBOOK_BYTES = 32 * 2**20
+SOURCE_MARK = "### BEGIN SOLUTION"   # in the instructor's source notebook (solutions/), never in a student's copy
 
 
 class SafeSubmit(ExchangeSubmit):
@@ -62,7 +64,8 @@ class SafeSubmit(ExchangeSubmit):
             if source in path.resolve().parents:
                 continue
             cells = _cells(path)
-            if cells is not None and _grade_ids(cells) == ids and _texts(cells) != _texts(released):
+            if cells is not None and _grade_ids(cells) == ids and _texts(cells) != _texts(released) \
+                    and not any(SOURCE_MARK in text for _, text in _texts(cells)):
                 return path
         return None
 
