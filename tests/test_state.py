@@ -285,6 +285,16 @@ def test_the_provided_helper_redefined_then_deleted_below_or_del_is_named(multi_
     output, raised = s.run_cell("test_MultiHeadAttention")
     assert not raised and re.fullmatch(pass_line("MultiHeadAttention"), output), output
 
+    position = s.nb.cells.index(s.cell("attention_helper"))   # the provided cell itself deleted after it ran
+    provided = s.nb.cells.pop(position)
+    s.save()
+    output, raised = s.run_cell("test_MultiHeadAttention")
+    assert not raised and re.match(pass_line("MultiHeadAttention"), output), output
+    assert f"The `attention` in your kernel is the one In [{provided.execution_count}] defined, a cell that is no " \
+           "longer in the notebook" in flat(output) and "the notebook defines no `attention` before this cell" \
+           in flat(output), output
+    assert_short(output)
+
 
 @pytest.mark.slow
 def test_a_class_edited_and_not_run_again_is_named_and_the_summary_says_so(multi_head):
