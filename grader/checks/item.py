@@ -42,7 +42,7 @@ class Item:
     ..." for what it has shown holds exactly (a mask that is the complement of the right one), "What differs:
     ..." for what it observed (grader/checks/structure.py for masks, wiring.py for layers built of sublayers).
     ``hints`` are what ``hint("<name>")`` prints in a notebook (grader/checks/hints.py), one per call: the idea
-    first, then the concrete step; never the solution's code (tests/test_hints.py compares them with it).
+    first, then the concrete step; never the solution's code (tests/test_state.py compares them with it).
     """
 
     name: str

@@ -107,7 +107,7 @@ def _compare(shell: Any, name: str, value: Any, above: list[Cell], cells: list[C
         origin = "another cell"
     if expected is None:
         return Stale(f"{yours}, {origin}; graded from the top, the notebook defines no `{name}` before this "
-                     f"cell. Put its definition back above, run it, then this cell.", f"a cell defining {name}")
+                     f"cell. Put its definition back above, run it, then this cell.", f"the cell defining {name}")
     return Stale(f"{yours}, {origin}, not the one graded: {expected.label()} defines it above this cell. Run "
                  f"{expected.label()} again, then this cell.", expected.label())
 

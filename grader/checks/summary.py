@@ -14,7 +14,9 @@ item's prints and warnings swallowed, and prints a small table:
       total                        1 of 3 right        4 / 11
     Hidden tests (more cases, the GPU) run when it is graded.
 
-It is not graded: the cell is a locked instructor cell, not a test cell. It reads the namespace of the
+An item whose kernel definition is not the one the saved notebook shows (a cell edited and not run again:
+grader.checks.state) is "stale, run In [N] again", and earns nothing here. It is not graded: the cell is a
+locked instructor cell, not a test cell. It reads the namespace of the
 running IPython kernel; anywhere else (the grading sandbox runs the notebook's cells without IPython) it
 checks nothing and says so in one line.
 """
