@@ -280,6 +280,17 @@ def test_the_provided_helper_redefined_then_deleted_below_or_del_is_named(multi_
                                               "cell."), output
     assert_short(output)
 
+    assert "Until then: MultiHeadAttention " in flat(output), output
+
+    scratch = s.insert("attention_helper", "from torch.nn.functional import scaled_dot_product_attention as attention")
+    s.nb.cells.remove(scratch)                                  # rebound to something no cell defines, deleted
+    s.save()
+    output, raised = s.run_cell("test_MultiHeadAttention")
+    assert raised and re.match(
+        r"MultiHeadAttention uses `attention`: the one in your kernel is torch\.[\w.]*scaled_dot_product_attention, "
+        rf"not the function In \[{helper}\] defines\. Run In \[{helper}\] again, then this cell\.", flat(output)), output
+    assert_short(output)
+
     s.run_all("attention_helper")
     s.save()
     output, raised = s.run_cell("test_MultiHeadAttention")

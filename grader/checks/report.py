@@ -72,8 +72,10 @@ def assert_passes(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool
     report = check(item, impl, seeds, cuda)
     if not report.passed:
         message = for_student(_blame_failing_part(item, impl, report))
-        raise CheckFailed("\n" + (fit([old.message, "On that old definition: " + blocks(message)[0]], keep=2)
-                                   if old else message))
+        if old:
+            message = fit([old.message, ("Until then: " if old.missing else "On that old definition: ")
+                           + blocks(message)[0]], keep=2)
+        raise CheckFailed("\n" + message)
     print(pass_line(item, report.cases, seeds))
     if old:
         print(fit([f"Careful, that passed on an old definition. {old.message}"], limit=5))   # 6 with the pass line

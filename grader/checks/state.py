@@ -19,6 +19,7 @@ run yet). It never raises: a check must not crash on the student's kernel state.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import dis
 import json
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grader.checks import notebook
+from grader.checks.results import describe
 
 MAX_NOTEBOOK_BYTES = 32 * 2**20   # a notebook with larger outputs is not read (the check stays fast)
 MAX_NAMES = 40                    # how many names of the notebook a definition's closure may visit
@@ -56,6 +58,7 @@ class Stale:
 
     message: str
     cell: str
+    missing: bool = False   # the kernel lacks a name (no older definition was checked)
 
 
 def stale(name: str, impl: Any) -> Stale | None:
@@ -79,8 +82,9 @@ def _stale(shell: Any, name: str, impl: Any) -> Stale | None:
     for dep, value in [(name, impl), *_uses(shell, impl, exclude=name)]:
         problem = _compare(shell, dep, value, above, cells, mtime, running)
         if problem:
-            return problem if dep == name else Stale(f"{name} uses `{dep}`. {problem.message}", problem.cell)
-    return _deleted(shell, name, impl, above)
+            return problem if dep == name else Stale(f"{name} uses `{dep}`. {problem.message}", problem.cell,
+                                                     problem.missing)
+    return _unbound_or_rebound(shell, name, impl, above)
 
 
 def _compare(shell: Any, name: str, value: Any, above: list[Cell], cells: list[Cell], mtime: float,
@@ -112,15 +116,51 @@ def _compare(shell: Any, name: str, value: Any, above: list[Cell], cells: list[C
                  f"{expected.label()} again, then this cell.", expected.label())
 
 
-def _deleted(shell: Any, name: str, impl: Any, above: list[Cell]) -> Stale | None:
-    """A global name `impl` reads that a cell above defines but the kernel lacks (`del attention`)."""
+def _unbound_or_rebound(shell: Any, name: str, impl: Any, above: list[Cell]) -> Stale | None:
+    """A global name `impl` reads whose last binding above is a cell's, while the kernel lacks it (`del attention`)
+    or holds for it something no cell defined (`from torch.nn.functional import ... as attention`, since deleted)."""
     used = set().union(*(_names(code) for code in _codes(impl))) if _codes(impl) else set()
+    decided: set[str] = set()
     for cell in reversed(above):
-        for defined in notebook.defined_names(cell.source):
-            if defined in used and defined not in shell.user_ns and not hasattr(builtins, defined):
-                return Stale(f"{name} uses `{defined}`, which your kernel does not have (deleted, or its cell not "
-                             f"run). Run {cell.label()}, then this cell.", cell.label())
+        for bound, kind in _bindings(cell.source).items():
+            if bound not in used or bound in decided or hasattr(builtins, bound):
+                continue
+            decided.add(bound)
+            if bound not in shell.user_ns:
+                return Stale(f"{name} uses `{bound}`, which your kernel does not have (deleted, or its cell not "
+                             f"run). Run {cell.label()}, then this cell.", cell.label(), missing=True)
+            value = shell.user_ns[bound]
+            if kind in ("function", "class") and not _from_a_cell(shell, value):
+                return Stale(f"{name} uses `{bound}`: the one in your kernel is {_what(value)}, not the {kind} "
+                             f"{cell.label()} defines. Run {cell.label()} again, then this cell.", cell.label())
     return None
+
+
+def _bindings(source: str) -> dict[str, str]:
+    """The names a cell binds at its top level: "function", "class", or "value" (assignments, imports)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return {n: "value" for n in notebook.defined_names(source)}
+    bound: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            bound[node.name] = "function"
+        elif isinstance(node, ast.ClassDef):
+            bound[node.name] = "class"
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update({(a.asname or a.name).split(".")[0]: "value" for a in node.names if a.name != "*"})
+        else:
+            bound.update({n: "value" for n in notebook.defined_names(ast.unparse(node))})
+    return bound
+
+
+def _what(value: Any) -> str:
+    """`torch.nn.functional.scaled_dot_product_attention`, or a short description of a value."""
+    module, qualname = getattr(value, "__module__", None), getattr(value, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        return f"{module}.{qualname}"
+    return describe(value)
 
 
 def _uses(shell: Any, impl: Any, exclude: str) -> list[tuple[str, Any]]:
