@@ -199,6 +199,35 @@ def test_whatever_the_kernel_holds_the_state_check_does_not_raise(tmp_path, monk
     assert state.stale("causal_mask", type("X", (), {})) is None
 
 
+DECORATED_CAUSAL = '''\
+class _Mark:
+    pass
+
+
+@torch.no_grad()
+def _lower(T_q, T_k, device):
+    return torch.ones(T_q, T_k, dtype=torch.bool, device=device).tril(T_k - T_q)
+
+
+def causal_mask(T_q, T_k=None, device=None):
+    _Mark()
+    return _lower(T_q, T_q if T_k is None else T_k, device)
+'''
+
+
+@pytest.mark.slow
+def test_helpers_of_the_students_own_decorated_or_without_methods_are_no_alarm(masking):
+    masking.cell("causal_mask").source = DECORATED_CAUSAL
+    masking.run_all("imports", "causal_mask")
+    masking.save()
+    output, raised = masking.run_cell("test_causal_mask")
+    assert not raised and re.fullmatch(pass_line("causal_mask"), output), output
+    masking.cell("causal_mask").source = DECORATED_CAUSAL.replace("tril(T_k - T_q)", "tril()")   # edited: named
+    masking.save()
+    output, raised = masking.run_cell("test_causal_mask")
+    assert "has been edited since" in flat(output), output
+
+
 @pytest.mark.slow
 def test_a_function_edited_and_not_run_again_is_named_with_its_cell(masking):
     masking.run_all("imports", "causal_mask")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ast
 import builtins
 import dis
+import inspect
 import json
 import os
 import sys
@@ -130,7 +131,7 @@ def _unbound_or_rebound(shell: Any, name: str, impl: Any, above: list[Cell]) -> 
                 return Stale(f"{name} uses `{bound}`, which your kernel does not have (deleted, or its cell not "
                              f"run). Run {cell.label()}, then this cell.", cell.label(), missing=True)
             value = shell.user_ns[bound]
-            if kind in ("function", "class") and not _from_a_cell(shell, value):
+            if kind in ("function", "class") and not _in_the_notebook(shell, value):
                 return Stale(f"{name} uses `{bound}`: the one in your kernel is {_what(value)}, not the {kind} "
                              f"{cell.label()} defines. Run {cell.label()} again, then this cell.", cell.label())
     return None
@@ -197,6 +198,7 @@ def _codes(value: Any) -> list[types.CodeType]:
         return [m.__code__ for m in members if isinstance(m, types.FunctionType)]
     if isinstance(value, types.MethodType):
         value = value.__func__
+    value = inspect.unwrap(value) if callable(value) else value   # @functools.wraps decorators, @torch.no_grad()
     return [value.__code__] if isinstance(value, types.FunctionType) else []
 
 
@@ -218,7 +220,13 @@ def _origin(shell: Any, value: Any) -> int | None:
 
 
 def _from_a_cell(shell: Any, value: Any) -> bool:
-    return (isinstance(value, (type, types.FunctionType)) and _origin(shell, value) is not None)
+    return isinstance(value, (type, types.FunctionType)) and _origin(shell, value) is not None
+
+
+def _in_the_notebook(shell: Any, value: Any) -> bool:
+    """Defined by some cell: from a cell's code, or of the notebook's module (a class without methods, a function
+    that a decorator wrapped)."""
+    return _from_a_cell(shell, inspect.unwrap(value)) or getattr(value, "__module__", None) == "__main__"
 
 
 def _history(shell: Any, count: int) -> str:
