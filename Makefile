@@ -73,7 +73,9 @@ exercises: $(STAMP)
 # for this command only, so no one's own Jupyter configuration changes. The exchange directory is the one
 # the instructor releases into; it is created (world-writable, as nbgrader needs) when it is missing and
 # can be. JupyterLab runs in LAB_DIR (nbgrader's Assignments panel fetches into and submits from the
-# server's working directory, whatever its root_dir). As root (a container) --allow-root is added.
+# server's working directory, whatever its root_dir); its Submit refuses the fetched copy while it is still
+# blank and exercises/<assignment>/ has the work, and says so (grader/lab/submit.py). As root (a container)
+# --allow-root is added.
 # LAB_DIR and LAB_ARGS (more `jupyter lab` options) are for tests/test_lab.py.
 NBGRADER_EXCHANGE ?= /usr/local/share/nbgrader/exchange
 NBGRADER_COURSE   ?= transformer-course

@@ -7,8 +7,10 @@ becomes NaN). The test runs every cell from the Run menu and checks that the mis
 grader.checks, not written here) is shown under the test cell; that the Nbgrader menu offers the Assignment
 List but not Formgrader, Course List or Create Assignment, and the server has no formgrader; that the
 notebook's Validate button shows the same message; and that the Assignments panel lists the released
-assignment with no error, fetches it into <course>/<assignment>/ and submits it into the exchange's inbound
-folder. Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
+assignment with no error, fetches it into <course>/<assignment>/, refuses to submit that blank copy while
+exercises/<assignment>/ has the work (the dialog names it: grader.lab.submit), and submits it into the exchange's
+inbound folder once the worked notebook is copied in. Between the two, a cell edited in the browser and not run
+again is autosaved within seconds and its test cell, run again, names it (grader.checks.state). Screenshots: _build/screenshots/lab-*.png. The server is stopped (its process group) at the end.
 
 Needs Debian's chromium and chromium-driver (`make browser`) and make; skipped otherwise.
 """
@@ -16,6 +18,7 @@ Needs Debian's chromium and chromium-driver (`make browser`) and make; skipped o
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -278,6 +281,35 @@ def test_a_wrong_solution_is_named_and_only_student_tools_are_there(lab, browser
     ActionChains(browser).send_keys(Keys.ESCAPE).perform()
     _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".jp-Dialog"), 15, "the Validate dialog stayed open")
 
+    # A cell edited and not run again: the notebook autosaves within seconds (grader/lab/settings), and the test
+    # cell run again names the cell (its In [N]) whose text the kernel's definition no longer matches.
+    with urllib.request.urlopen(f"{lab.url}/lab/api/settings/@jupyterlab/docmanager-extension:plugin"
+                                f"?token={TOKEN}", timeout=30) as r:
+        assert json.load(r)["schema"]["properties"]["autosaveInterval"]["default"] == 5
+    edited = RIGHT_DPA.replace("return weights @ x, weights", "return 2 * weights @ x, weights")
+    cell_index = ("const nb = window.jupyterapp.shell.currentWidget.content;"
+                  "const at = id => nb.widgets.findIndex(c => (c.model.getMetadata('nbgrader') || {}).grade_id === id);")
+    browser.execute_script(cell_index + "const c = nb.widgets[at('dot_product_attention')];"
+                           "c.model.sharedModel.setSource(c.model.sharedModel.getSource().replace(arguments[0], "
+                           "arguments[1]));", RIGHT_DPA, edited)
+    saved = lab.exercises / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    _wait(browser, lambda d: any(edited in c.source for c in nbformat.read(saved, as_version=4).cells), 60,
+          "the edited cell was not autosaved within a minute")
+    browser.execute_script(cell_index + "nb.activeCellIndex = at('test_dot_product_attention');"
+                           "return window.jupyterapp.commands.execute('notebook:run-cell');")
+
+    def stale_named(d):
+        return d.execute_script(cell_index + "const c = nb.widgets[at('test_dot_product_attention')];"
+                                "return c.node.querySelector('.jp-OutputArea') ? "
+                                "c.node.querySelector('.jp-OutputArea').textContent : '';")
+
+    _wait(browser, lambda d: "edited since" in _squash(stale_named(d)), 120,
+          "the test cell did not say that its definition's cell was edited since it ran")
+    output = _squash(stale_named(browser))
+    assert re.search(r"The `dot_product_attention` in your kernel is the one In \[\d+\] defined, but that cell "
+                     r"has been edited since\. Run it again, then this cell\.", output), output
+    _screenshot(browser, "stale")
+
     # The Assignments panel lists what the instructor released, without an exchange error.
     _click_menu(browser, "Nbgrader", "Assignment List")
     _wait(browser, lambda d: ASSIGNMENT in d.execute_script(
@@ -310,12 +342,26 @@ def test_a_wrong_solution_is_named_and_only_student_tools_are_there(lab, browser
     _wait(browser, click("Fetch"), 30, "no Fetch button")
     _wait(browser, lambda d: fetched.exists(), 60, f"Fetch did not create {fetched}")
     inbound = lab.exchange / COURSE / "inbound"
+    # Submit straight after Fetch would hand in the blank copy while the work is in exercises/: refused, named.
     _wait(browser, click("Submit"), 60, "the fetched assignment has no Submit button")
+    refusal = _wait(browser, lambda d: d.execute_script(
+        "const m = document.getElementById('submission-message'); return m ? m.innerText : ''"),
+        90, "Submit of the blank fetched copy showed no refusal")
+    _screenshot(browser, "submit-refused")
+    assert f"your work is in {ASSIGNMENT}/{ASSIGNMENT}.ipynb" in _squash(refusal), refusal[-2000:]
+    assert f"{COURSE}/{ASSIGNMENT}/{ASSIGNMENT}.ipynb is the notebook exactly as released" in _squash(refusal)
+    assert not list(inbound.iterdir()), "the blank notebook was submitted"
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    _wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, ".jp-Dialog"), 15, "the refusal stayed open")
+    shutil.copy(lab.exercises / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", fetched)   # as the refusal says
+    _wait(browser, click("Submit"), 60, "no Submit button after the refusal")
     # nbgrader copies the folder file by file: the folder appears before the notebook and timestamp.txt are in it.
     _wait(browser, lambda d: inbound.is_dir() and any((s / "timestamp.txt").exists() for s in inbound.iterdir()),
           90, "no complete submission arrived in the inbound folder")
     (submission,) = inbound.iterdir()
     assert (submission / f"{ASSIGNMENT}.ipynb").exists() and f"+{ASSIGNMENT}+" in submission.name
+    handed_in = nbformat.read(submission / f"{ASSIGNMENT}.ipynb", as_version=4)
+    assert any(WRONG_SDPA in cell.source for cell in handed_in.cells), "the submission is not the worked notebook"
     _wait(browser, lambda d: ASSIGNMENT in d.execute_script(
         "const s = document.getElementById('submitted_assignments_list'); return s ? s.innerText : ''"),
         60, "the panel does not list the submission")

@@ -101,7 +101,12 @@ LAYER_NORM = Item(
         Mistake("no_mean", "you did not subtract the mean (that is RMSNorm); LayerNorm centres each vector first.",
                 _ln_no_mean),
         Mistake("gamma_beta_swapped", "gamma and beta are swapped: LN(x) = gamma * x_hat + beta.", _ln_swapped),
-    ))
+    ),
+    hints=("Normalise each position's feature vector (the last axis) to mean 0 and variance 1, then scale by gamma and"
+           " shift by beta; eps keeps the division safe.",
+           "Take the mean and the biased variance over dim=-1 with keepdim=True so that they broadcast; subtract, "
+           "divide by the square root of var + eps, then multiply by gamma and add beta. torch.var is unbiased unless "
+           "you pass correction=0."))
 
 
 def check_layer_norm(impl, seeds=(0,), cuda=False) -> None:
@@ -184,7 +189,11 @@ ADD_NORM = Item(
                 "the residual sum.", _AddNormDropoutAfterNorm),
         Mistake("no_dropout", "the dropout is missing (or not an nn.Dropout that follows train()/eval()): "
                 "LN(x + dropout(sublayer_out)).", _AddNormNoDropout),
-    ), explain=explain_layer)
+    ), explain=explain_layer,
+    hints=("A post-LN residual block: add the sublayer's output to the block's input, then normalise; dropout applies "
+           "to the sublayer's output before the addition.",
+           "Members: an nn.LayerNorm(d_model) and an nn.Dropout(dropout). forward normalises x plus the dropped-out "
+           "sublayer_out."))
 
 
 def check_AddNorm(impl, seeds=(0,), cuda=False) -> None:
@@ -249,7 +258,11 @@ POSITIONWISE_FEED_FORWARD = Item(
         Mistake("gelu", "you used GELU; the original Transformer's FFN uses ReLU.", _FFNGelu),
         Mistake("residual_added", "you added the input (x + FFN(x)); the residual connection belongs to AddNorm, not "
                 "to the feed-forward sublayer.", _FFNResidual),
-    ))
+    ),
+    hints=("The same two-layer network at every position: expand to d_ff, ReLU, project back to d_model, with dropout "
+           "after the ReLU.",
+           "Two nn.Linear members (d_model to d_ff, d_ff to d_model) and an nn.Dropout; forward chains linear1, relu, "
+           "dropout, linear2. They act on the last axis, so (B, T, d_model) needs no reshaping."))
 
 
 def check_PositionwiseFeedForward(impl, seeds=(0,), cuda=False) -> None:

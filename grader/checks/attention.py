@@ -61,7 +61,11 @@ DOT_PRODUCT_ATTENTION = Item(
                 _dpa_scaled),
         Mistake("softmax_axis", "your softmax runs over the wrong axis (dim=-2, down the columns); each query's row "
                 "of weights must sum to 1, so use dim=-1.", _dpa_softmax_axis),
-    ))
+    ),
+    hints=("Attention without projections: every position is compared with every position by a dot product, a softmax "
+           "over the keys turns the scores into weights, and the output mixes the positions with those weights.",
+           "One matrix product of x with x transposed over its last two axes gives the scores (..., T, T); take the "
+           "softmax over the last axis (the keys); the output is the weights times x. Return both."))
 
 
 def check_dot_product_attention(impl, seeds=(0,), cuda=False):
@@ -135,7 +139,12 @@ SCALED_DOT_PRODUCT_ATTENTION = Item(
                 _sdpa_masked_row_uniform),
         Mistake("masked_row_nan", "filling masked scores with -inf makes a fully masked row "
                 "softmax(-inf, ..., -inf) = NaN; give such a row zero weights and zero output.", _sdpa_masked_row_nan),
-    ), explain=explain_attention_mask)
+    ), explain=explain_attention_mask,
+    hints=("Dot products grow with d_k and push the softmax into saturation: divide the scores by sqrt(d_k). The mask "
+           "removes keys before the softmax, so that masked keys get no weight.",
+           "Before the softmax, fill the scores where the mask is False with torch.finfo(scores.dtype).min (not -inf: "
+           "a row with every key masked would become NaN); after it, set those weights to 0, so that such a row is "
+           "zeros."))
 
 
 def check_scaled_dot_product_attention(impl, seeds=(0,), cuda=False):
@@ -182,7 +191,10 @@ SELF_ATTENTION = Item(
         Mistake("q_k_swapped", "your weights are transposed: the scores are K Q^T instead of Q K^T (softmax then "
                 "runs over the wrong index).", _sa_q_k_swapped),
     ),
-    builds_on=(SCALED_DOT_PRODUCT_ATTENTION,), explain=explain_attention_mask)
+    builds_on=(SCALED_DOT_PRODUCT_ATTENTION,), explain=explain_attention_mask,
+    hints=("Self-attention is attention whose queries, keys and values are all projections of the same x.",
+           "Compute Q, K and V as x times each of the three matrices and call your scaled_dot_product_attention on "
+           "them with the mask; return what it returns."))
 
 
 def check_self_attention(impl, seeds=(0,), cuda=False):

@@ -362,7 +362,12 @@ MASK_TOKENS = Item(
         Mistake("positions", _POSITIONS, _mt_shifted_pattern),
         Mistake("random_range", "random replacement tokens must be drawn uniformly from the whole vocabulary, "
                 "torch.randint(vocab_size, ...).", _mt_narrow_random_range),
-    ))
+    ),
+    hints=("BERT's masking: choose each non-special token with probability mlm_probability; of the chosen, 80% become "
+           "the mask token, 10% a random token, 10% stay. Labels: the original id where chosen, -100 elsewhere.",
+           "Draw every random number from `generator`, on input_ids' device: one uniform draw per token decides "
+           "'chosen' (never a special token: torch.isin), a second one decides mask / random / keep (< 0.8, < 0.9, "
+           "else); build the inputs and the labels with torch.where."))
 
 
 def check_mask_tokens(impl, seeds=(0,), cuda=False) -> None:
@@ -460,7 +465,12 @@ BERT_EMBEDDINGS = Item(
         Mistake("positions_from_1", "your positions start at 1; the first token has position 0.", _BertPositionsFrom1),
         Mistake("norm_words_only", "you normalised only the word embeddings; the LayerNorm acts on the sum of all "
                 "three.", _BertNormWordsOnly),
-    ), explain=explain_layer)
+    ), explain=explain_layer,
+    hints=("BERT's input is the sum of three embeddings of each token (its word, its position, its segment) followed "
+           "by a LayerNorm with eps 1e-12.",
+           "Three nn.Embedding members (vocab_size, max_len and type_vocab_size rows of d_model); the positions are an"
+           " arange over T on the ids' device; token_type_ids default to zeros like input_ids; sum the three, then the"
+           " LayerNorm."))
 
 
 def check_BertEmbeddings(impl, seeds=(0,), cuda=False) -> None:
@@ -528,7 +538,12 @@ MASKED_LM_LOSS = Item(
                 "axis first.", _mlm_no_log_softmax),
         Mistake("softmax_not_log", "you used -softmax(logits)[label]; cross-entropy is -log_softmax(logits)[label].",
                 _mlm_softmax_not_log),
-    ))
+    ),
+    hints=("Cross-entropy averaged over the positions whose label is not -100 (the masked tokens) only; the others do "
+           "not count, not even in the denominator.",
+           "log_softmax over the vocabulary axis; gather each label's log-probability (give the -100 positions any "
+           "valid index first, e.g. clamp at 0, and zero them out after); minus their sum over the number of used "
+           "positions."))
 
 
 def check_masked_lm_loss(impl, seeds=(0,), cuda=False) -> None:

@@ -91,7 +91,12 @@ RNN_FORWARD = Item(
         Mistake("W_hh_transposed", "you used W_hh transposed; the state is a row vector: h_{t-1} @ W_hh.",
                 _rnn_W_hh_transposed),
         Mistake("sigmoid", "you used a sigmoid (or ReLU); the Elman RNN uses tanh.", _rnn_sigmoid),
-    ))
+    ),
+    hints=("An RNN reads the sequence one step at a time: the hidden state after step t comes from the input at t and "
+           "the hidden state before it, h_t = tanh(x_t W_xh + h_(t-1) W_hh + b_h), starting from h0 (zeros (B, H) when"
+           " h0 is None).",
+           "Loop over the time axis, taking x[:, t] (B, d_in) at each step; update h with the formula and keep every h"
+           " in a list; torch.stack of the list along dim 1 is (B, T, H). Return it with the last h."))
 
 
 def check_rnn_forward(impl, seeds=(0,), cuda=False):
@@ -163,7 +168,13 @@ ADDITIVE_ATTENTION = Item(
         Mistake("multiplicative", "you multiplied the projected query and key (a dot product); additive attention "
                 "adds them, applies tanh and projects with w_v.", _add_multiplicative),
         Mistake("mask_inverted", "your mask is inverted: True means 'may attend'.", _add_mask_inverted),
-    ))
+    ),
+    hints=("Bahdanau attention scores each key with a small network, score_j = w_v . tanh(q W_q + k_j W_k); the "
+           "weights are the softmax of the scores over the keys, and the output is the weights' sum of the values.",
+           "Project the query to (B, d_a) and give it a time axis so that it broadcasts against the projected keys (B,"
+           " T, d_a); tanh, then a product with w_v gives scores (B, T). Masked keys get the dtype's most negative "
+           "value before the softmax and weight 0 after it; sum the weighted values over T (einsum, or multiply and "
+           "sum)."))
 
 
 def check_additive_attention(impl, seeds=(0,), cuda=False):
@@ -231,7 +242,12 @@ ADDITIVE_ATTENTION_MODULE = Item(
                 "tanh(W_q(query) + W_k(keys_j)) . w_v.", _AdditiveModuleTanhAfterWv),
         Mistake("mask_inverted", "your mask is inverted: True means 'may attend'.", _AdditiveModuleMaskInverted),
     ),
-    builds_on=(ADDITIVE_ATTENTION,))
+    builds_on=(ADDITIVE_ATTENTION,),
+    hints=("The module only holds the parameters and calls your additive_attention: W_q and W_k are linear maps into "
+           "attn_dim without bias, w_v is a vector of attn_dim parameters.",
+           "In __init__: two nn.Linear(..., attn_dim, bias=False) members and an nn.Parameter of shape (attn_dim,) for"
+           " w_v. In forward pass the Linear members' weight matrices transposed (an nn.Linear computes x W^T) to "
+           "additive_attention, with the mask."))
 
 
 def check_AdditiveAttention(impl, seeds=(0,), cuda=False):

@@ -42,6 +42,8 @@ class Item:
     batch grader has only the outcomes from the sandbox). It returns one line for the student: "Likely mistake:
     ..." for what it has shown holds exactly (a mask that is the complement of the right one), "What differs:
     ..." for what it observed (grader/checks/structure.py for masks, wiring.py for layers built of sublayers).
+    ``hints`` are what ``hint("<name>")`` prints in a notebook (grader/checks/hints.py), one per call: the idea
+    first, then the concrete step; never the solution's code (tests/test_state.py compares them with it).
     """
 
     name: str
@@ -58,6 +60,7 @@ class Item:
     builds_on: tuple[Item, ...] = ()
     explain: Callable | None = None
     forbidden_ops: tuple[str, ...] = ()
+    hints: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"Item({self.name!r}, {self.assignment!r})"

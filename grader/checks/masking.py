@@ -57,7 +57,11 @@ CAUSAL_MASK = Item(
                 "j <= i + (T_k - T_q); your mask is aligned to the top-left corner.", _causal_top_left),
         Mistake("float_mask", "your mask is a float tensor; return a bool tensor (True = may attend).",
                 _causal_float_mask),
-    ), explain=explain_mask)
+    ), explain=explain_mask,
+    hints=("Query i may see key j when j <= i + (T_k - T_q): that is the lower triangle of a (T_q, T_k) matrix, with "
+           "its diagonal shifted by T_k - T_q.",
+           "Start from a (T_q, T_k) bool tensor of ones made on `device`; torch.tril keeps the entries with j <= i + "
+           "diagonal: choose the diagonal from T_q and T_k (T_k defaults to T_q)."))
 
 
 def check_causal_mask(impl, seeds=(0,), cuda=False):
@@ -108,7 +112,11 @@ PADDING_MASK = Item(
         Mistake("masks_queries", "your mask has shape (B, T, 1): it masks query rows instead of key columns; "
                 "padding_mask is (B, 1, T).", _pad_masks_queries),
         Mistake("pad_id_ignored", "you compared with 0 instead of the pad_id argument.", _pad_id_ignored),
-    ), explain=explain_mask)
+    ), explain=explain_mask,
+    hints=("A key may be attended when it is not padding: compare the tokens with pad_id. The mask must broadcast over"
+           " the queries, so it needs an axis of size 1 for them.",
+           "The comparison gives (B, T); insert the query axis between the batch and the keys (unsqueeze at 1) to get "
+           "(B, 1, T). Use the pad_id argument, and torch operations only (they keep the tokens' device)."))
 
 
 def check_padding_mask(impl, seeds=(0,), cuda=False):
@@ -158,7 +166,11 @@ DECODER_SELF_ATTENTION_MASK = Item(
         Mistake("padding_only", "your mask is only the padding part; AND it with the causal mask.",
                 _dec_padding_only),
     ),
-    builds_on=(CAUSAL_MASK, PADDING_MASK), explain=explain_mask)
+    builds_on=(CAUSAL_MASK, PADDING_MASK), explain=explain_mask,
+    hints=("A key is allowed only if it is not padding AND not in the future: combine the two masks you wrote with a "
+           "logical and; broadcasting does the rest.",
+           "padding_mask of the tokens is (B, 1, T) and causal_mask of T (made on the tokens' device) is (T, T); & "
+           "broadcasts them to (B, T, T)."))
 
 
 def check_decoder_self_attention_mask(impl, seeds=(0,), cuda=False):

@@ -48,7 +48,11 @@ SPLIT_HEADS = Item(
                 _split_no_transpose),
         Mistake("interleaved", "your heads take every H-th feature; head h holds the contiguous features "
                 "h*d_k .. (h+1)*d_k - 1 (view as (B, T, H, d_k), not (B, T, d_k, H)).", _split_interleaved),
-    ))
+    ),
+    hints=("Head h gets the contiguous features h*d_k .. (h+1)*d_k - 1 (d_k = d_model / H): first cut the last axis "
+           "into (H, d_k), then move the head axis in front of the time axis.",
+           "view (or reshape) x as (B, T, H, d_k), then swap axes 1 and 2 with transpose. A direct reshape to (B, H, "
+           "T, d_k) has the right shape but mixes positions into heads."))
 
 
 def check_split_heads(impl, seeds=(0,), cuda=False):
@@ -85,7 +89,11 @@ MERGE_HEADS = Item(
                 "next to d_k; transpose(1, 2) first, then reshape.", _merge_no_transpose),
         Mistake("interleaved", "your result interleaves the heads feature by feature; concatenate them: head 0's "
                 "d_k features, then head 1's, ... (transpose(1, 2), then reshape).", _merge_interleaved),
-    ))
+    ),
+    hints=("The inverse of split_heads: bring the time axis back in front of the head axis, then put the heads' "
+           "features side by side.",
+           "transpose axes 1 and 2 to get (B, T, H, d_k), then reshape (not view: after a transpose the memory is not "
+           "contiguous) to (B, T, H * d_k)."))
 
 
 def check_merge_heads(impl, seeds=(0,), cuda=False):
@@ -192,7 +200,12 @@ MULTI_HEAD_ATTENTION = Item(
         Mistake("average_weights", "you returned the weights averaged over the heads (as nn.MultiheadAttention "
                 "does by default); return them per head, (B, H, T_q, T_k).", _MHAAverageWeights),
     ),
-    builds_on=(SPLIT_HEADS, MERGE_HEADS), explain=explain_attention_mask)
+    builds_on=(SPLIT_HEADS, MERGE_HEADS), explain=explain_attention_mask,
+    hints=("Project query, key and value with W_q, W_k and W_v, split each into heads, run attention on all heads at "
+           "once, merge the heads and project with W_o.",
+           "split_heads of each projection is (B, H, T, d_k); a 3-D mask needs a head axis (unsqueeze at 1) to "
+           "broadcast over the heads; call the provided attention on q, k, v and the mask; return W_o of the merged "
+           "heads, and the weights of every head (B, H, T_q, T_k)."))
 
 
 def check_MultiHeadAttention(impl, seeds=(0,), cuda=False):

@@ -5,7 +5,9 @@ Installed (once) when the checks are imported inside IPython; outside IPython no
     kernel restart is shown as one line instead of a traceback (an IPython custom exception handler);
   * a post_run_cell hook remembers, for each name a cell defines, whether that cell raised the last time
     it ran without redefining it (a SyntaxError, say): the check then reports that the definition it was
-    given is the old one (``stale``) instead of checking it.
+    given is the old one (``stale``) instead of checking it;
+  * the same hooks note when each cell started (``ran_at``): grader.checks.state compares a definition with the
+    saved notebook only when the file was saved after the cell that made it ran.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from __future__ import annotations
 import ast
 import re
 import sys
+import time
 from typing import Any
 
 IMPORTED = frozenset({"torch", "nn", "F", "math", "np", "numpy"})
 _DEFINES = re.compile(r"^(?:async\s+def|def|class)\s+([A-Za-z_]\w*)|^([A-Za-z_]\w*)\s*(?::[^=]*)?=(?!=)", re.M)
 _raised: dict[str, str] = {}        # name -> exception type name of the last run of the cell defining it
 _before: dict[str, int] = {}        # name -> id() of its value before the running cell
+ran_at: dict[int, float] = {}       # execution count -> when that cell started (grader.checks.state reads it)
+_started: list[float | None] = [None]   # when the running cell started (None: before the hooks were installed)
 
 
 def _shell() -> Any:
@@ -59,6 +64,7 @@ def _pre_run_cell(info: Any) -> None:
     shell = _shell()
     _before.clear()
     if shell is not None:
+        _started[0] = time.time()
         _before.update({n: id(shell.user_ns.get(n)) for n in defined_names(getattr(info, "raw_cell", "") or "")})
 
 
@@ -66,6 +72,8 @@ def _post_run_cell(result: Any) -> None:
     shell = _shell()
     if shell is None:
         return
+    if isinstance(getattr(result, "execution_count", None), int) and _started[0] is not None:
+        ran_at[result.execution_count] = _started[0]
     error = result.error_before_exec or result.error_in_exec
     for name, before in _before.items():
         if error is not None and id(shell.user_ns.get(name)) == before:   # not redefined: the old one stays

@@ -100,7 +100,12 @@ SINUSOIDAL_POSITIONAL_ENCODING = Item(
                 "cos(0) = 1).", _pe_positions_from_1),
         Mistake("multiplied", "you multiplied the position by 10000^(2i/d_model); divide by it: "
                 "pos / 10000^(2i/d_model).", _pe_multiplied),
-    ))
+    ),
+    hints=("Position pos gets d_model numbers: column 2i is sin(pos / 10000^(2i / d_model)) and column 2i + 1 the "
+           "cosine of the same angle, so each pair of columns is one frequency.",
+           "Make the positions a column (max_len, 1) and the even indices 2i a row (d_model / 2,); one broadcast "
+           "division gives every angle (max_len, d_model / 2). Fill the even columns (step-2 slicing from 0) with the "
+           "sines and the odd ones with the cosines; compute in float64 and return float32."))
 
 
 def check_sinusoidal_positional_encoding(impl, seeds=(0,), cuda=False):
@@ -155,7 +160,11 @@ RELATIVE_POSITION_INDEX = Item(
                 _rel_not_clipped),
         Mistake("shift_then_clip", "you added k before clipping to [-k, k]; clip j - i to [-k, k] first, then "
                 "add k.", _rel_shift_then_clip),
-    ))
+    ),
+    hints=("Entry (i, j) is the distance j - i from query i to key j, clipped to [-max_distance, max_distance] and "
+           "shifted by max_distance, so that it indexes a table of 2 * max_distance + 1 embeddings.",
+           "Make torch.arange(q_len) a column and torch.arange(k_len) a row: their difference broadcasts to (q_len, "
+           "k_len). Then clamp it and add max_distance."))
 
 
 def check_relative_position_index(impl, seeds=(0,), cuda=False):
@@ -230,7 +239,13 @@ RELATIVE_ATTENTION = Item(
         Mistake("no_scale", "your scores are not divided by sqrt(d_k).", _shaw_no_scale),
         Mistake("rel_transposed", "you used a_ji instead of a_ij: rel_k[i, j] belongs to query i and key j (no "
                 "transpose).", _shaw_rel_transposed),
-    ))
+    ),
+    hints=("Shaw et al. add a learned vector per distance: to the score of (i, j) the term q_i . rel_k[i, j], to the "
+           "output of query i the sum over j of w_ij rel_v[i, j]. The rest is scaled dot-product attention with the "
+           "mask.",
+           "rel_k and rel_v are (T_q, T_k, d): the score term is an einsum that sums over d, added to q k^T before the"
+           " division by sqrt(d_k); the output term is an einsum that sums the weights times rel_v over the keys. Mask"
+           " as in Exercise 3."))
 
 
 def check_relative_attention(impl, seeds=(0,), cuda=False):

@@ -2,7 +2,8 @@
 :class:`CheckFailed` with the message written for the student (``for_student``: the verdict, the likely
 mistake, the failing case; six lines of 80 characters at most, shown without a traceback in a notebook);
 when the submission passes it prints one line (``pass_line``: the item, how many cases, its points).
-Importing it inside IPython installs the Jupyter state traps of grader.checks.notebook.
+Importing it inside IPython installs the Jupyter state traps of grader.checks.notebook; when the definition
+checked is not the one the saved notebook shows (grader.checks.state), that comes first, pass or fail.
 
 Report, GroupResult and Grade (and the describe/fmt helpers) are defined in grader.checks.results
 and re-exported here, the module callers import them from.
@@ -14,7 +15,7 @@ import inspect
 from collections.abc import Sequence
 from typing import Any
 
-from grader.checks import notebook
+from grader.checks import notebook, state
 from grader.checks.cases import make_cases
 from grader.checks.compare import compare
 from grader.checks.item import Item
@@ -67,10 +68,17 @@ def assert_passes(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool
     problem = notebook.stale(item.name, impl) or _wrong_kind(item, impl)
     if problem:
         raise CheckFailed("\n" + fit([problem]))
+    old = state.stale(item.name, impl)   # the kernel's definition is not the notebook's: said first, either way
     report = check(item, impl, seeds, cuda)
     if not report.passed:
-        raise CheckFailed("\n" + for_student(_blame_failing_part(item, impl, report)))
+        message = for_student(_blame_failing_part(item, impl, report))
+        if old:
+            message = fit([old.message, ("Until then: " if old.missing else "On that old definition: ")
+                           + blocks(message)[0]], keep=2)
+        raise CheckFailed("\n" + message)
     print(pass_line(item, report.cases, seeds))
+    if old:
+        print(fit([f"Careful, that passed on an old definition. {old.message}"], limit=5))   # 6 with the pass line
 
 
 def pass_line(item: Item, cases: int, seeds: Sequence[int] = (0,)) -> str:

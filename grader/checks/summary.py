@@ -14,7 +14,9 @@ item's prints and warnings swallowed, and prints a small table:
       total                        1 of 3 right        4 / 11
     Hidden tests (more cases, the GPU) run when it is graded.
 
-It is not graded: the cell is a locked instructor cell, not a test cell. It reads the namespace of the
+An item whose kernel definition is not the one the saved notebook shows (a cell edited and not run again:
+grader.checks.state) is "stale, run In [N] again", and earns nothing here. It is not graded: the cell is a
+locked instructor cell, not a test cell. It reads the namespace of the
 running IPython kernel; anywhere else (the grading sandbox runs the notebook's cells without IPython) it
 checks nothing and says so in one line.
 """
@@ -28,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from grader.checks import notebook
+from grader.checks import notebook, state
 from grader.checks.cases import Case, make_cases
 from grader.checks.compare import compare, mismatch, reference_outcomes
 from grader.checks.item import Item
@@ -68,6 +70,9 @@ def _status(item: Item, namespace: Mapping[str, Any]) -> str:
     impl = namespace[item.name]
     if notebook.stale(item.name, impl):
         return "old definition (its cell raised)"
+    old = state.stale(item.name, impl)
+    if old is not None:
+        return f"stale, run {old.cell} again"
     if _wrong_kind(item, impl):
         return f"not a {item.kind}"
     try:

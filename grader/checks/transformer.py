@@ -117,7 +117,12 @@ ENCODER_LAYER = Item(
         Mistake("norms_swapped", "norm1 and norm2 are swapped: norm1 follows self-attention, norm2 the feed-forward "
                 "network.", _EncoderNormsSwapped),
         Mistake("mask_ignored", "the mask is not passed to self-attention.", _EncoderMaskIgnored),
-    ), explain=explain_layer)
+    ), explain=explain_layer,
+    hints=("Two sublayers, each in a residual block with its own LayerNorm (post-LN): self-attention, then the "
+           "feed-forward network. The second block reads the first block's output.",
+           "Block 1: self_attn with query, key and value all x, and the mask; keep the output ([0]) of what it "
+           "returns, apply dropout, add x, then norm1. Block 2: the same pattern with feed_forward and norm2, on block"
+           " 1's output."))
 
 
 def check_EncoderLayer(impl, seeds=(0,), cuda=False) -> None:
@@ -213,7 +218,13 @@ DECODER_LAYER = Item(
                 _DecoderSelfMaskIgnored),
         Mistake("no_residual_ffn", "the residual connection around the feed-forward network is missing: "
                 "norm3(x + feed_forward(x)).", _DecoderNoResidualFFN),
-    ), explain=explain_layer)
+    ), explain=explain_layer,
+    hints=("Three residual blocks, each with its own norm: masked self-attention over the target; cross-attention "
+           "whose queries come from the decoder and whose keys and values are the encoder's memory; the feed-forward "
+           "network.",
+           "Block 1: self_attn of x with self_mask. Block 2: cross_attn with queries = block 1's output, keys = values"
+           " = memory, and memory_mask. Block 3: feed_forward. Each: dropout of the sublayer's output, plus the "
+           "block's input, then its norm (norm1, norm2, norm3)."))
 
 
 def check_DecoderLayer(impl, seeds=(0,), cuda=False) -> None:
@@ -379,7 +390,13 @@ GREEDY_DECODE = Item(
                 _greedy_never_stops),
         Mistake("max_len_off_by_one", "your output can be max_len + 1 tokens long; max_len counts the bos token, so "
                 "at most max_len - 1 tokens are generated.", _greedy_max_len_off_by_one),
-    ))
+    ),
+    hints=("Encode the source once, then grow the target one token at a time: feed the tokens so far to the decoder "
+           "and append the most likely next token; stop after max_len tokens or when every sequence has produced "
+           "eos_id.",
+           "Start from a (B, 1) tensor of bos_id on src's device. Under torch.no_grad(), loop: argmax of the decoder's"
+           " logits at the last position, appended as a new column (torch.cat); keep a bool per sequence for "
+           "'finished' (fill finished ones with model.pad_id) and break when all are."))
 
 
 def check_greedy_decode(impl, seeds=(0,), cuda=False) -> None:

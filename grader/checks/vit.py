@@ -81,7 +81,11 @@ PATCHIFY = Item(
                 "split H and W into (H/P, P) and (W/P, P) and permute before flattening.", _pf_no_permute),
         Mistake("patch_transposed", "each patch is transposed (flattened column by column); flatten each channel's "
                 "P x P square row by row.", _pf_patch_transposed),
-    ))
+    ),
+    hints=("Cut each image into non-overlapping P x P squares, row by row of the patch grid, and flatten each square "
+           "(all its channels) into one vector: (B, C, H, W) becomes (B, N, C*P*P).",
+           "reshape to (B, C, H/P, P, W/P, P); permute so that the two grid axes come right after B and each patch's "
+           "(C, P, P) are the last three axes; reshape to (B, N, C*P*P)."))
 
 
 def check_patchify(impl, seeds=(0,), cuda=False) -> None:
@@ -139,7 +143,11 @@ UNPATCHIFY = Item(
         Mistake("column_order", "you placed the patches column by column; they come row by row.", _upf_column_order),
         Mistake("no_permute", "you reshaped (B, N, C*P*P) straight to (B, C, H, W); put each P x P square back in "
                 "place (reshape to (B, H/P, W/P, C, P, P) and permute).", _upf_no_permute),
-    ))
+    ),
+    hints=("The inverse of patchify: unflatten each patch vector into (C, P, P), put the patches back on their (H/P, "
+           "W/P) grid and merge the grid axes with the pixel axes.",
+           "reshape to (B, H/P, W/P, C, P, P); permute to (B, C, H/P, P, W/P, P), the inverse of patchify's "
+           "permutation; reshape to (B, C, height, width)."))
 
 
 def check_unpatchify(impl, seeds=(0,), cuda=False) -> None:
@@ -219,7 +227,12 @@ PATCH_EMBEDDING = Item(
         Mistake("channels_last", "the patches are flattened in (P, P, C) order; use (C, P, P) as in patchify.",
                 _PatchEmbeddingChannelsLast),
     ),
-    builds_on=(PATCHIFY,))
+    builds_on=(PATCHIFY,),
+    hints=("ViT's input: each patch is projected linearly to d_model, a learned [CLS] vector goes in front, and a "
+           "learned position embedding (one per patch, plus one for CLS) is added.",
+           "proj is an nn.Linear from C*P*P to d_model, applied to patchify's output; cls_token a parameter (1, 1, "
+           "d_model) expanded to the batch and concatenated before the patches on dim 1; pos_embedding a parameter (1,"
+           " N + 1, d_model), added last."))
 
 
 def check_PatchEmbedding(impl, seeds=(0,), cuda=False) -> None:

@@ -76,7 +76,11 @@ NOAM_LR = Item(
         Mistake("no_d_model", "the factor d_model^-0.5 is missing.", _noam_no_d_model),
         Mistake("d_model_sqrt", "you multiplied by sqrt(d_model); the factor is d_model^-0.5.", _noam_d_model_sqrt),
         Mistake("max_not_min", "you took the max of the two terms; the schedule is their min.", _noam_max_not_min),
-    ))
+    ),
+    hints=("The Transformer's schedule: the rate rises linearly for warmup_steps, then decays like 1/sqrt(step), all "
+           "scaled by d_model^-0.5; the two pieces meet at step = warmup_steps.",
+           "Take the smaller of step^-0.5 and step * warmup_steps^-1.5, times d_model^-0.5. At step 0 the first piece "
+           "divides by zero: return 0.0 there."))
 
 
 def check_noam_lr(impl, seeds=(0,), cuda=False) -> None:
@@ -168,7 +172,11 @@ WARMUP_LINEAR_LR = Item(
         Mistake("decay_from_step_0", _SAYS_DECAY_FROM_STEP_0, partial(_decay_from_step_0, decay=_linear)),
         Mistake("min_lr_ignored", _SAYS_MIN_LR_IGNORED, partial(_min_lr_ignored, decay=_linear)),
         Mistake("no_clamp_after_total", _SAYS_NO_CLAMP, partial(_no_clamp_after_total, decay=_linear)),
-    ))
+    ),
+    hints=("Two phases: from 0 up to base_lr linearly during the warmup, then linearly down from base_lr to min_lr at "
+           "total_steps, and min_lr after that.",
+           "During the warmup scale base_lr by step / warmup_steps. After it, the progress is (step - warmup_steps) / "
+           "(total_steps - warmup_steps), clipped at 1; interpolate from base_lr (progress 0) to min_lr (progress 1)."))
 
 
 def check_warmup_linear_lr(impl, seeds=(0,), cuda=False) -> None:
@@ -202,7 +210,11 @@ WARMUP_COSINE_LR = Item(
         Mistake("full_period", "you used a full cosine period, cos(2 pi p); the decay is half a period: "
                 "(1 + cos(pi p)) / 2.", _cosine_full_period),
         Mistake("linear_decay", "your decay is linear; use half a cosine: (1 + cos(pi p)) / 2.", _cosine_linear_decay),
-    ))
+    ),
+    hints=("The same warmup as warmup_linear_lr, then half a cosine from base_lr down to min_lr: slow at first, fast "
+           "in the middle, slow at the end.",
+           "After the warmup compute the progress p in [0, 1] as in warmup_linear_lr (clipped at 1); the factor 0.5 * "
+           "(1 + cos(pi * p)) goes from 1 to 0; the rate is min_lr plus (base_lr - min_lr) times that factor."))
 
 
 def check_warmup_cosine_lr(impl, seeds=(0,), cuda=False) -> None:
