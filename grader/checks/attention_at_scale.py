@@ -195,7 +195,12 @@ ONLINE_SOFTMAX_STEP = Item(
         Mistake("divided_by_l", DIVIDED, _divided_by_l_nan),
         Mistake("nan_rows", "a row with no key yet (m = -inf) and an all -inf tile gets exp(-inf - (-inf)) = "
                 "NaN; where m' = -inf subtract 0 instead, so it keeps m = -inf, l = 0, acc = 0.", _nan_rows),
-    ))
+    ),
+    hints=("The tile may raise a row's maximum. Everything summed so far (l and acc) was computed relative to the old "
+           "maximum m, so it must be brought to the new one before the tile's terms are added.",
+           "Take the new maximum over m and the tile's row maxima; the old sums are multiplied by exp(m - m_new); the "
+           "tile adds exp(scores - m_new) to l (summed over keys) and those weights times v_tile to acc. No division "
+           "here: that happens once, after the last tile."))
 
 
 def check_online_softmax_step(impl, seeds=(0,), cuda=False):
@@ -336,7 +341,12 @@ CACHED_ATTENTION_STEP = Item(
         Mistake("prepended", "you put the new keys and values before the cached ones; the cache is in position "
                 "order: torch.cat([k_cache, k], dim=-2).", _prepended),
         Mistake("unscaled", "you did not divide the scores by sqrt(d_k): softmax(q K^T / sqrt(d_k)) V.", _unscaled),
-    ))
+    ),
+    hints=("The new positions' keys and values join the cache first; then the new queries attend over everything "
+           "cached, the new positions included, with a causal rule: a new query may not see a later new key.",
+           "Concatenate along the positions axis (-2), cache first. With t cached positions before this step, new "
+           "query i may see key j when j <= i + t; build that mask for (T_new, t + T_new) on the inputs' device and "
+           "return the output with both extended caches."))
 
 
 def check_cached_attention_step(impl, seeds=(0,), cuda=False):
