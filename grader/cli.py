@@ -429,8 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
-    from grader import collect, export, release, report, similarity   # each module adds its command and its run(args)
-    for module in (collect, export, release, report, similarity):
+    from grader import collect, edition, export, release, report, similarity   # each adds its command and run(args)
+    for module in (collect, edition, export, release, report, similarity):
         module.add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "grade":
