@@ -274,7 +274,8 @@ class Run:
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
           config_file: Path | None = DEFAULT_CONFIG, limits: Limits = Limits(), isolate: bool = True,
           seed: int | None = None, assignments: list[str] | None = None, progress: bool = True,
-          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None) -> Run:
+          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None,
+          on_result: Callable[[Result], None] | None = None) -> Run:
     """Grade the submissions under `submissions` into the course directory `out`; see `main`.
 
     Only the submissions of `shard` (see in_shard), and of those only the ones the gradebook has no result
@@ -284,7 +285,9 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     own submissions. `assignments` and `students` choose what this run grades (grades.csv stays the whole class).
     A recorded failure is graded again when its folder changed since (a notebook renamed or handed in again).
     Every student the gradebook or SUBMISSIONS knows gets a "missing" row for each assignment handed in by
-    someone but not by them. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
+    someone but not by them. `on_result` is called with each result once it is committed (grader.watch hands its
+    feedback back there; what it raises stops the run, and grades.csv is then not rewritten).
+    Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
     """
     from nbgrader.api import Gradebook
 
@@ -331,10 +334,16 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
             print(f"resuming: {run.already} of {len(mine)} submissions are in the gradebook already; grading the "
                   f"other {len(todo)} (--regrade grades them all)", flush=True)
         notebooks = max([len(list((source / a).glob("*.ipynb"))) for a in {j.assignment_id for j in todo}] or [1])
-        run.graded = grade_jobs(runner, todo, workers, log_file, progress, pool,
-                                on_result=lambda result: record(gb, result, late),
-                                job_seconds=notebooks * limits.submission_seconds + HOST_SECONDS)
-    shutil.move(str(log_file), str(work / f"workers-{os.getpid()}.log"))
+
+        def recorded_then(result: Result) -> None:
+            record(gb, result, late)
+            if on_result is not None:
+                on_result(result)
+        try:
+            run.graded = grade_jobs(runner, todo, workers, log_file, progress, pool, on_result=recorded_then,
+                                    job_seconds=notebooks * limits.submission_seconds + HOST_SECONDS)
+        finally:
+            shutil.move(str(log_file), str(work / f"workers-{os.getpid()}.log"))
 
     def row(key: tuple[str, str]) -> Result:
         return stored.get(key) or Result(*key, "pending", reason="not recorded yet (by another shard, or by a run "
@@ -421,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
-    from grader import collect, export, release, report, similarity   # each module adds its command and its run(args)
-    for module in (collect, export, release, report, similarity):
+    from grader import collect, export, release, report, similarity, watch   # each module adds its command and run(args)
+    for module in (collect, export, release, report, similarity, watch):
         module.add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "grade":
