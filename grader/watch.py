@@ -106,13 +106,22 @@ class Watch:
                 signal.signal(s, handler)
 
     def _on_signal(self, signum: int, frame) -> None:
+        """Sets the flag the loop and the result callback look at; says so with one unbuffered write (a print here
+        could land inside a print of the main flow, which Python's buffered streams refuse)."""
+        name = signal.Signals(signum).name
         if self.stopping:
-            self.say(f"{signal.Signals(signum).name} again: stopping now (what was being graded is graded at the next start)")
+            self._write_now(f"{name} again: stopping now (what was being graded is graded at the next start)")
             os._exit(128 + signum)
         self.stopping = True
         if self.grading:
-            self.say(f"{signal.Signals(signum).name}: stopping once the submission being graded is recorded "
-                     f"(send it again to stop at once)")
+            self._write_now(f"{name}: stopping once the submission being graded is recorded (send it again to stop "
+                            f"at once)")
+
+    def _write_now(self, line: str) -> None:
+        try:
+            os.write(self.stdout.fileno(), (line + "\n").encode(errors="replace"))
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):   # no file under it (a test's StringIO)
+            pass
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -214,7 +223,8 @@ class Watch:
             self.notice(f"cannot hand back the earlier grades: {type(err).__name__}: {terminal_text(str(err), 300)}")
             return
         if graded:
-            self.say(f"{len(back.released)} earlier grade(s) are in the exchange; {len(back.listed)} not:")
+            self.say(f"{len(back.released)} earlier grade(s) are in the exchange"
+                     + (f"; {len(back.listed)} not:" if back.listed else ""))
             for line in back.listed:
                 self.notice(f"  not handed back: {line}")
 

@@ -13,7 +13,8 @@ can be shown to read its page by name and not to list the others'.
 One run (the module fixture) goes through: both submit (nobody right, daemon with the softmax over the wrong
 axis) and fetch their scores; daemon forges a submission in nobody's name and resubmits right (regraded, the
 new feedback fetched, the forgery graded for no one); nobody submits a broken notebook (recorded as failed,
-the watch goes on); the watch is stopped with SIGTERM and started again (nothing regraded). Changing owners
+the watch goes on); nobody resubmits and the watch gets SIGTERM while grading it (it finishes that one, then
+stops); it is started again (nothing regraded). Changing owners
 needs root, so it is skipped for other users. The round trip (submit returns -> fetch_feedback finds the page)
 is printed (`pytest -s`).
 """
@@ -51,13 +52,13 @@ def _uid(login: str) -> int | None:
         return None
 
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.xdist_group("exchange"),
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: students' folders get their own uids (os.lchown)"),
-    pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap for python -m grader (`make sandbox`)"),
-    pytest.mark.skipif(any(_uid(s) is None for s in STUDENTS), reason="needs the logins nobody and daemon"),
-]
+def _through_the_exchange(test):
+    for mark in (pytest.mark.slow, pytest.mark.xdist_group("exchange"),
+                 pytest.mark.skipif(os.geteuid() != 0, reason="needs root: students' folders get their own uids"),
+                 pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (`make sandbox`)"),
+                 pytest.mark.skipif(any(_uid(s) is None for s in STUDENTS), reason="needs the logins nobody and daemon")):
+        test = mark(test)
+    return test
 
 
 class Watcher:
@@ -164,6 +165,7 @@ def course():
         shutil.rmtree(base, ignore_errors=True)
 
 
+@_through_the_exchange
 def test_watch_end_to_end(course):
     watch, nobody, daemon, base = course["watch"], course["students"]["nobody"], course["students"]["daemon"], course["base"]
     points = _points()
@@ -215,10 +217,24 @@ def test_watch_end_to_end(course):
     assert "could not be graded" in _newest(nobody.fetch_feedback())
     assert watch.proc.poll() is None
 
-    # 4. Stopped with SIGTERM and started again: nothing is graded again, and what it prints says so.
-    graded_lines = len(re.findall(rf"^\w+/{ASSIGNMENT}: ", watch.text(), re.M))
-    assert graded_lines == 4, watch.text()
-    assert watch.stop() == 0 and watch.text().rstrip().endswith("stopped")
+    # 4. SIGTERM while a submission is being graded: the watch records it and hands it back, then stops.
+    assert len(re.findall(rf"^\w+/{ASSIGNMENT}: ", watch.text(), re.M)) == 4, watch.text()
+    stamp = base / "submitted" / "nobody" / ASSIGNMENT / "timestamp.txt"
+    old = stamp.read_text()
+    nobody.submit(right)
+    deadline = time.monotonic() + ROUND_TRIP
+    while time.monotonic() < deadline and _read(stamp) in (old, None):   # collected: its grading starts now
+        time.sleep(0.1)
+    time.sleep(2)   # a grading run takes 9 s or more before its first result
+    watch.proc.send_signal(signal.SIGTERM)
+    assert watch.proc.wait(timeout=300) == 0
+    text = watch.text()
+    assert "SIGTERM: stopping once the submission being graded is recorded" in text, text
+    assert re.search(rf"^nobody/{ASSIGNMENT}: {total:g} of {total:g} points; .*feedback fetchable", text, re.M), text
+    assert text.rstrip().endswith("stopped")
+    assert _score(_newest(nobody.fetch_feedback())) == (total, total)
+
+    # 5. Started again: nothing is graded again, and what it prints says so.
     db = base / "OUT" / "gradebook.db"
     before = db.stat().st_mtime_ns
     watch.start()
@@ -226,5 +242,32 @@ def test_watch_end_to_end(course):
     time.sleep(3)   # a few more polls
     assert not re.findall(rf"^\w+/{ASSIGNMENT}: ", watch.text(), re.M), watch.text()
     assert db.stat().st_mtime_ns == before
-    assert watch.stop() == 0
+    assert watch.stop() == 0 and watch.text().rstrip().endswith("stopped")
 
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except FileNotFoundError:   # collect is replacing the folder
+        return None
+
+
+def test_a_watch_started_again_collects_nothing_it_collected_before(tmp_path):
+    """What a restart looks at before copying a student's newest inbound folder: SUBMISSIONS already holds its
+    time (so nothing is copied again, and a failed submission, graded again when its folder changes, is not);
+    a newer one is collected, once; a folder changed in the last seconds (submit still writing it) waits."""
+    from grader.watch import SETTLE, Watch
+
+    subs = tmp_path / "submitted"
+    (subs / "ann" / ASSIGNMENT).mkdir(parents=True)
+    (subs / "ann" / ASSIGNMENT / "timestamp.txt").write_text("2026-12-01 16:59:00.000000 UTC\n")
+    watch = Watch(tmp_path / "OUT", subs, tmp_path / "exchange", COURSE, [ASSIGNMENT])
+    settled = time.time_ns() - int(2 * SETTLE * 1e9)
+    assert watch._not_now("ann", ASSIGNMENT, f"ann+{ASSIGNMENT}+2026-12-01 16:59:00.000000 UTC+a1", settled)
+    newer = f"ann+{ASSIGNMENT}+2026-12-01 17:05:00.000000 UTC+b2"
+    assert not watch._not_now("ann", ASSIGNMENT, newer, settled)
+    assert watch._not_now("ann", ASSIGNMENT, newer, settled)          # tried once, not copied at every poll
+    bob = f"bob+{ASSIGNMENT}+2026-12-01 17:06:00.000000 UTC+c3"
+    assert watch._not_now("bob", ASSIGNMENT, bob, time.time_ns())     # still being written: next poll
+    assert not watch._not_now("bob", ASSIGNMENT, bob, settled)
+    assert not watch._not_now("cy", ASSIGNMENT, f"cy+{ASSIGNMENT}+never+d4", settled)   # no time: collect decides
