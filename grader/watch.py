@@ -39,6 +39,7 @@ from grader.release import hand_back
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable
 
 SLEEP_STEP = 0.2   # seconds: how soon a signal is noticed while waiting for the next poll
+MAX_NOTICES = 2000  # distinct notices printed (an inbound folder can be filled with forgeries); then one line says so
 SETTLE = 2.0       # seconds a submission folder must be left unchanged before it is collected (submit writes
                    # submission_secret.txt and sets the folder's mode last; a half-written folder waits a poll)
 
@@ -69,10 +70,13 @@ class Watch:
         print(line, file=self.stdout, flush=True)
 
     def notice(self, line: str) -> None:
-        """Print `line` unless it was printed before (a forgery in the inbound folder is seen at every poll)."""
-        if line not in self.said:
-            self.said.add(line)
-            self.say(line)
+        """Print `line` unless it was printed before (a forgery in the inbound folder is seen at every poll), and
+        at most MAX_NOTICES of them."""
+        if line in self.said or len(self.said) > MAX_NOTICES:
+            return
+        self.said.add(line)
+        self.say(line if len(self.said) <= MAX_NOTICES else
+                 f"more than {MAX_NOTICES} notices (forgeries in the inbound folder?): the rest are not shown")
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> int:

@@ -271,3 +271,20 @@ def test_a_watch_started_again_collects_nothing_it_collected_before(tmp_path):
     assert watch._not_now("bob", ASSIGNMENT, bob, time.time_ns())     # still being written: next poll
     assert not watch._not_now("bob", ASSIGNMENT, bob, settled)
     assert not watch._not_now("cy", ASSIGNMENT, f"cy+{ASSIGNMENT}+never+d4", settled)   # no time: collect decides
+
+
+def test_each_notice_is_printed_once_and_a_flood_of_them_is_cut(tmp_path):
+    """Anyone can fill the inbound folder with folders forged in others' names: each is said once, not at every
+    poll, and past MAX_NOTICES one line says the rest are not shown."""
+    import io
+
+    from grader.watch import MAX_NOTICES, Watch
+
+    watch = Watch(tmp_path / "OUT", tmp_path / "submitted", tmp_path / "exchange", COURSE, [ASSIGNMENT])
+    watch.stdout = io.StringIO()
+    for k in range(MAX_NOTICES + 100):
+        watch.notice(f"needs review: inbound/ann+{ASSIGNMENT}+{k}: made by eve")
+        watch.notice(f"needs review: inbound/ann+{ASSIGNMENT}+0: made by eve")
+    lines = watch.stdout.getvalue().splitlines()
+    assert len(lines) == MAX_NOTICES + 1 and len(set(lines)) == len(lines)
+    assert lines[-1].startswith(f"more than {MAX_NOTICES} notices")
