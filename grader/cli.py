@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
@@ -139,13 +140,16 @@ def _init_worker(log_file: str, threads: int, parent: int) -> None:
     N workers with all cores each would only fight over them), and its stdout/stderr (and the kernels'
     chatter) go to a log file, away from the progress bar. It is killed when the main process dies (even
     by kill -9), so a killed run leaves no worker behind writing into OUT while the next run grades. Its
-    address space is bounded by WORKER_MEMORY (a MemoryError there is the submission's failure, not the run's)."""
+    address space is bounded by WORKER_MEMORY (a MemoryError there is the submission's failure, not the run's).
+    It ignores SIGINT: a terminal's Ctrl-C reaches every process of its group, and what it stops is the main
+    process's to decide (`grade` ends, and its workers with it; `watch` finishes the submission in flight)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:   # the main process died before the line above
         os._exit(1)
+    signal.signal(signal.SIGINT, _no_action)   # a terminal's Ctrl-C is the main process's to act on
     if not any(Path("/dev").glob("nvidia*")):   # CUDA reserves far more address space than it uses: no bound there
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]    # the soft limit only: the sandbox sets its own
         resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY if hard == resource.RLIM_INFINITY
@@ -158,6 +162,10 @@ def _init_worker(log_file: str, threads: int, parent: int) -> None:
     os.close(fd)
     import grader.runner  # noqa: F401  (torch, the checks, nbgrader: seconds that overlap the course's set-up)
     import nbgrader.converters  # noqa: F401
+
+
+def _no_action(signum: int, frame) -> None:
+    """A grading worker's SIGINT handler. Not SIG_IGN, which the sandbox it starts would inherit through exec."""
 
 
 def start_pool(workers: int, log_file: Path) -> ProcessPoolExecutor:
@@ -193,12 +201,17 @@ def _run_pool(runner: SandboxRunner, jobs: list[Job], pool: ProcessPoolExecutor,
     for a job whose worker was killed at its wall clock of `job_seconds`."""
     broken: list[tuple[Job, BaseException]] = []
     queue = list(jobs)
+    dead = False   # a worker died before it took a job (killed while it started): the rest go to a new pool
     with pool:
         running: dict = {}
         while queue or running:
-            while queue and len(running) < workers and not broken:
-                job = queue.pop(0)
-                running[pool.submit(_guarded, runner, job, job_seconds)] = (job, time.monotonic())
+            while queue and len(running) < workers and not broken and not dead:
+                try:
+                    future = pool.submit(_guarded, runner, queue[0], job_seconds)
+                except BrokenProcessPool:
+                    dead = True
+                    break
+                running[future] = (queue.pop(0), time.monotonic())
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

@@ -14,9 +14,10 @@ Every --interval seconds, for each assignment of the course (--assignment: some 
 A submission that cannot be graded (broken, hostile, too slow) is recorded as failed with its reason, its page
 says so, and the loop goes on. An error of the grader itself (an exchange not released yet, a database that is
 down) is printed, once per distinct message, and tried again at the next poll; only a sandbox that cannot start
-on the first poll stops it (exit 2, with the fix). SIGTERM or SIGINT stops it after the submission being
-graded is recorded and handed back; a second signal stops it at once (what was in flight is graded at the next
-start). README.md ("Feedback minutes after submitting") runs it as a systemd unit or a JupyterHub service.
+on the first poll stops it (exit 2, with the fix). SIGTERM stops it after the submission being graded is
+recorded and handed back; a second signal stops it at once. A terminal's Ctrl-C (SIGINT to every process of
+the group: the grading processes ignore it, a sandbox being started does not) stops it as well, at once when
+it has to. What was not recorded is graded at the next start, never half: a submission is recorded whole. README.md ("Feedback minutes after submitting") runs it as a systemd unit or a JupyterHub service.
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class Watch:
                 try:
                     self.poll()
                 except SandboxUnavailable as err:
+                    if self.stopping:   # a terminal's Ctrl-C reached the sandbox being started too
+                        break
                     if first:
                         print(f"python -m grader watch: cannot start the sandbox: {err}\n{HOW_TO_FIX}", file=sys.stderr)
                         return 2
@@ -160,8 +163,6 @@ class Watch:
                 self.ready = True
                 self.say(f"up to date: {run.already} submission(s) were in the gradebook already, {len(run.graded)} "
                          f"graded at the start; waiting for new ones")
-        except KeyboardInterrupt:   # Ctrl-C in a terminal reaches the grading processes too
-            raise Stopped from None
         finally:
             self.grading = False
             for line in chatter.getvalue().splitlines():   # the due-date notes, once; not the "resuming" count

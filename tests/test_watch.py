@@ -13,8 +13,8 @@ can be shown to read its page by name and not to list the others'.
 One run (the module fixture) goes through: both submit (nobody right, daemon with the softmax over the wrong
 axis) and fetch their scores; daemon forges a submission in nobody's name and resubmits right (regraded, the
 new feedback fetched, the forgery graded for no one); nobody submits a broken notebook (recorded as failed,
-the watch goes on); nobody resubmits and the watch gets SIGTERM while grading it (it finishes that one, then
-stops); it is started again (nothing regraded). Changing owners
+the watch goes on); nobody resubmits and the watch gets SIGTERM while grading it (it finishes that one, then stops); it
+is started again (nothing regraded) and stopped with a terminal's Ctrl-C. Changing owners
 needs root, so it is skipped for other users. The round trip (submit returns -> fetch_feedback finds the page)
 is printed (`pytest -s`).
 """
@@ -75,7 +75,7 @@ class Watcher:
                 [sys.executable, "-m", "grader", "watch", "--out", str(self.base / "OUT"),
                  "--submissions", str(self.base / "submitted"), "--exchange", str(self.base / "exchange"),
                  "--course", COURSE, "--assignment", ASSIGNMENT, "--interval", "1"],
-                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def text(self) -> str:
         """What this start of the watch has printed so far."""
@@ -90,10 +90,6 @@ class Watcher:
             assert self.proc.poll() is None, f"the watch stopped:\n{self.text()[-4000:]}"
             time.sleep(0.2)
         raise AssertionError(f"no {pattern!r} after {timeout} s:\n{self.text()[-4000:]}")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=120)
 
 
 class Student:
@@ -217,7 +213,8 @@ def test_watch_end_to_end(course):
     assert "could not be graded" in _newest(nobody.fetch_feedback())
     assert watch.proc.poll() is None
 
-    # 4. SIGTERM while a submission is being graded: the watch records it and hands it back, then stops.
+    # 4. SIGTERM (systemd's and JupyterHub's stop) while a submission is being graded: the watch records it and
+    # hands it back, then stops.
     assert len(re.findall(rf"^\w+/{ASSIGNMENT}: ", watch.text(), re.M)) == 4, watch.text()
     stamp = base / "submitted" / "nobody" / ASSIGNMENT / "timestamp.txt"
     old = stamp.read_text()
@@ -230,7 +227,8 @@ def test_watch_end_to_end(course):
     assert watch.proc.wait(timeout=300) == 0
     text = watch.text()
     assert "SIGTERM: stopping once the submission being graded is recorded" in text, text
-    assert re.search(rf"^nobody/{ASSIGNMENT}: {total:g} of {total:g} points; .*feedback fetchable", text, re.M), text
+    lines = re.findall(rf"^nobody/{ASSIGNMENT}: .*", text, re.M)
+    assert len(lines) == 3 and re.match(rf"nobody/{ASSIGNMENT}: {total:g} of {total:g} points; .*fetchable", lines[-1]), text
     assert text.rstrip().endswith("stopped")
     assert _score(_newest(nobody.fetch_feedback())) == (total, total)
 
@@ -242,7 +240,8 @@ def test_watch_end_to_end(course):
     time.sleep(3)   # a few more polls
     assert not re.findall(rf"^\w+/{ASSIGNMENT}: ", watch.text(), re.M), watch.text()
     assert db.stat().st_mtime_ns == before
-    assert watch.stop() == 0 and watch.text().rstrip().endswith("stopped")
+    os.killpg(watch.proc.pid, signal.SIGINT)   # Ctrl-C in its terminal, while it waits
+    assert watch.proc.wait(timeout=60) == 0 and watch.text().rstrip().endswith("stopped")
 
 
 def _read(path: Path) -> str | None:
@@ -288,3 +287,26 @@ def test_each_notice_is_printed_once_and_a_flood_of_them_is_cut(tmp_path):
     lines = watch.stdout.getvalue().splitlines()
     assert len(lines) == MAX_NOTICES + 1 and len(set(lines)) == len(lines)
     assert lines[-1].startswith(f"more than {MAX_NOTICES} notices")
+
+
+def test_a_grading_process_killed_while_it_starts_costs_no_submission_its_grade():
+    """A terminal's Ctrl-C reaches the grading processes too; one that is still starting (before it can ignore
+    it) dies. The jobs not handed to it yet come back "not started", for a new pool, instead of the pool's
+    error stopping the whole grading run (the watch would have stopped without grading them)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from grader.cli import _run_pool
+    from grader.records import Job
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    pool.submit(int).result()
+    (worker,) = pool._processes.values()
+    worker.kill()
+    deadline = time.monotonic() + 30
+    while not pool._broken and time.monotonic() < deadline:   # the executor notices its dead worker
+        time.sleep(0.05)
+    job = Job("ann", ASSIGNMENT, Path("/nonexistent"))
+    done = []
+    (left,) = _run_pool(None, [job], pool, 1, done.append)
+    assert left[0] == job and str(left[1]) == "not started" and done == []
