@@ -129,9 +129,9 @@ def collect(exchange: Path, course: str, assignment: str, to: Path,
 
     uid_of: student id -> the uid that must own their folders (default: their login's; tests give their own).
     skip(student id, folder name, its ctime in ns) -> True leaves that student's newest folder alone (`python -m
-    grader watch`: collected already, or still being written). Whatever collect() keeps, it keeps from the folder it copies: the student's
-    submission_secret.txt stays beside the notebooks (grader.release finds their feedback's place in the exchange
-    with it, and uses it for nothing else), and timestamp.txt is the exchange's time."""
+    grader watch`: collected already, or still being written). The student's submission_secret.txt is copied
+    with the rest (grader.release finds the place of their feedback in the exchange with it, and uses it for
+    nothing else); timestamp.txt is the exchange's time."""
     to = Path(to)
     inbound_path = Path(exchange) / course / "inbound"
     try:

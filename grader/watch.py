@@ -17,7 +17,8 @@ down) is printed, once per distinct message, and tried again at the next poll; o
 on the first poll stops it (exit 2, with the fix). SIGTERM stops it after the submission being graded is
 recorded and handed back; a second signal stops it at once. A terminal's Ctrl-C (SIGINT to every process of
 the group: the grading processes ignore it, a sandbox being started does not) stops it as well, at once when
-it has to. What was not recorded is graded at the next start, never half: a submission is recorded whole. README.md ("Feedback minutes after submitting") runs it as a systemd unit or a JupyterHub service.
+it has to. What was not recorded is graded at the next start, never half: a submission is recorded whole.
+README.md ("Feedback minutes after submitting") runs it as a systemd unit or a JupyterHub service.
 """
 
 from __future__ import annotations
@@ -204,7 +205,8 @@ class Watch:
         status = "" if result.status == "graded" else f", {result.status}: {terminal_text(result.reason, 200)}"
         since = ""
         if result.timestamp:
-            since = f", {(datetime.utcnow() - datetime.fromisoformat(result.timestamp)).total_seconds():.1f} s after submitting"
+            seconds = (datetime.utcnow() - datetime.fromisoformat(result.timestamp)).total_seconds()
+            since = f", {seconds:.1f} s after submitting"
         self.say(f"{terminal_text(result.student_id)}/{terminal_text(result.assignment_id)}: {result.score:g} of "
                  f"{result.max_score:g} points{late}{status}; graded in {result.seconds:.1f} s; {where}{since}")
         if self.stopping:

@@ -180,7 +180,7 @@ def test_watch_end_to_end(course):
         assert len(pages) == 1, pages
         expected = total if student is nobody else total - points["dot_product_attention"]
         assert _score(_newest(pages)) == (expected, total), student.login
-    print(f"\nround trip (submit returned -> fetch_feedback found the page): "
+    print("\nround trip (submit returned -> fetch_feedback found the page): "
           + ", ".join(f"{s} {t:.1f} s" for s, t in times.items()))
     assert "softmax" in _newest(daemon.fetch_feedback())
 
