@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
@@ -139,13 +140,16 @@ def _init_worker(log_file: str, threads: int, parent: int) -> None:
     N workers with all cores each would only fight over them), and its stdout/stderr (and the kernels'
     chatter) go to a log file, away from the progress bar. It is killed when the main process dies (even
     by kill -9), so a killed run leaves no worker behind writing into OUT while the next run grades. Its
-    address space is bounded by WORKER_MEMORY (a MemoryError there is the submission's failure, not the run's)."""
+    address space is bounded by WORKER_MEMORY (a MemoryError there is the submission's failure, not the run's).
+    It ignores SIGINT: a terminal's Ctrl-C reaches every process of its group, and what it stops is the main
+    process's to decide (`grade` ends, and its workers with it; `watch` finishes the submission in flight)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG (Linux)
     except (OSError, AttributeError):
         pass
     if os.getppid() != parent:   # the main process died before the line above
         os._exit(1)
+    signal.signal(signal.SIGINT, _no_action)   # a terminal's Ctrl-C is the main process's to act on
     if not any(Path("/dev").glob("nvidia*")):   # CUDA reserves far more address space than it uses: no bound there
         hard = resource.getrlimit(resource.RLIMIT_AS)[1]    # the soft limit only: the sandbox sets its own
         resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY if hard == resource.RLIM_INFINITY
@@ -158,6 +162,10 @@ def _init_worker(log_file: str, threads: int, parent: int) -> None:
     os.close(fd)
     import grader.runner  # noqa: F401  (torch, the checks, nbgrader: seconds that overlap the course's set-up)
     import nbgrader.converters  # noqa: F401
+
+
+def _no_action(signum: int, frame) -> None:
+    """A grading worker's SIGINT handler. Not SIG_IGN, which the sandbox it starts would inherit through exec."""
 
 
 def start_pool(workers: int, log_file: Path) -> ProcessPoolExecutor:
@@ -193,12 +201,17 @@ def _run_pool(runner: SandboxRunner, jobs: list[Job], pool: ProcessPoolExecutor,
     for a job whose worker was killed at its wall clock of `job_seconds`."""
     broken: list[tuple[Job, BaseException]] = []
     queue = list(jobs)
+    dead = False   # a worker died before it took a job (killed while it started): the rest go to a new pool
     with pool:
         running: dict = {}
         while queue or running:
-            while queue and len(running) < workers and not broken:
-                job = queue.pop(0)
-                running[pool.submit(_guarded, runner, job, job_seconds)] = (job, time.monotonic())
+            while queue and len(running) < workers and not broken and not dead:
+                try:
+                    future = pool.submit(_guarded, runner, queue[0], job_seconds)
+                except BrokenProcessPool:
+                    dead = True
+                    break
+                running[future] = (queue.pop(0), time.monotonic())
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -276,7 +289,8 @@ class Run:
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
           config_file: Path | None = DEFAULT_CONFIG, limits: Limits = Limits(), isolate: bool = True,
           seed: int | None = None, assignments: list[str] | None = None, progress: bool = True,
-          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None) -> Run:
+          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None,
+          on_result: Callable[[Result], None] | None = None) -> Run:
     """Grade the submissions under `submissions` into the course directory `out`; see `main`.
 
     Only the submissions of `shard` (see in_shard), and of those only the ones the gradebook has no result
@@ -286,7 +300,9 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     own submissions. `assignments` and `students` choose what this run grades (grades.csv stays the whole class).
     A recorded failure is graded again when its folder changed since (a notebook renamed or handed in again).
     Every student the gradebook or SUBMISSIONS knows gets a "missing" row for each assignment handed in by
-    someone but not by them. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
+    someone but not by them. `on_result` is called with each result once it is committed (grader.watch hands its
+    feedback back there; what it raises stops the run, and grades.csv is then not rewritten).
+    Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
     """
     from nbgrader.api import Gradebook
 
@@ -334,10 +350,16 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
             print(f"resuming: {run.already} of {len(mine)} submissions are in the gradebook already; grading the "
                   f"other {len(todo)} (--regrade grades them all)", flush=True)
         notebooks = max([len(list((source / a).glob("*.ipynb"))) for a in {j.assignment_id for j in todo}] or [1])
-        run.graded = grade_jobs(runner, todo, workers, log_file, progress, pool,
-                                on_result=lambda result: record(gb, result, late),
-                                job_seconds=notebooks * limits.submission_seconds + HOST_SECONDS)
-    shutil.move(str(log_file), str(work / f"workers-{os.getpid()}.log"))
+
+        def recorded_then(result: Result) -> None:
+            record(gb, result, late)
+            if on_result is not None:
+                on_result(result)
+        try:
+            run.graded = grade_jobs(runner, todo, workers, log_file, progress, pool, on_result=recorded_then,
+                                    job_seconds=notebooks * limits.submission_seconds + HOST_SECONDS)
+        finally:
+            shutil.move(str(log_file), str(work / f"workers-{os.getpid()}.log"))
 
     def row(key: tuple[str, str]) -> Result:
         return stored.get(key) or Result(*key, "pending", reason="not recorded yet (by another shard, or by a run "
@@ -429,8 +451,8 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
-    from grader import collect, edition, export, release, report, similarity   # each adds its command and run(args)
-    for module in (collect, edition, export, release, report, similarity):
+    from grader import collect, edition, export, release, report, similarity, watch   # each adds its command, run()
+    for module in (collect, edition, export, release, report, similarity, watch):
         module.add_command(commands)
     args = parser.parse_args(argv)
     if args.command != "grade":

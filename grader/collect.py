@@ -106,9 +106,10 @@ def _format(when: datetime) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S.%f UTC")   # nbgrader's timestamp_format, in UTC
 
 
-def _open_course_dir(parent: int, name: str, where: str) -> int:
+def open_course_dir(parent: int, name: str, where: str) -> int:
     """A folder of the exchange that the instructor made (release_assignment): never a link, owned by this user
-    or root, or else a student (the exchange's root is writable by everyone) could have put it there."""
+    or root, or else a student (the exchange's root is writable by everyone) could have put it there.
+    Raises CollectError."""
     try:
         fd = os.open(name, NO_FOLLOW | os.O_DIRECTORY, dir_fd=parent)
     except OSError as err:
@@ -122,10 +123,15 @@ def _open_course_dir(parent: int, name: str, where: str) -> int:
 
 
 def collect(exchange: Path, course: str, assignment: str, to: Path,
-            uid_of: Callable[[str], int | None] = login_uid) -> Collection:
+            uid_of: Callable[[str], int | None] = login_uid,
+            skip: Callable[[str, str, int], bool] | None = None) -> Collection:
     """Collect the newest submission of `assignment` of every student from the exchange into TO; see the module.
 
-    uid_of: student id -> the uid that must own their folders (default: their login's; tests give their own)."""
+    uid_of: student id -> the uid that must own their folders (default: their login's; tests give their own).
+    skip(student id, folder name, its ctime in ns) -> True leaves that student's newest folder alone (`python -m
+    grader watch`: collected already, or still being written). The student's submission_secret.txt is copied
+    with the rest (grader.release finds the place of their feedback in the exchange with it, and uses it for
+    nothing else); timestamp.txt is the exchange's time."""
     to = Path(to)
     inbound_path = Path(exchange) / course / "inbound"
     try:
@@ -133,9 +139,9 @@ def collect(exchange: Path, course: str, assignment: str, to: Path,
     except OSError as err:
         raise CollectError(f"cannot open the exchange {exchange} ({err.strerror})") from None
     try:
-        course_fd = _open_course_dir(root, course, str(Path(exchange) / course))
+        course_fd = open_course_dir(root, course, str(Path(exchange) / course))
         try:
-            inbound = _open_course_dir(course_fd, "inbound", str(inbound_path))
+            inbound = open_course_dir(course_fd, "inbound", str(inbound_path))
         finally:
             os.close(course_fd)
     finally:
@@ -143,7 +149,7 @@ def collect(exchange: Path, course: str, assignment: str, to: Path,
     done = Collection()
     try:
         newest = _newest_per_student(inbound, assignment, uid_of, done)
-        for student in sorted(newest):
+        for student in sorted(s for s in newest if skip is None or not skip(s, newest[s][1], newest[s][0])):
             _collect_one(inbound, newest[student][1], student, uid_of(student), assignment, to, done)
     finally:
         os.close(inbound)
