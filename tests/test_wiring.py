@@ -6,6 +6,7 @@ differently get no complaint; nothing is said when the submission is not at hand
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from grader.checks.run import run_student
 from grader.checks.wiring import differences, explain_layer, observe
 from transformer_ref.layers import LayerNorm, PositionwiseFeedForward
 from transformer_ref.multihead import MultiHeadAttention
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def flat(text):
@@ -383,3 +386,68 @@ def test_the_batch_grader_without_the_submission_names_a_usual_eps_from_the_outc
     assert "expected" in said and "tolerance" in said, said
     result = grade(item, cases, run_student(item, BertEmbeddingsNudged, cases))
     assert "What differs: below the printed digits" in flat(result.message) and "eps" not in result.message
+
+
+# ---------------------------------------------------------------- the batch grader: the record the sandbox made
+
+CROSS_READS_INPUT = '''class DecoderLayer(nn.Module):
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0):
+        super().__init__()
+        self.self_attn = MultiHeadAttention(d_model, num_heads)
+        self.cross_attn = MultiHeadAttention(d_model, num_heads)
+        self.feed_forward = PositionwiseFeedForward(d_model, d_ff)
+        self.norm1 = LayerNorm(d_model)
+        self.norm2 = LayerNorm(d_model)
+        self.norm3 = LayerNorm(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x, memory, self_mask=None, memory_mask=None):
+        h = self.norm1(x + self.dropout(self.self_attn(x, x, x, self_mask)[0]))
+        h = self.norm2(h + self.dropout(self.cross_attn(x, memory, memory, memory_mask)[0]))   # x, not h
+        return self.norm3(h + self.dropout(self.feed_forward(h)))
+'''
+
+
+def test_in_the_sandbox_the_layer_records_its_wiring_and_the_grader_names_it():
+    """Batch grading has only the outcomes: the sandbox sends each case's record of what reached the sublayers
+    (Outcome.wiring), and the grader compares it with the reference's, as the student's own check does."""
+    import nbformat
+
+    from grader.checks.compare import grade
+    from grader.execution import execute
+    from grader.sandbox.limits import Limits
+    from grader.submission import code_cells, load_source
+
+    path = ROOT / "solutions" / "07_transformer" / "07_transformer.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "DecoderLayer").source = \
+        CROSS_READS_INPUT
+    cells = code_cells(load_source(path), nb)[0]
+    item = transformer.DECODER_LAYER
+    cases = make_cases(item, 3)
+    execution = execute(cells, [item.name], {item.name: cases}, Limits(cell_seconds=60.0, submission_seconds=300.0),
+                        isolate=True)
+    outcomes = execution.outcomes[item.name]
+    assert all(o.wiring is not None for o in outcomes if o.error is None), outcomes[0]
+    said = flat(grade(item, cases, outcomes).message)
+    assert "What differs: cross_attn's query is the layer input x; it should be norm1's output" in said, said
+
+
+@pytest.mark.parametrize("text", [
+    None, "", "not json", "[]", '{"calls": [], "output": 3}', '{"calls": {}, "output": "x"}',
+    '{"calls": [["norm1"]], "output": "x"}', '{"calls": [["norm1", {"x": 1}]], "output": "x"}',
+    '{"calls": [], "output": "x", "more": 1}', '{"calls": [' + ",".join(['["a", {}]'] * 65) + '], "output": "x"}',
+    '{"calls": [["a", {"x": "' + "y" * 2000 + '"}]], "output": "x"}'])
+def test_a_record_that_is_not_one_is_ignored(text):
+    from grader.checks.wiring import record_from_text
+
+    assert record_from_text(text) is None
+
+
+def test_a_record_survives_its_text():
+    from grader.checks.wiring import record_from_text, record_text
+
+    item = transformer.DECODER_LAYER
+    case = make_cases(item, 0)[0]
+    record = observe(item, NormBeforeAdd, case, item.reference())
+    assert record.calls and record_from_text(record_text(record)) == record

@@ -37,6 +37,7 @@ class Outcome:
     error: str | None = None        # the student's exception, formatted for the student
     mutated: list[str] = field(default_factory=list)   # inputs changed in place
     shortcut: str | None = None     # message when a forbidden shortcut was used
+    wiring: str | None = None       # in the sandbox, a layer's record of its sublayer calls (grader.checks.wiring)
 
 
 class SetupError(Exception):

@@ -19,6 +19,7 @@ matches the reference's, gets no sentence (the numbers stay).
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +30,13 @@ from grader.checks.cases import Case, clone
 from grader.checks.compare import TOLERANCES, mismatch, reference_outcomes
 from grader.checks.item import Item
 from grader.checks.run import Outcome, _load_state, run_student
+from grader.checks.watch import original
 
 OBSERVED = "What differs: "
 WORDS = {"x": "the layer input x", "memory": "the encoder memory", "sublayer_out": "sublayer_out"}
 MAX_SENTENCES = 2
+MAX_RECORD = 2000   # characters of a record sent from the sandbox (the wire's longest string)
+MAX_CALLS = 64      # calls in it
 
 
 @dataclass
@@ -56,7 +60,7 @@ class Record:
 def explain_layer(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome], impl: Any = None) -> str | None:
     """A LayerNorm eps that explains the outputs and a difference below the printed digits, else the wiring that
     differs from the reference's on the first case with a wrong value, or None. Without the submission at hand
-    (the batch grader has only its outcomes) the wiring is not observed."""
+    (the batch grader has only its outcomes) the record the sandbox made of that case is used (Outcome.wiring)."""
     expected = reference_outcomes(item, cases)
     index = next((i for i, (out, ref) in enumerate(zip(outcomes, expected))
                   if out.error is None and mismatch(item, ref.value, out.value) is not None), None)
@@ -69,17 +73,45 @@ def explain_layer(item: Item, cases: Sequence[Case], outcomes: Sequence[Outcome]
         return f"Likely mistake: {eps}{where}."
     if digits is not None:
         return f"{OBSERVED}{digits}."
-    if impl is None:
-        return None
     failing = cases[index]
     reference = item.reference()
+    if impl is None:   # the batch grader: the record the sandbox made, if any
+        theirs = record_from_text(outcomes[index].wiring)
+        if theirs is None:
+            return None
+    else:
+        try:
+            theirs = observe(item, impl, failing, reference)
+        except Exception:   # the student's code, run once more: whatever it does, the numbers stay the message
+            return None
     right = observe(item, reference, failing, reference)
-    try:
-        theirs = observe(item, impl, failing, reference)
-    except Exception:   # the student's code, run once more: whatever it does, the numbers stay the message
-        return None
     said = differences(right, theirs)
     return OBSERVED + "; ".join(said[:MAX_SENTENCES]) + "." if said else None
+
+
+def record_text(record: Record) -> str:
+    """A record as the text the sandbox sends (JSON: the calls in order, each [name, {parameter: label}], and
+    the output's label)."""
+    return json.dumps({"calls": [[c.name, c.inputs] for c in record.calls], "output": record.output})
+
+
+def record_from_text(text: str | None) -> Record | None:
+    """The record `text` stands for, or None when it is not one (it came from the sandbox: student code may
+    have written it, so every part is checked)."""
+    try:
+        data = json.loads(text) if isinstance(text, str) and len(text) <= MAX_RECORD else None
+    except ValueError:
+        return None
+    if type(data) is not dict or set(data) != {"calls", "output"} or type(data["output"]) is not str \
+            or type(data["calls"]) is not list or len(data["calls"]) > MAX_CALLS:
+        return None
+    calls = []
+    for call in data["calls"]:
+        if type(call) is not list or len(call) != 2 or type(call[0]) is not str or type(call[1]) is not dict \
+                or not all(type(k) is str and type(v) is str for k, v in call[1].items()):
+            return None
+        calls.append(Call(call[0], call[1]))
+    return Record(calls, data["output"])
 
 
 # ---------------------------------------------------------------- differences below the printed digits
@@ -171,7 +203,7 @@ def observe(item: Item, impl: Any, case: Case, reference: type) -> Record:
     if case.state:
         _load_state(item, module, case.state)
     module.train(case.train)
-    names = inspect.signature(reference.forward).bind(None, *args, **kwargs).arguments
+    names = inspect.signature(original(reference.forward)).bind(None, *args, **kwargs).arguments   # a trip-wire's
     known = [(name, value) for name, value in list(names.items())[1:] if isinstance(value, torch.Tensor)]
     record, counts = Record(), {}
     for name, child in module.named_children():

@@ -84,9 +84,35 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = N
         guard.mark(item, outcomes)
     for outcome in outcomes:
         outcome.shortcut = outcome.shortcut or before
+    wiring = _wiring(item, impl, cases, outcomes, wires)
     return [{"value": o.value, "error": None if o.error is None else str(o.error)[:MAX_TEXT],
-             "mutated": [str(m) for m in o.mutated][:16], "shortcut": None if o.shortcut is None else str(o.shortcut)}
-            for o in outcomes]
+             "mutated": [str(m) for m in o.mutated][:16], "shortcut": None if o.shortcut is None else str(o.shortcut),
+             "wiring": w} for o, w in zip(outcomes, wiring)]
+
+
+def _wiring(item: Any, impl: Any, cases: list, outcomes: list, wires: Any) -> list[str | None]:
+    """For a layer built from sublayers (its Item.explain is wiring.explain_layer), each case's record of what
+    reached its sublayers, as text (grader.checks.wiring.record_text), so that the host can say how the wiring
+    differs when the values do; None where the case raised, took a shortcut, or the record could not be made.
+    The student's module runs once more per case, watched for its item's shortcuts; not strictly (the wrappers
+    that write the record down are the grader's code, which the student's layer calls here), as nothing of this
+    run counts towards the grade: it only words the message."""
+    from grader.checks import wiring
+
+    if item.explain is not wiring.explain_layer:
+        return [None] * len(outcomes)
+    records: list[str | None] = []
+    for case, outcome in zip(cases, outcomes):
+        text = None
+        if outcome.error is None and outcome.shortcut is None:
+            try:
+                with wires.watching(item, False) as hits:
+                    text = wiring.record_text(wiring.observe(item, impl, case, item.reference()))
+                text = None if hits else text
+            except Exception:   # the student's module, run once more: whatever it does, no record
+                text = None
+        records.append(text)
+    return records
 
 
 class _AnyCell:

@@ -5,7 +5,7 @@ process and its report channel), so the format can express only what the grader 
 costs the host more than the frame's own size to read:
 
     frame    = u32 (big-endian) n | n bytes of JSON: the outcome tree | safetensors: the tensors it refers to
-    outcome  = {"value": V, "error": str | null, "mutated": [str], "shortcut": str | null}
+    outcome  = {"value": V, "error": str | null, "mutated": [str], "shortcut": str | null, "wiring": str | null}
     V        = null | true | false | int (64-bit) | float | str | {"tensor": k, "device": "cpu" | "cuda[:i]"}
                | {"list": [V, ...]} | {"tuple": [V, ...]}
                | {"meta": [int, ...], "dtype": str}   (a meta tensor: a shape and a dtype, no values)
@@ -56,7 +56,7 @@ DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F
 _NAMES = {dtype: name for name, dtype in DTYPES.items()}
 _DEVICE = re.compile(r"cpu|cuda(:\d{1,2})?")
 _LENGTH = struct.Struct(">I")
-_KEYS = {"value", "error", "mutated", "shortcut"}
+_KEYS = {"value", "error", "mutated", "shortcut", "wiring"}   # wiring: a layer's record (grader.checks.wiring)
 
 
 # ----------------------------------------------------------------------------- harness side
@@ -146,12 +146,14 @@ def encode(item: str, outcomes: list[dict]) -> bytes:
             budget = MAX_NODES - enc.nodes - (len(outcomes) - i - 1)
             rows.append({"value": enc.outcome_value(o["value"], budget), "error": _text_or_none(o["error"], cap),
                          "mutated": [_short(str(m), MAX_NAME) for m in o["mutated"][:MAX_MUTATED]],
-                         "shortcut": _text_or_none(o["shortcut"], cap)})
+                         "shortcut": _text_or_none(o["shortcut"], cap),
+                         "wiring": _text_or_none(o.get("wiring"), MAX_STRING)})
         header = json.dumps({"item": _short(item, MAX_NAME), "outcomes": rows}).encode()
         if len(header) <= MAX_HEADER:
             return _LENGTH.pack(len(header)) + header + (save(enc.tensors) if enc.tensors else b"")
     return encode(item, [{"value": None, "error": "the outcomes were too large for the grader to read",
-                          "mutated": [], "shortcut": _text_or_none(o["shortcut"], 160)} for o in outcomes])
+                          "mutated": [], "shortcut": _text_or_none(o["shortcut"], 160), "wiring": None}
+                         for o in outcomes])
 
 
 def _text_or_none(text: Any, cap: int) -> str | None:
@@ -261,14 +263,15 @@ class _Reader:
         self.tensors, self.taken, self.used, self.nodes = tensors, [False] * len(tensors), 0, 0
 
     def outcome(self, data: Any) -> dict:
-        if type(data) is not dict or set(data) != _KEYS:
-            raise ValueError("an outcome that is not {value, error, mutated, shortcut}")
+        if type(data) is not dict or set(data) not in (_KEYS, _KEYS - {"wiring"}):
+            raise ValueError("an outcome that is not {value, error, mutated, shortcut[, wiring]}")
         mutated = data["mutated"]
         if type(mutated) is not list or len(mutated) > MAX_MUTATED:
             raise ValueError(f"mutated is not a list of at most {MAX_MUTATED} names")
         return {"value": self.value(data["value"], 0), "error": _text(data["error"], "error"),
                 "mutated": [_text(m, "a mutated name", optional=False, limit=MAX_NAME) for m in mutated],
-                "shortcut": _text(data["shortcut"], "shortcut")}
+                "shortcut": _text(data["shortcut"], "shortcut"),
+                "wiring": _text(data.get("wiring"), "wiring")}
 
     def value(self, data: Any, depth: int) -> Any:
         self.nodes += 1
