@@ -135,7 +135,8 @@ def test_command_exits_0_and_grades_every_submission(graded):
     missing = {(s, a) for a in ASSIGNMENTS for s in partial_submissions() if a != BROKEN_ON}
     assert set(graded.rows) == expected | missing, "a row for every student and every assignment handed in"
     assert list(next(iter(graded.rows.values()))) == \
-        ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox", "late_penalty"]
+        ["student_id", "assignment", "score", "max_score", "status", "reason", "seconds", "sandbox", "late_penalty",
+         "final_score"]
     assert {graded.rows[key]["status"] for key in missing} == {"missing"}
     assert {graded.rows[key]["sandbox"] for key in expected} == {"bwrap"}
     assert (graded.out / "gradebook.db").exists()

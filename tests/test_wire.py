@@ -29,12 +29,13 @@ from grader.execution import load_outcomes
 from grader.sandbox import wire
 
 SECONDS = 1.0          # what refusing one forged frame may take
+CHECK_SECONDS = 20.0   # a whole check (every case, watched) on a shared-references value: unbounded, it never ends
 PYTHON_BYTES = 8 << 20  # Python memory (tracemalloc's peak) it may allocate beyond the frame's own size
 RSS_BYTES = 64 << 20   # growth of the process's peak RSS (torch's allocations are not seen by tracemalloc)
 
 
-def outcome(value=None, error=None, mutated=(), shortcut=None) -> dict:
-    return {"value": value, "error": error, "mutated": list(mutated), "shortcut": shortcut}
+def outcome(value=None, error=None, mutated=(), shortcut=None, wiring=None) -> dict:
+    return {"value": value, "error": error, "mutated": list(mutated), "shortcut": shortcut, "wiring": wiring}
 
 
 def frame(header, blob: bytes = b"") -> bytes:
@@ -97,6 +98,17 @@ def test_every_legal_outcome_round_trips(name):
     for o in back:
         for t in _tensors(o["value"]):
             assert type(t) is torch.Tensor and t.is_contiguous()
+
+
+def test_a_layers_wiring_record_travels_as_text_and_a_frame_without_it_is_read():
+    back = wire.decode(wire.encode("f", [outcome(1.0, wiring='{"calls": [], "output": "x"}')]), "f")
+    assert back[0]["wiring"] == '{"calls": [], "output": "x"}'
+    old = {"item": "f", "outcomes": [{"value": None, "error": None, "mutated": [], "shortcut": None}]}
+    assert wire.decode(frame(old), "f")[0]["wiring"] is None
+    long = wire.decode(wire.encode("f", [outcome(wiring="w" * 10**6)]), "f")[0]["wiring"]
+    assert len(long) <= wire.MAX_STRING + 40   # cut to the wire's longest string
+    with pytest.raises(ValueError, match="wiring"):
+        wire.decode(frame({"item": "f", "outcomes": [{**outcome(), "wiring": ["not", "text"]}]}), "f")
 
 
 def _tensors(value):
@@ -351,4 +363,4 @@ def test_a_check_on_a_value_of_shared_references_answers_at_once():
     start = time.perf_counter()
     with pytest.raises(CheckFailed, match="expected a torch.Tensor"):
         check_scaled_dot_product_attention(_amplify)
-    assert time.perf_counter() - start < SECONDS
+    assert time.perf_counter() - start < CHECK_SECONDS
