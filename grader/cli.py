@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import json
 import multiprocessing
 import os
 import resource
@@ -274,7 +275,8 @@ class Run:
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
           config_file: Path | None = DEFAULT_CONFIG, limits: Limits = Limits(), isolate: bool = True,
           seed: int | None = None, assignments: list[str] | None = None, progress: bool = True,
-          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None) -> Run:
+          shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None,
+          substitute: bool | None = None) -> Run:
     """Grade the submissions under `submissions` into the course directory `out`; see `main`.
 
     Only the submissions of `shard` (see in_shard), and of those only the ones the gradebook has no result
@@ -285,12 +287,16 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     A recorded failure is graded again when its folder changed since (a notebook renamed or handed in again).
     Every student the gradebook or SUBMISSIONS knows gets a "missing" row for each assignment handed in by
     someone but not by them. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
+    `substitute` (None: as OUT was graded before, else True): an item that calls the student's own parts is graded
+    with the parts' references in their place (grading_policy); PolicyChanged when it differs from OUT's without
+    `regrade`.
     """
     from nbgrader.api import Gradebook
 
     from grader.course import nbgrader_config
 
     submissions, out, source = Path(submissions).resolve(), Path(out).resolve(), Path(source).resolve()
+    substitute = grading_policy(out, substitute, regrade)
     log_file = Path(tempfile.mkstemp(prefix="grader-workers-", suffix=".log")[1])  # into OUT/.work at the end
     pool = start_pool(workers, log_file)   # the workers start while the sandbox is probed and the course prepared
     if isolate:
@@ -319,7 +325,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
 
     late = late_penalty_plugin(nbgrader_config(out, db_url, config_file))
     seed = secrets.randbits(63) if seed is None else seed
-    runner = SandboxRunner(out, template, config_file, limits, isolate, seed)
+    runner = SandboxRunner(out, template, config_file, limits, isolate, seed, substitute)
     run = Run()
     with Gradebook(db_url) as gb:
         done, failed = ({}, {}) if regrade else (recorded(gb), failed_at(gb))
@@ -352,6 +358,32 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     if shard:
         write_csv(out / f"grades-{shard[0]}-of-{shard[1]}.csv", run.rows)
     return run
+
+
+POLICY_FILE = "grading-policy.json"   # in OUT: how its grades were made, for every later run into it
+
+
+class PolicyChanged(ValueError):
+    """A run asked for another grading policy than the one OUT's grades were made with (and no --regrade)."""
+
+
+def grading_policy(out: Path, substitute: bool | None, regrade: bool) -> bool:
+    """Whether items are graded with the reference parts substituted (default True), as recorded in
+    OUT/grading-policy.json: a resumed run grades as the first did; another choice needs --regrade (or OUT's
+    grades would mix both policies). Records the choice."""
+    path = out / POLICY_FILE
+    recorded = json.loads(path.read_text()).get("substitute_parts") if path.exists() else None
+    if substitute is None:
+        substitute = True if recorded is None else bool(recorded)
+    elif recorded is not None and bool(recorded) != substitute and not regrade:
+        raise PolicyChanged(f"{out} was graded {'with' if recorded else 'without'} the reference parts substituted "
+                            f"(--{'' if recorded else 'no-'}substitute); add --regrade to grade every submission "
+                            f"{'with' if substitute else 'without'} them, or leave the option out")
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f".{POLICY_FILE}.{os.getpid()}"
+    partial.write_text(json.dumps({"substitute_parts": substitute}) + "\n")
+    partial.replace(path)   # shards writing at once each leave a whole file
+    return substitute
 
 
 def missing_rows(handed: set[tuple[str, str]], known: set[str], source: Path) -> list[Result]:
@@ -421,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
+    g.add_argument("--substitute", action=argparse.BooleanOptionalAction, default=None,
+                   help="grade an item that calls the student's own parts (self_attention calls "
+                        "scaled_dot_product_attention) with the reference parts in their place, so that one bug "
+                        "costs once (default: as OUT was graded before, else on; recorded in OUT/" + POLICY_FILE + ")")
     from grader import collect, export, release, report, similarity   # each module adds its command and its run(args)
     for module in (collect, export, release, report, similarity):
         module.add_command(commands)
@@ -447,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,
                     not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade,
-                    args.student)
+                    args.student, args.substitute)
+    except PolicyChanged as err:
+        print(f"python -m grader: {err}", file=sys.stderr)
+        return 2
     except SandboxUnavailable as err:
         print(f"python -m grader: cannot start the sandbox: {err}\n{HOW_TO_FIX}", file=sys.stderr)
         return 2
