@@ -228,6 +228,20 @@ def self_attention(x, W_q, W_k, W_v, mask=None):
 '''
 
 
+def test_every_part_is_graded_before_the_items_that_call_it():
+    """While an item runs, its stand-ins answer as its parts' references on any input; that gives nothing only
+    because each part is graded before (the harness orders a job's items so, whatever the notebook's order) and is
+    a function (a stand-in is not a class)."""
+    from grader.checks import ASSIGNMENTS, ITEMS
+    from grader.sandbox.harness import parts_first
+
+    for names in ASSIGNMENTS.values():
+        ordered = [item.name for item in parts_first([ITEMS[name] for name in reversed(names)])]
+        assert sorted(ordered) == sorted(names)
+        for k, name in enumerate(ordered):
+            assert all(part.name in ordered[:k] and part.kind == "function" for part in ITEMS[name].builds_on), ordered
+
+
 def harness(order: str, *sources: str) -> dict:
     proc = subprocess.run([sys.executable, "-c", HARNESS, order], input=json.dumps([IMPORTS, *sources]),
                           capture_output=True, text=True, cwd=ROOT, timeout=300,

@@ -37,7 +37,6 @@ class Outcome:
     error: str | None = None        # the student's exception, formatted for the student
     mutated: list[str] = field(default_factory=list)   # inputs changed in place
     shortcut: str | None = None     # message when a forbidden shortcut was used
-    substituted: list[str] = field(default_factory=list)   # the parts whose reference ran in place of the student's
 
 
 class SetupError(Exception):
@@ -77,7 +76,7 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
     calls into the course's checking code while the submission runs. With `substitute` (the default), each of
     the item's parts (Item.builds_on) that the submission's namespace defines is replaced there, while it runs,
     by a stand-in that runs the part's reference (grader.checks.watch.substituted): one wrong part costs its own
-    item, not every item that calls it; the outcomes name the parts replaced.
+    item, not every item that calls it.
     """
     static = None
     if watch:
@@ -87,8 +86,6 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
     with own or contextlib.nullcontext(), substituted(impl, item.builds_on if substitute else ()) as parts:
         for case in cases:
             outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None, strict, tuple(parts)))
-    for out in outcomes:
-        out.substituted = [part.name for part in parts]
     if static is not None:
         for out in outcomes:
             out.shortcut = out.shortcut or shortcut_message(item, static)

@@ -90,6 +90,22 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = N
             for o in outcomes]
 
 
+def parts_first(items: list) -> list:
+    """`items` in their order, except that each item's parts (Item.builds_on) come before it: while an item runs,
+    its stand-ins answer as its parts' references on any input, which must not help a part still to be graded."""
+    ordered: list = []
+
+    def add(item: Any) -> None:
+        if item not in ordered:
+            for part in item.builds_on:
+                if part in items:
+                    add(part)
+            ordered.append(item)
+    for item in items:
+        add(item)
+    return ordered
+
+
 class _AnyCell:
     """What the trip-wires watch while the cells run: the names that every item of the assignment forbids.
 
@@ -155,7 +171,7 @@ def main() -> None:
     from grader.checks.shortcuts import shortcut_message
     from grader.checks.watch import Tripwires
 
-    items = [ITEMS[name] for name in job["items"]]
+    items = parts_first([ITEMS[name] for name in job["items"]])
     if job.get("import_transformers"):   # so that the transformers library's shortcuts get trip-wires too
         try:
             import transformers  # noqa: F401
