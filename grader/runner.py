@@ -172,7 +172,7 @@ class SandboxRunner:
                 message += f"\nThe cell `{graded.name}` {cell_error}"
             message = memory_note(message, self.limits)
             scores.append(ItemScore(graded.name, graded.test_id, score, points, f"{score:g} of {points:g} points. {message}"))
-        return _name_wrong_parts(scores, cells) if self.substitute else scores
+        return _name_wrong_parts(scores, cells, execution) if self.substitute else scores
 
     # -- feedback ------------------------------------------------------------------------------------
     def _write_feedback_notebook(self, ws: Path, job: Job, source: SourceNotebook, cells: list[Cell],
@@ -241,14 +241,16 @@ class SandboxRunner:
         return result
 
 
-def _name_wrong_parts(scores: list[ItemScore], cells: list[Cell]) -> list[ItemScore]:
+def _name_wrong_parts(scores: list[ItemScore], cells: list[Cell], execution: Execution) -> list[ItemScore]:
     """Each item graded with its parts substituted, whose solution cell calls a part of the student's that lost
-    points, says so: its own score did not depend on that part."""
+    points (the part's solution cell ran without an error: the notebook defines it), says so: its own score did not
+    depend on that part."""
     lost = {s.name for s in scores if s.score < s.points}
     source = {c.solution_of: c.source for c in cells if c.solution_of}
     named = []
     for s in scores:
-        wrong = [part.name for part in ITEMS[s.name].builds_on if part.name in lost
+        wrong = [part.name for part in ITEMS[s.name].builds_on
+                 if part.name in lost and part.name in source and _cell_error(execution, cells, part.name) is None
                  and re.search(rf"\b{re.escape(part.name)}\s*\(", source.get(s.name, ""))]
         named.append(dataclasses.replace(s, message=s.message + "".join(f"\n{parts_note(s.name, w)}" for w in wrong)))
     return named

@@ -156,6 +156,37 @@ def test_in_a_kernel_self_attention_passes_and_names_the_wrong_part():
         kernel.close()
 
 
+def test_the_students_parts_are_put_back_whatever_happens():
+    """Replaced while the item runs, put back after it: when it passes, when it raises, when it rebinds the name,
+    and when it interrupts the check itself (KeyboardInterrupt passes through run_student)."""
+    from grader.checks import ITEMS
+    from grader.checks.cases import make_cases
+    from grader.checks.run import run_student
+
+    item = ITEMS["self_attention"]
+    cases = make_cases(item, 0)
+
+    def own(q, k, v, mask=None):
+        raise AssertionError("the student's own part ran")
+
+    bodies = {"passes": "return scaled_dot_product_attention(x @ W_q, x @ W_k, x @ W_v, mask)",
+              "raises": "scaled_dot_product_attention(x, x, x)\n    raise ValueError('mine')",
+              "rebinds": "global scaled_dot_product_attention\n    scaled_dot_product_attention = None",
+              "interrupts": "raise KeyboardInterrupt"}
+    seen = {}
+    for name, body in bodies.items():
+        namespace = {"scaled_dot_product_attention": own}
+        exec(f"def self_attention(x, W_q, W_k, W_v, mask=None):\n    {body}\n", namespace)   # noqa: S102
+        try:
+            outcomes = run_student(item, namespace["self_attention"], cases)
+            seen[name] = (outcomes[0].error or "")[:40]
+        except KeyboardInterrupt:
+            seen[name] = "interrupted"
+        assert namespace["scaled_dot_product_attention"] is own, name
+    assert seen == {"passes": "", "raises": "self_attention raised ValueError at line", "rebinds": seen["rebinds"],
+                    "interrupts": "interrupted"}, seen
+
+
 # ---------------------------------------------------------------- attacks on the stand-in, as the harness runs items
 
 HARNESS = r'''

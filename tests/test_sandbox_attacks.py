@@ -362,7 +362,8 @@ CLASS: dict[str, tuple[Callable, Expect]] = {
                         Expect(ONLY_FIRST, ("FileNotFoundError", NOT_DEFINED))),
     # ---- results that lie about themselves
     "tensor_subclass": (edited("scaled_dot_product_attention", source=AGREEABLE),
-                        Expect(WRONG, ("expected a torch.Tensor of shape", "Agreeable object"))),
+                        Expect(WRONG, ("scaled_dot_product_attention is not right yet", "self_attention was graded "
+                                       "with the reference scaled_dot_product_attention in place of yours"))),
     # ---- the kernel dies
     "os_exit": (edited("scaled_dot_product_attention", after="import os\nos._exit(1)"),
                 Expect(ONLY_FIRST, ("the kernel died while running `scaled_dot_product_attention`",
