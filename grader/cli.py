@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
+import json
 import multiprocessing
 import os
 import resource
@@ -290,7 +291,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
           config_file: Path | None = DEFAULT_CONFIG, limits: Limits = Limits(), isolate: bool = True,
           seed: int | None = None, assignments: list[str] | None = None, progress: bool = True,
           shard: tuple[int, int] | None = None, regrade: bool = False, students: list[str] | None = None,
-          on_result: Callable[[Result], None] | None = None) -> Run:
+          on_result: Callable[[Result], None] | None = None, substitute: bool | None = None) -> Run:
     """Grade the submissions under `submissions` into the course directory `out`; see `main`.
 
     Only the submissions of `shard` (see in_shard), and of those only the ones the gradebook has no result
@@ -302,13 +303,16 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     Every student the gradebook or SUBMISSIONS knows gets a "missing" row for each assignment handed in by
     someone but not by them. `on_result` is called with each result once it is committed (grader.watch hands its
     feedback back there; what it raises stops the run, and grades.csv is then not rewritten).
-    Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
+    `substitute` (None: as OUT was graded before, else True): an item that calls the student's own parts is graded
+    with the parts' references in their place (grading_policy); PolicyChanged when it differs from OUT's without
+    `regrade`. Raises SandboxUnavailable (with the fix) when `isolate` and bubblewrap cannot start here.
     """
     from nbgrader.api import Gradebook
 
     from grader.course import nbgrader_config
 
     submissions, out, source = Path(submissions).resolve(), Path(out).resolve(), Path(source).resolve()
+    substitute = grading_policy(out, substitute, regrade)
     log_file = Path(tempfile.mkstemp(prefix="grader-workers-", suffix=".log")[1])  # into OUT/.work at the end
     pool = start_pool(workers, log_file)   # the workers start while the sandbox is probed and the course prepared
     if isolate:
@@ -338,7 +342,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
 
     late = late_penalty_plugin(nbgrader_config(out, db_url, config_file))
     seed = secrets.randbits(63) if seed is None else seed
-    runner = SandboxRunner(out, template, config_file, limits, isolate, seed)
+    runner = SandboxRunner(out, template, config_file, limits, isolate, seed, substitute)
     run = Run()
     with Gradebook(db_url) as gb:
         done, failed = ({}, {}) if regrade else (recorded(gb), failed_at(gb))
@@ -378,6 +382,32 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     if shard:
         write_csv(out / f"grades-{shard[0]}-of-{shard[1]}.csv", run.rows)
     return run
+
+
+POLICY_FILE = "grading-policy.json"   # in OUT: how its grades were made, for every later run into it
+
+
+class PolicyChanged(ValueError):
+    """A run asked for another grading policy than the one OUT's grades were made with (and no --regrade)."""
+
+
+def grading_policy(out: Path, substitute: bool | None, regrade: bool) -> bool:
+    """Whether items are graded with the reference parts substituted (default True), as recorded in
+    OUT/grading-policy.json: a resumed run grades as the first did; another choice needs --regrade (or OUT's
+    grades would mix both policies). Records the choice."""
+    path = out / POLICY_FILE
+    recorded = json.loads(path.read_text()).get("substitute_parts") if path.exists() else None
+    if substitute is None:
+        substitute = True if recorded is None else bool(recorded)
+    elif recorded is not None and bool(recorded) != substitute and not regrade:
+        raise PolicyChanged(f"{out} was graded {'with' if recorded else 'without'} the reference parts substituted "
+                            f"(--{'' if recorded else 'no-'}substitute); add --regrade to grade every submission "
+                            f"{'with' if substitute else 'without'} them, or leave the option out")
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / f".{POLICY_FILE}.{os.getpid()}"
+    partial.write_text(json.dumps({"substitute_parts": substitute}) + "\n")
+    partial.replace(path)   # shards writing at once each leave a whole file
+    return substitute
 
 
 def missing_rows(handed: set[tuple[str, str]], known: set[str], source: Path) -> list[Result]:
@@ -451,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
                         "e.g. as a Slurm job array, into one --db-url gradebook")
     g.add_argument("--regrade", action="store_true",
                    help="grade every submission again (default: only those not in the gradebook yet, or resubmitted)")
+    g.add_argument("--substitute", action=argparse.BooleanOptionalAction, default=None,
+                   help="grade an item that calls the student's own parts (self_attention calls "
+                        "scaled_dot_product_attention) with the reference parts in their place, so that one bug "
+                        "costs once (default: as OUT was graded before, else on; recorded in OUT/" + POLICY_FILE + ")")
     from grader import collect, edition, export, release, report, similarity, watch   # each adds its command, run()
     for module in (collect, edition, export, release, report, similarity, watch):
         module.add_command(commands)
@@ -477,7 +511,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,
                     not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade,
-                    args.student)
+                    args.student, args.substitute)
+    except PolicyChanged as err:
+        print(f"python -m grader: {err}", file=sys.stderr)
+        return 2
     except SandboxUnavailable as err:
         print(f"python -m grader: cannot start the sandbox: {err}\n{HOW_TO_FIX}", file=sys.stderr)
         return 2

@@ -86,8 +86,9 @@ def memory_note(text: str, limits: Limits) -> str:
 
 # ----------------------------------------------------------------------------- the loop
 def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits: Limits,
-            isolate: bool = True, import_transformers: bool = False) -> Execution:
-    """Run `cells` and then every item in `items` on its `cases`, restarting past crashes and hangs."""
+            isolate: bool = True, import_transformers: bool = False, substitute: bool = True) -> Execution:
+    """Run `cells` and then every item in `items` on its `cases`, restarting past crashes and hangs; with
+    `substitute`, an item's parts run as their references while it is graded (grader.checks.run.run_student)."""
     result = Execution()
     skip: set[str] = set()
     deadline = time.monotonic() + limits.submission_seconds
@@ -102,7 +103,7 @@ def execute(cells: list[Cell], items: list[str], cases: dict[str, list], limits:
         result.attempts += 1
         job = {"items": remaining, "cells": [{"id": c.id, "source": c.source} for c in cells],
                "skip_cells": sorted(skip), "cases": {name: cases[name] for name in remaining},
-               "import_transformers": import_transformers}
+               "import_transformers": import_transformers, "substitute": substitute}
         buffer = io.BytesIO()
         torch.save(job, buffer)
         try:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import ast
 import copy
+import dataclasses
 import hashlib
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch
 from grader.checks import ITEMS
 from grader.checks.cases import make_cases
 from grader.checks.compare import grade
+from grader.checks.report import parts_note
 from grader.checks.shortcuts import EVASIONS, find_shortcut, shortcut_message
 from grader.course import ensure_alembic_on_path, nbgrader_config, new_folder, replace_dir, sqlite_url
 from grader.execution import Execution, execute, memory_note
@@ -50,17 +53,19 @@ class SandboxRunner:
 
     out: the prepared course (grader.course.prepare_course); template: its template gradebook;
     config_file: the course's nbgrader_config.py; limits: what a submission may use; isolate: False only
-    for the instructor's explicit --no-sandbox; seed: the grading run's secret seed for the cases.
+    for the instructor's explicit --no-sandbox; seed: the grading run's secret seed for the cases; substitute:
+    an item's parts run as their references while it is graded (False: the instructor's --no-substitute).
     """
 
     def __init__(self, out: Path, template: Path, config_file: Path | None, limits: Limits,
-                 isolate: bool, seed: int) -> None:
+                 isolate: bool, seed: int, substitute: bool = True) -> None:
         self.out = Path(out).resolve()
         self.template = Path(template).resolve()
         self.config_file = config_file
         self.limits = limits
         self.isolate = isolate
         self.seed = seed
+        self.substitute = substitute
         self._cases: dict[str, list] = {}
 
     @property
@@ -139,7 +144,8 @@ class SandboxRunner:
         runnable = [i.name for i in source.items if i.name in present]
         cases = {name: self.cases(name) for name in runnable}
         execution = execute(cells, runnable, cases, self.limits, self.isolate,
-                            import_transformers=any("transformers" in c.source for c in cells))
+                            import_transformers=any("transformers" in c.source for c in cells),
+                            substitute=self.substitute)
         for cell_id, error in execution.cell_errors.items():
             if cell_id in execution.stopped or error.startswith("ShortcutError"):
                 notes.append(f"{cell_id}: {error}")
@@ -166,7 +172,7 @@ class SandboxRunner:
                 message += f"\nThe cell `{graded.name}` {cell_error}"
             message = memory_note(message, self.limits)
             scores.append(ItemScore(graded.name, graded.test_id, score, points, f"{score:g} of {points:g} points. {message}"))
-        return scores
+        return _name_wrong_parts(scores, cells, execution) if self.substitute else scores
 
     # -- feedback ------------------------------------------------------------------------------------
     def _write_feedback_notebook(self, ws: Path, job: Job, source: SourceNotebook, cells: list[Cell],
@@ -222,6 +228,21 @@ class SandboxRunner:
             (pages / f"{source.name}.html").write_text(page)
         replace_dir(pages, self.out / "feedback" / job.student_id / job.assignment_id)
         return result
+
+
+def _name_wrong_parts(scores: list[ItemScore], cells: list[Cell], execution: Execution) -> list[ItemScore]:
+    """Each item graded with its parts substituted, whose solution cell calls a part of the student's that lost
+    points (the part's solution cell ran without an error: the notebook defines it), says so: its own score did not
+    depend on that part."""
+    lost = {s.name for s in scores if s.score < s.points}
+    source = {c.solution_of: c.source for c in cells if c.solution_of}
+    named = []
+    for s in scores:
+        wrong = [part.name for part in ITEMS[s.name].builds_on
+                 if part.name in lost and part.name in source and _cell_error(execution, cells, part.name) is None
+                 and re.search(rf"\b{re.escape(part.name)}\s*\(", source.get(s.name, ""))]
+        named.append(dataclasses.replace(s, message=s.message + "".join(f"\n{parts_note(s.name, w)}" for w in wrong)))
+    return named
 
 
 def _cell_error(execution: Execution, cells: list[Cell], name: str) -> str | None:

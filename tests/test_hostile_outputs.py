@@ -2,8 +2,9 @@
 channel (file descriptor 3) while an item is graded, or returns a legal value built to amplify the host's work.
 
 Each attack sits in scaled_dot_product_attention (5 points): dot_product_attention (graded before it) keeps its
-3 points, scaled_dot_product_attention fails with a reason, self_attention (which calls it) falls with it. The
-old reader (torch.load + a walk) hung forever on the first frame and inflated the second to 3.66 GB. Here the
+3 points, scaled_dot_product_attention fails with a reason, self_attention (which calls it, and is graded with
+the reference in its place) keeps its 4. The old reader (torch.load + a walk) hung forever on the first frame and
+inflated the second to 3.66 GB. Here the
 command exits 0 within RUN_SECONDS, grades.csv is complete, and no grading process (the main one or a worker;
 the sandboxes are bounded by --memory) goes past WORKER_RSS, sampled every 50 ms.
 
@@ -21,7 +22,7 @@ import pytest
 
 from grader.feedback import html_text
 
-from test_sandbox_attacks import (ASSIGNMENT, FULL, MAX_SCORE, ONLY_FIRST, Context, _read_rows, edited, grade,
+from test_sandbox_attacks import (ASSIGNMENT, FULL, MAX_SCORE, WRONG, Context, _read_rows, edited, grade,
                                   item_scores, modified, submit)
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("hostile_outputs")]
@@ -100,15 +101,15 @@ AMPLIFY_NUMBERS = '''def scaled_dot_product_attention(q, k, v, mask=None):
 REFUSED = "returned something the grader cannot accept"
 CLASS = {
     "correct": (modified(lambda nb: None), FULL, ()),
-    "shared_pickle": (edited("scaled_dot_product_attention", source=SHARED_PICKLE + FORGE), ONLY_FIRST,
+    "shared_pickle": (edited("scaled_dot_product_attention", source=SHARED_PICKLE + FORGE), WRONG,
                       (REFUSED, "outcome header of")),
-    "shared_tensor": (edited("scaled_dot_product_attention", source=SHARED_TENSOR + FORGE), ONLY_FIRST,
+    "shared_tensor": (edited("scaled_dot_product_attention", source=SHARED_TENSOR + FORGE), WRONG,
                       (REFUSED, "referred to twice")),
-    "zip_bomb": (edited("scaled_dot_product_attention", source=ZIP_BOMB + FORGE), ONLY_FIRST,
+    "zip_bomb": (edited("scaled_dot_product_attention", source=ZIP_BOMB + FORGE), WRONG,
                  (REFUSED, "over the limit")),
-    "gzip_header": (edited("scaled_dot_product_attention", source=GZIP_HEADER + FORGE), ONLY_FIRST, (REFUSED,)),
-    "amplify": (edited("scaled_dot_product_attention", source=AMPLIFY), ONLY_FIRST, ("expected a torch.Tensor",)),
-    "amplify_numbers": (edited("scaled_dot_product_attention", source=AMPLIFY_NUMBERS), ONLY_FIRST,
+    "gzip_header": (edited("scaled_dot_product_attention", source=GZIP_HEADER + FORGE), WRONG, (REFUSED,)),
+    "amplify": (edited("scaled_dot_product_attention", source=AMPLIFY), WRONG, ("expected a torch.Tensor",)),
+    "amplify_numbers": (edited("scaled_dot_product_attention", source=AMPLIFY_NUMBERS), WRONG,
                         ("should return a tuple", "over the grader")),
 }
 

@@ -8,7 +8,8 @@ grades.csv), and, for attempts to reach outside the sandbox, that nothing happen
 (no file written, no connection to a server this test runs, no process left behind).
 
 Items: dot_product_attention 3 points, scaled_dot_product_attention 5, self_attention 4 (which calls
-scaled_dot_product_attention, so it falls with it). SMALL_CLASS is graded twice more (1 worker,
+scaled_dot_product_attention: graded with the reference in its place, it falls with it only when the student's
+is missing or the whole notebook is lost). SMALL_CLASS is graded twice more (1 worker,
 2 workers) for the same grades each time.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_sandbox_attacks.py
@@ -344,10 +345,10 @@ class Expect:
 FULL = (3.0, 5.0, 4.0)
 NONE = (0.0, 0.0, 0.0)
 BUT_FIRST = (0.0, 5.0, 4.0)      # the first item's cell broke; the others are graded as usual
-ONLY_FIRST = (3.0, 0.0, 0.0)     # the second item broke, and the third that calls it
+ONLY_FIRST = (3.0, 0.0, 0.0)     # the second item's cell broke (nothing defined), and the third that calls it
 BUT_LAST = (3.0, 5.0, 0.0)
 STOPPED = f"was stopped after {TIMEOUT} s"
-WRONG = (3.0, 0.0, 0.0)          # the unscaled scaled_dot_product_attention (and self_attention, which calls it)
+WRONG = (3.0, 0.0, 4.0)          # scaled_dot_product_attention wrong (self_attention is graded with the reference)
 NOT_DEFINED = "`scaled_dot_product_attention` is not defined"
 SHORTCUT = "this item scores 0 while that call is there"
 EVADES = "which can reach code around the course's check"
@@ -361,7 +362,8 @@ CLASS: dict[str, tuple[Callable, Expect]] = {
                         Expect(ONLY_FIRST, ("FileNotFoundError", NOT_DEFINED))),
     # ---- results that lie about themselves
     "tensor_subclass": (edited("scaled_dot_product_attention", source=AGREEABLE),
-                        Expect(ONLY_FIRST, ("expected a torch.Tensor of shape", "Agreeable object"))),
+                        Expect(WRONG, ("scaled_dot_product_attention is not right yet", "self_attention was graded "
+                                       "with the reference scaled_dot_product_attention in place of yours"))),
     # ---- the kernel dies
     "os_exit": (edited("scaled_dot_product_attention", after="import os\nos._exit(1)"),
                 Expect(ONLY_FIRST, ("the kernel died while running `scaled_dot_product_attention`",
@@ -420,7 +422,7 @@ CLASS: dict[str, tuple[Callable, Expect]] = {
                                                       SDPA_VIA_UNWRAPPED, ctx), Expect(NONE, ("uses inspect", EVADES))),
     "shortcut_saved_wire": (lambda ctx: _with_cell_and("scaled_dot_product_attention", SAVE_REFERENCE,
                                                        SDPA_VIA_UNWRAPPED, ctx),
-                            Expect(ONLY_FIRST, ("transformer_ref.attention.scaled_dot_product_attention", SHORTCUT))),
+                            Expect(WRONG, ("transformer_ref.attention.scaled_dot_product_attention", SHORTCUT))),
     # importlib and sys.modules are ways around the checks: every item scores 0
     "shortcut_importlib": (edited("self_attention", source=SELF_VIA_IMPORTLIB),
                            Expect(NONE, ("uses importlib", EVADES))),

@@ -35,8 +35,10 @@ class Item:
     ``tol`` overrides the float tolerances {dtype: (rtol, atol)}. ``members`` (classes) names the
     parameters the checker sets. ``compare_fn(item, cases, outcomes) -> Report``, when set, replaces
     the reference comparison (randomised items). ``mistakes`` is the catalogue of known mistakes.
-    ``builds_on`` lists the items of the same notebook that the solution calls: when a failing submission
-    calls the student's own version of one and that version fails its check, the message says so.
+    ``builds_on`` lists the items of the same notebook that the solution calls (its parts, function items): while
+    the item runs, each one the notebook defines is replaced in the submission's namespace by a stand-in that
+    runs the part's reference (grader.checks.run.run_student, unless the instructor's --no-substitute), so a
+    wrong part costs only its own item; when the student's own version fails its check, the item's report says so.
     ``explain(item, cases, outcomes, impl) -> str | None``, when set, is asked when a value is wrong and no
     catalogued mistake reproduces the outputs (`impl` is the submission when the caller has it, else None: the
     batch grader has only the outcomes from the sandbox). It returns one line for the student: "Likely mistake:

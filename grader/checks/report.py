@@ -70,13 +70,14 @@ def assert_passes(item: Item, impl: Any, seeds: Sequence[int] = (0,), cuda: bool
         raise CheckFailed("\n" + fit([problem]))
     old = state.stale(item.name, impl)   # the kernel's definition is not the notebook's: said first, either way
     report = check(item, impl, seeds, cuda)
+    note = _wrong_part_note(item, impl, report)
     if not report.passed:
-        message = for_student(_blame_failing_part(item, impl, report))
+        message = for_student("\n".join([report.message, *note]))
         if old:
             message = fit([old.message, ("Until then: " if old.missing else "On that old definition: ")
                            + blocks(message)[0]], keep=2)
         raise CheckFailed("\n" + message)
-    print(pass_line(item, report.cases, seeds))
+    print(fit([pass_line(item, report.cases, seeds), *note]))
     if old:
         print(fit([f"Careful, that passed on an old definition. {old.message}"], limit=5))   # 6 with the pass line
 
@@ -99,23 +100,22 @@ def _numbers(seeds: list[int]) -> str:
     return ", ".join(str(s) for s in seeds)
 
 
-def _blame_failing_part(item: Item, impl: Any, report: Report) -> str:
-    """The report's message, led by a "Likely mistake" line when the submission calls the student's own
-    version of an item it builds on (same notebook: found in the submission's globals) and that version fails
-    its check (a wrong part often makes the whole look like one of its own catalogued mistakes: the part is
-    what to fix). Not for a shortcut, or when the notebook's imports are missing (then both fail for that
-    reason, and the message says so)."""
-    message = report.message
+def parts_note(name: str, part: str) -> str:
+    """The line under an item that was graded with the reference `part` in place of the student's wrong one."""
+    return f"{name} was graded with the reference {part} in place of yours, which is wrong (see its item)."
+
+
+def _wrong_part_note(item: Item, impl: Any, report: Report) -> list[str]:
+    """[parts_note] when the submission calls the student's own version of a part of the item (same notebook:
+    found in the submission's globals) and that version fails its check: the check ran the part's reference in
+    its place (run_student), so the item's verdict is its own, and the student learns which part to fix. Not for
+    a shortcut, or when the notebook's imports are missing (then both fail for that reason, and the message says
+    so)."""
     try:
         part = _failing_part(item, impl) if not report.shortcut else None
     except Exception:   # a submission that breaks the probe (odd metaclass, ...): the report stands as it is
-        return message
-    if part is None:
-        return message
-    verdict, *rest = blocks(message)
-    blame = (f"Likely mistake: {item.name} calls your {part.name}, which fails its own check; fix "
-             f"{part.name} first (its check names what is wrong).")
-    return "\n".join([verdict, blame, *rest])
+        return []
+    return [parts_note(item.name, part.name)] if part is not None else []
 
 
 def _failing_part(item: Item, impl: Any) -> Item | None:

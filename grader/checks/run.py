@@ -26,7 +26,7 @@ from grader.checks.item import Item
 from grader.checks.notebook import IMPORTED
 from grader.checks.results import Unsent, describe
 from grader.checks.shortcuts import find_shortcut, find_shortcut_in, shortcut_message
-from grader.checks.watch import Tripwires, handed, plain_tensor
+from grader.checks.watch import Tripwires, handed, plain_tensor, substituted
 
 
 @dataclass
@@ -65,7 +65,8 @@ PACKAGE_DIRS = _package_dirs()
 
 @single_threaded
 def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = True,
-                wires: Tripwires | None = None, source: str | None = None, strict: bool = False) -> list[Outcome]:
+                wires: Tripwires | None = None, source: str | None = None, strict: bool = False,
+                substitute: bool = True) -> list[Outcome]:
     """Run a submission on every case; never raises for anything the submission does.
 
     Inputs are cloned first and compared afterwards (in-place modification). With ``watch`` (the
@@ -73,23 +74,27 @@ def run_student(item: Item, impl: Any, cases: Sequence[Case], *, watch: bool = T
     any student code ran, or else a Tripwires(item.forbidden) installed for this run -- and by
     reading the source: `source` when given (e.g. the whole notebook), else the submission's own
     source and its helpers' (when Python can find them). `strict` (the grading harness) also forbids
-    calls into the course's checking code while the submission runs.
+    calls into the course's checking code while the submission runs. With `substitute` (the default), each of
+    the item's parts (Item.builds_on) that the submission's namespace defines is replaced there, while it runs,
+    by a stand-in that runs the part's reference (grader.checks.watch.substituted): one wrong part costs its own
+    item, not every item that calls it.
     """
     static = None
     if watch:
         static = find_shortcut(source, item.forbidden) if source is not None else find_shortcut_in(impl, item.forbidden)
     own = Tripwires(item.forbidden) if watch and wires is None else None
     outcomes = []
-    with own or contextlib.nullcontext():
+    with own or contextlib.nullcontext(), substituted(impl, item.builds_on if substitute else ()) as parts:
         for case in cases:
-            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None, strict))
+            outcomes.append(_run_case(item, impl, case, (wires or own) if watch else None, strict, tuple(parts)))
     if static is not None:
         for out in outcomes:
             out.shortcut = out.shortcut or shortcut_message(item, static)
     return outcomes
 
 
-def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool = False) -> Outcome:
+def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool = False,
+              parts: tuple = ()) -> Outcome:
     inputs = to_device((case.args, case.kwargs), META) if case.meta_inputs else (case.args, case.kwargs)
     args, kwargs = clone(inputs)
     given = dataclasses.replace(case, args=args, kwargs=kwargs)
@@ -101,7 +106,7 @@ def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict
     # tensor subclass's detach or __torch_function__) and comparing the inputs (a tensor whose class the code
     # changed). The student's exception is only put into words after it: the traceback reads source files, which
     # the watch would count as reading the course's code, and a case that raised scores 0 whatever its text says.
-    with wires.watching(item, strict) if wires is not None else contextlib.nullcontext([]) as hits:
+    with wires.watching(item, strict, parts) if wires is not None else contextlib.nullcontext([]) as hits:
         try:
             with copies:
                 value = _call(item, impl, given)
@@ -122,18 +127,18 @@ def _run_case(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict
         out.shortcut = shortcut_message(item, hits[0])
     if out.error is not None and on_meta(case) and (READS_VALUES[1] in out.error
                                                     or READS_VALUES[0] in out.error and copies.last == "tolist"):
-        return _run_with_values(item, impl, case, wires, strict)
+        return _run_with_values(item, impl, case, wires, strict, parts)
     if case.default_device and out.error is None and not out.shortcut:
-        _compare_without_default_device(item, impl, case, wires, out, strict)
+        _compare_without_default_device(item, impl, case, wires, out, strict, parts)
     return out
 
 
 def _compare_without_default_device(item: Item, impl: Any, case: Case, wires: Tripwires | None, out: Outcome,
-                                    strict: bool) -> None:
+                                    strict: bool, parts: tuple) -> None:
     """A default-device case again without it: a submission whose result changes makes some tensor on the
     default device (some torch operations take a CPU tensor and a meta one without complaint, and return
     uninitialised values); `out` then holds an error that says so."""
-    again = _run_case(item, impl, dataclasses.replace(case, default_device=None), wires, strict)
+    again = _run_case(item, impl, dataclasses.replace(case, default_device=None), wires, strict, parts)
     if again.error is None and not _same_values(out.value, again.value):
         out.value, out.error = None, (f"{item.name} gave other values with the default device set to "
                                       f"{case.default_device} than without it: a tensor it makes without device= is "
@@ -169,14 +174,15 @@ class _CopiesOffMeta(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def _run_with_values(item: Item, impl: Any, case: Case, wires: Tripwires | None) -> Outcome:
+def _run_with_values(item: Item, impl: Any, case: Case, wires: Tripwires | None, strict: bool,
+                     parts: tuple) -> Outcome:
     """A meta case again, for code that reads tensor values in Python (.item(), .tolist(), a loop), which a
     GPU allows and meta tensors cannot: the inputs on the CPU, with values, and the default device set to
     meta, so that a tensor made without device= is on meta. A result on the inputs' device comes back as
     meta tensors (what the meta case expects); a result elsewhere becomes an error that says so."""
     device = {"device": torch.device("cpu")} if case.kwargs.get("device") == META else {}
     on_cpu = dataclasses.replace(case, kwargs={**case.kwargs, **device}, default_device="meta", meta_inputs=False)
-    out = _run_case(item, impl, on_cpu, wires)
+    out = _run_case(item, impl, on_cpu, wires, strict, parts)
     if out.error is None:
         devices: list[torch.device] = []
         tree_map(lambda t: devices.append(t.device), out.value)

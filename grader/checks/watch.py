@@ -25,6 +25,11 @@ who called, skipping the standard library, site-packages and the course package,
 through. The grader's own code is known by identity (the code objects of its modules when the watch was
 installed), so code compiled under a grader file name is not.
 
+Stand-ins (grader.checks.run substitutes them for an item's parts, Item.builds_on): a window of an item graded with
+its parts substituted lets the stand-in of each part run the part's reference as the grader's own call; anywhere else
+a stand-in is the student's own part again, so one kept in a global and called later yields nothing the student
+could not call anyway.
+
 Windows: with ``between``, the watch is on from install() to uninstall(): outside any window a base window forbids
 every name (code of the student's that runs between windows -- a finaliser, a signal handler, a patched
 torch.Tensor method the harness calls -- is watched too); ``between_hits()`` says what it saw.
@@ -76,9 +81,9 @@ _TRACE_CONFIG = torch.autograd.ProfilerConfig(torch.autograd.ProfilerState.KINET
 
 # ---------------------------------------------------------------- what a code object is
 
-_OWN, _EXEMPT, _GRADER, _LIBRARY, _COURSE, _OTHER = range(6)
+_OWN, _EXEMPT, _GRADER, _LIBRARY, _COURSE, _OTHER, _STANDIN = range(7)
 _KINDS: dict[types.CodeType, tuple[int, int]] = {}   # code -> (kind, content); holds the code objects it judged
-_GENUINE: dict[str, set] = {"grader": set(), "own": set(), "exempt": set(), "handed": set()}   # by identity
+_GENUINE: dict[str, set] = {"grader": set(), "own": set(), "exempt": set(), "handed": set(), "standin": set()}
 
 
 def _content(code: types.CodeType) -> int:
@@ -101,6 +106,8 @@ def _facts(code: types.CodeType) -> tuple[int, int]:
         kind = _EXEMPT
     elif code in _GENUINE["handed"]:
         kind = _LIBRARY
+    elif code in _GENUINE["standin"]:
+        kind = _STANDIN
     elif code in _GENUINE["grader"]:
         kind = _GRADER
     elif name.startswith(_LIBRARY_DIRS) or name.startswith("<frozen "):
@@ -169,6 +176,7 @@ def _learn_grader_code() -> None:
         _add_code(fn.__code__, _GENUINE["grader"])
     for fn in _EXEMPT_FUNCTIONS:
         _add_code(fn.__code__, _GENUINE["exempt"])
+    _add_code(_as_grader.__code__, _GENUINE["standin"])
     _KINDS.clear()
 
 
@@ -223,6 +231,8 @@ def _called_by_grader(frame: types.FrameType | None, watch_is_grader: bool = Fal
         kind = _facts(frame.f_code)[0]
         if kind == _GRADER or kind == _EXEMPT and watch_is_grader:
             return True
+        if kind == _STANDIN:
+            return _from_stand_in(frame)
         if kind not in (_LIBRARY, _COURSE, _EXEMPT):
             return False
         frame = frame.f_back
@@ -236,12 +246,20 @@ def _by_grader_or_import(frame: types.FrameType | None) -> bool:
         if code.co_name == "_find_and_load" and code.co_filename == "<frozen importlib._bootstrap>":
             return True
         kind = _facts(code)[0]
-        if kind == _GRADER:
+        if kind == _GRADER or kind == _STANDIN and _from_stand_in(frame):
             return True
         if kind not in (_LIBRARY, _COURSE, _EXEMPT):
             return False
         frame = frame.f_back
     return False
+
+
+def _from_stand_in(frame: types.FrameType) -> bool:
+    """Whether `frame` (of _as_grader) was called by a stand-in, not directly by the student's code; both with this
+    module's globals (a copy of their code made with other globals, that could stand for anything, is not)."""
+    caller = frame.f_back
+    return caller is not None and caller.f_code is _StandIn.__call__.__code__ \
+        and frame.f_globals is globals() and caller.f_globals is globals()
 
 
 # ---------------------------------------------------------------- what one window forbids
@@ -267,10 +285,10 @@ class _Watched:
     and what was seen. A hit raises ShortcutError from the wires and modes; the profile hook, the trace and the
     audit hook record it (an exception there would switch the hook off)."""
 
-    __slots__ = ("item", "names", "ops", "contents", "builtins", "course", "strict", "hits", "tampering")
+    __slots__ = ("item", "names", "ops", "contents", "builtins", "course", "strict", "hits", "tampering", "parts")
 
-    def __init__(self, item: Any, strict: bool, ops: Iterable[str] | None = None) -> None:
-        self.item, self.strict, self.hits, self.tampering = item, strict, [], []
+    def __init__(self, item: Any, strict: bool, ops: Iterable[str] | None = None, parts: tuple = ()) -> None:
+        self.item, self.strict, self.hits, self.tampering, self.parts = item, strict, [], [], parts
         self.names = frozenset(item.forbidden)
         self.ops = frozenset(getattr(item, "forbidden_ops", ()) if ops is None else ops)
         self.course = ANY_COURSE_CODE in self.names
@@ -455,9 +473,9 @@ class _Profile:
             return
         if event == "call":
             kind, content = _facts(frame.f_code)
-            if kind in (_OWN, _EXEMPT):
+            if kind in (_OWN, _EXEMPT) or kind == _STANDIN and _from_stand_in(frame):
                 return
-            if kind == _GRADER:
+            if kind in (_GRADER, _STANDIN):
                 if watched.strict and not _called_by_grader(frame.f_back, watch_is_grader=True):
                     watched.hit("grader")
                 return
@@ -524,8 +542,85 @@ class _ThreadWire:
         return self.start(*args, **kwargs)
 
 
-_EXEMPT_FUNCTIONS = (_Wire.__call__, _Wire.__get__, _Wire.__repr__, _ThreadWire.__call__,
-                     _FunctionModeWatch.__torch_function__, _DispatchModeWatch.__torch_dispatch__)
+class _StandIn:
+    """In the notebook's namespace in place of one of the student's parts while an item that calls it is graded
+    (see substituted). In a window that grades that item with its parts substituted, a call runs the part's
+    reference as the grader's call (_as_grader); anywhere else -- kept in a global and called later, in another
+    item, between items -- it calls the student's own part. What it stands for is kept in _STANDING, not on it."""
+
+    __slots__ = ("__weakref__",)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        part, own = _STANDING[self]
+        if _CURRENT and part in _CURRENT[-1].parts:
+            return _as_grader(part, args, kwargs)
+        return own(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<the reference {_STANDING[self][0].name}, in place of yours while the grader runs an item>"
+
+
+def _as_grader(part: Any, args: tuple, kwargs: dict) -> Any:
+    """The part's reference on the arguments, as the grader's own call (the watch's kind _STANDIN: what it calls
+    is the grader's, when a stand-in called it; called any other way it is grader code like the rest)."""
+    return original(part.reference())(*args, **kwargs)
+
+
+_STANDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # stand-in -> (part, the student's own)
+
+
+@contextlib.contextmanager
+def substituted(impl: Any, parts: Iterable[Item]) -> Iterator[list[Item]]:
+    """While open, each of `parts` (function items) that the namespace of `impl` defines -- a function's globals, a
+    class's methods' -- is a stand-in there; yields the parts replaced. Whatever happens, the student's own are put
+    back. The course's and the grader's modules are never changed (a reference or a catalogued mistake run as a
+    submission)."""
+    try:
+        namespaces = [ns for ns in {id(ns): ns for ns in _namespaces_of(impl)}.values() if not _a_package_module(ns)]
+    except Exception:   # a class whose metaclass hides its namespace...: nothing to replace, its check says the rest
+        namespaces = []
+    replaced: list[tuple[dict, str, Any]] = []
+    done: list[Item] = []
+    try:
+        for part in parts:
+            for ns in namespaces:
+                own = ns.get(part.name)
+                if part.kind != "function" or not callable(own) or isinstance(own, _StandIn):
+                    continue
+                stand = _StandIn()
+                _STANDING[stand] = (part, own)
+                replaced.append((ns, part.name, own))
+                ns[part.name] = stand
+                done.append(part)
+        yield list(dict.fromkeys(done))
+    finally:
+        for ns, name, own in reversed(replaced):
+            ns[name] = own
+
+
+def _namespaces_of(impl: Any) -> Iterator[dict]:
+    """The global namespaces the code of `impl` sees: a function's (what a decorator wraps too), a class's methods'
+    (its own and its bases' defined in the same module)."""
+    if isinstance(impl, type):
+        for cls in impl.__mro__:
+            if cls.__module__ == impl.__module__:
+                for fn in _functions_of(cls, cls.__module__):
+                    yield fn.__globals__
+    else:
+        for fn in _functions_of(impl, getattr(impl, "__module__", None)):
+            yield fn.__globals__
+
+
+def _a_package_module(ns: dict) -> bool:
+    """Whether `ns` is the namespace of a module of the course package or of the grader."""
+    module = sys.modules.get(ns.get("__name__", ""))
+    path = getattr(module, "__file__", None)
+    return getattr(module, "__dict__", None) is ns and isinstance(path, str) \
+        and _real(path).startswith((COURSE_DIR, GRADER_DIR))
+
+
+_EXEMPT_FUNCTIONS = (_Wire.__call__, _Wire.__get__, _Wire.__repr__, _ThreadWire.__call__, _StandIn.__call__,
+                     _StandIn.__repr__, _FunctionModeWatch.__torch_function__, _DispatchModeWatch.__torch_dispatch__)
 
 
 class _Between:
@@ -639,12 +734,13 @@ class Tripwires:
             _AUDIT["ours"] = False
 
     @contextlib.contextmanager
-    def watching(self, item: Item, strict: bool = False) -> Iterator[list[str]]:
+    def watching(self, item: Item, strict: bool = False, parts: tuple = ()) -> Iterator[list[str]]:
         """While open, a call of a name, code or operator that `item` forbids is recorded (in the yielded list)
         and raises where it can. `strict` (an item being graded, not a cell) also forbids calling into the
         course's checking code and traces the operators that ran. Whatever of the watch is found changed
-        afterwards is in ``tampered()``."""
-        watched = _Watched(item, strict)
+        afterwards is in ``tampered()``. `parts`: the items whose stand-ins run their reference in this window
+        (the item's parts, when it is graded with them substituted)."""
+        watched = _Watched(item, strict, parts=tuple(parts))
         saved = self._profile.watched
         functions, dispatch = _FunctionModeWatch(watched), _DispatchModeWatch(watched)
         trace = _OpTrace() if strict and watched.ops else None

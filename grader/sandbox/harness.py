@@ -3,7 +3,8 @@
     python -m grader.harness      (started by grader.sandbox; the job arrives on stdin)
 
 The job (a dict written by grader.execution with torch.save) names the graded items still to run, the
-code cells to run, the cells to skip (they crashed or hung in an earlier attempt), and the cases for
+code cells to run, the cells to skip (they crashed or hung in an earlier attempt), whether an item's parts are
+substituted (grader.checks.run.run_student: the instructor's --no-substitute turns it off), and the cases for
 each item (an item that hung or crashed is no longer among them; cells and items are kept apart, as a
 solution cell's id is its item's name). The job is read whole before any student code runs; after
 that stdin is empty, so `input()` gets EOF.
@@ -65,11 +66,11 @@ def run_cell(cell: dict, namespace: dict) -> str | None:
 
 
 def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = None,
-             before: str | None = None) -> list[dict]:
+             before: str | None = None, substitute: bool = True) -> list[dict]:
     """Call the student's function or class on every case; outcomes as dicts (grader.sandbox.wire encodes them:
     exact tensors, numbers, short strings, short lists and tuples; anything else is described in a string).
     `before`: the message for what the watch saw before this item (in the cells or between items) that costs it
-    its points."""
+    its points. `substitute`: the item's parts that the notebook defines run as their references while it runs."""
     from grader.checks.run import run_student
 
     impl = namespace.get(item.name)
@@ -77,7 +78,7 @@ def run_item(item: Any, namespace: dict, cases: list, wires: Any, guard: Any = N
         return [{"value": None, "error": f"`{item.name}` is not defined when the notebook has run",
                  "mutated": [], "shortcut": None}]
     try:
-        outcomes = run_student(item, impl, cases, wires=wires, source="", strict=True)
+        outcomes = run_student(item, impl, cases, wires=wires, source="", strict=True, substitute=substitute)
     except BaseException as err:  # the student's code broke the runner itself (e.g. patched it)
         return [{"value": None, "error": f"{type(err).__name__}: {err}"[:MAX_TEXT], "mutated": [], "shortcut": None}]
     if guard is not None:
@@ -113,6 +114,22 @@ def _wiring(item: Any, impl: Any, cases: list, outcomes: list, wires: Any) -> li
                 text = None
         records.append(text)
     return records
+
+
+def parts_first(items: list) -> list:
+    """`items` in their order, except that each item's parts (Item.builds_on) come before it: while an item runs,
+    its stand-ins answer as its parts' references on any input, which must not help a part still to be graded."""
+    ordered: list = []
+
+    def add(item: Any) -> None:
+        if item not in ordered:
+            for part in item.builds_on:
+                if part in items:
+                    add(part)
+            ordered.append(item)
+    for item in items:
+        add(item)
+    return ordered
 
 
 class _AnyCell:
@@ -180,7 +197,7 @@ def main() -> None:
     from grader.checks.shortcuts import shortcut_message
     from grader.checks.watch import Tripwires
 
-    items = [ITEMS[name] for name in job["items"]]
+    items = parts_first([ITEMS[name] for name in job["items"]])
     if job.get("import_transformers"):   # so that the transformers library's shortcuts get trip-wires too
         try:
             import transformers  # noqa: F401
@@ -214,7 +231,8 @@ def main() -> None:
 
     for item in items:
         channel.event(b"S", item=item.name)
-        outcomes = run_item(item, namespace, job["cases"][item.name], wires, guard, before(item))
+        outcomes = run_item(item, namespace, job["cases"][item.name], wires, guard, before(item),
+                            job.get("substitute", True))
         late = before(item)   # code of the student's that ran while the outcomes were written
         if late and not all(o["shortcut"] for o in outcomes):
             outcomes = [{"value": None, "error": None, "mutated": [], "shortcut": late} for _ in outcomes]
