@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,
                     not args.no_sandbox, args.seed, args.assignment, not args.no_progress, args.shard, args.regrade,
-                    args.student, args.substitute)
+                    args.student, substitute=args.substitute)
     except PolicyChanged as err:
         print(f"python -m grader: {err}", file=sys.stderr)
         return 2
