@@ -309,6 +309,12 @@ def _identities(names: frozenset[str]) -> tuple[dict[int, str], dict[int, tuple[
             contents.setdefault(_content(fn.__code__), f"{module}.{fn.__qualname__}")
     for dotted in sorted(names):
         for obj in _callables_of(dotted):
+            # A decorator's wrapper (torch.no_grad's decorate_context, functools.wraps) is the same code for every
+            # function it decorates, a student's own included: the function it wraps is what is forbidden.
+            while isinstance(obj, types.FunctionType) and isinstance(getattr(obj, "__wrapped__", None),
+                                                                    types.FunctionType) \
+                    and _facts(obj.__code__)[0] == _LIBRARY:
+                obj = obj.__wrapped__
             if isinstance(obj, types.FunctionType):
                 contents[_content(obj.__code__)] = dotted
             elif isinstance(obj, types.BuiltinFunctionType):
