@@ -13,6 +13,7 @@ from torch import nn
 from grader.checks import transformer
 from grader.checks.cases import groups, make_cases
 from grader.checks.compare import compare, grade
+from grader.checks.report import check
 from grader.checks.run import run_student
 from transformer_ref.layers import EncoderLayer, LayerNorm, PositionwiseFeedForward
 from transformer_ref.model import Transformer
@@ -394,3 +395,27 @@ def test_a_crash_inside_transformer_ref_is_reported_at_the_students_line_with_th
     assert line in report.message, report.message                          # the student's own line
     assert "raise ValueError" not in report.message and "larger" not in report.message   # not the package's code
     assert "shape" in report.message.splitlines()[1].rsplit("`: ", 1)[1], report.message   # then the package's words
+
+
+@torch.no_grad()
+def _decode_loop(model, src, bos_id, eos_id, max_len):
+    """A student's helper under @torch.no_grad(): torch's decorator wraps the reference the same way."""
+    memory = model.encode(src)
+    out = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
+    done = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+    while out.size(1) < max_len and not done.all():
+        nxt = model.decode(out, memory, src)[:, -1].argmax(-1).masked_fill(done, model.pad_id)
+        out = torch.cat([out, nxt[:, None]], dim=1)
+        done |= nxt == eos_id
+    return out
+
+
+def _decorated_greedy(model, src, bos_id, eos_id, max_len):
+    return _decode_loop(model, src, bos_id, eos_id, max_len)
+
+
+def test_a_greedy_decode_under_torch_no_grad_is_not_taken_for_the_reference():
+    """A helper under @torch.no_grad(): the decorator's wrapper is the same code for every decorated function,
+    so it must not count as the reference's (Seq2Seq.greedy_decode is decorated the same way)."""
+    report = check(transformer.GREEDY_DECODE, _decorated_greedy, seeds=(0, 1))
+    assert report.passed and not report.shortcut, report.message
