@@ -312,7 +312,6 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
     from grader.course import nbgrader_config
 
     submissions, out, source = Path(submissions).resolve(), Path(out).resolve(), Path(source).resolve()
-    substitute = grading_policy(out, substitute, regrade)
     log_file = Path(tempfile.mkstemp(prefix="grader-workers-", suffix=".log")[1])  # into OUT/.work at the end
     pool = start_pool(workers, log_file)   # the workers start while the sandbox is probed and the course prepared
     if isolate:
@@ -324,6 +323,7 @@ def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = N
             pool.shutdown(cancel_futures=True)
             log_file.unlink(missing_ok=True)
             raise
+    substitute = grading_policy(out, substitute, regrade)   # after the probe: nothing in OUT without a sandbox
     ensure_alembic_on_path()
     course = course_assignments(source)
     everyone, skipped = discover(submissions, course)          # the class, for grades.csv
