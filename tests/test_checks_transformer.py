@@ -398,7 +398,7 @@ def test_a_crash_inside_transformer_ref_is_reported_at_the_students_line_with_th
 
 
 @torch.no_grad()
-def _decode_loop(model, src, bos_id, eos_id, max_len):
+def _no_grad_decode_loop(model, src, bos_id, eos_id, max_len):
     """A student's helper under @torch.no_grad(): torch's decorator wraps the reference the same way."""
     memory = model.encode(src)
     out = torch.full((src.size(0), 1), bos_id, dtype=torch.long, device=src.device)
@@ -411,7 +411,7 @@ def _decode_loop(model, src, bos_id, eos_id, max_len):
 
 
 def _decorated_greedy(model, src, bos_id, eos_id, max_len):
-    return _decode_loop(model, src, bos_id, eos_id, max_len)
+    return _no_grad_decode_loop(model, src, bos_id, eos_id, max_len)
 
 
 def test_a_greedy_decode_under_torch_no_grad_is_not_taken_for_the_reference():
