@@ -279,12 +279,12 @@ class Run:
     """What `grade` did. rows: every submission of this shard (of the class without --shard) as the
     gradebook has it, plus "skipped" (unknown assignment) and "pending" (not recorded yet) ones;
     graded: the results of this run; already: how many were recorded before and not graded again; remade: the
-    submissions ("student/assignment") whose feedback page was made again (grader.refresh)."""
+    submissions (student, assignment) whose feedback page was made again (grader.refresh)."""
 
     rows: list[Result] = field(default_factory=list)
     graded: list[Result] = field(default_factory=list)
     already: int = 0
-    remade: list[str] = field(default_factory=list)
+    remade: list[tuple[str, str]] = field(default_factory=list)
 
 
 def grade(submissions: Path, out: Path, workers: int = 1, db_url: str | None = None, source: Path = DEFAULT_SOURCE,
@@ -435,7 +435,7 @@ def summary(run: Run, seconds: float, out: Path) -> str:
              + f"; {len(run.rows)} in all, {len(bad)} not graded normally, {len(noted)} graded with a note; "
                f"grades: {out / 'grades.csv'}, feedback: {out / 'feedback'}"]
     if run.remade:
-        shown = ", ".join(t(k) for k in run.remade[:10]) + (f" and {len(run.remade) - 10} more" if len(run.remade) > 10 else "")
+        shown = ", ".join(f"{t(s)}/{t(a)}" for s, a in run.remade[:10]) + (f" and {len(run.remade) - 10} more" if len(run.remade) > 10 else "")
         lines.append(f"{len(run.remade)} feedback page(s) made again, without running code (a manual grade or a due "
                      f"date changed since): {shown}")
     if bad:
@@ -449,6 +449,33 @@ def summary(run: Run, seconds: float, out: Path) -> str:
     return "\n".join(lines)
 
 
+LIMIT_OPTIONS = ("timeout", "submission_timeout", "memory")
+
+
+def add_grading_options(p: argparse.ArgumentParser) -> None:
+    """The options `grade` and `watch` share: where the gradebook and the course are, and the sandbox's limits."""
+    p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the gradebook (default: OUT/gradebook.db)")
+    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="instructor notebooks (default: solutions/)")
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="nbgrader_config.py with the course settings")
+    p.add_argument("--timeout", type=float, default=Limits.cell_seconds,
+                   help=f"wall-clock seconds per cell and per graded item (default {Limits.cell_seconds:g})")
+    p.add_argument("--submission-timeout", type=float, default=Limits.submission_seconds,
+                   help=f"wall-clock seconds per notebook, restarts included (default {Limits.submission_seconds:g})")
+    p.add_argument("--memory", type=float, default=Limits.memory / 2**30,
+                   help=f"GiB of memory per notebook (default {Limits.memory / 2**30:g})")
+
+
+def not_positive(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
+    """'--name must be positive; got x' for each of `names` (attribute names) that is not above 0."""
+    return [f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}"
+            for name in names if getattr(args, name) <= 0]
+
+
+def limits_from(args: argparse.Namespace) -> Limits:
+    """The sandbox's limits from add_grading_options's --memory (GiB), --timeout and --submission-timeout."""
+    return Limits(memory=int(args.memory * 2**30), cell_seconds=args.timeout, submission_seconds=args.submission_timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grader", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -460,15 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("submissions", type=Path, help="directory in nbgrader's submitted layout")
     g.add_argument("--out", type=Path, required=True, help="output course directory (created if needed)")
     g.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel grading processes")
-    g.add_argument("--db-url", default=None, help="SQLAlchemy URL of the gradebook (default: OUT/gradebook.db)")
-    g.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="instructor notebooks (default: solutions/)")
-    g.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="nbgrader_config.py with the course settings")
-    g.add_argument("--timeout", type=float, default=Limits.cell_seconds,
-                   help=f"wall-clock seconds per cell and per graded item (default {Limits.cell_seconds:g})")
-    g.add_argument("--submission-timeout", type=float, default=Limits.submission_seconds,
-                   help=f"wall-clock seconds per notebook, restarts included (default {Limits.submission_seconds:g})")
-    g.add_argument("--memory", type=float, default=Limits.memory / 2**30,
-                   help=f"GiB of memory per notebook (default {Limits.memory / 2**30:g})")
+    add_grading_options(g)
     g.add_argument("--seed", type=int, default=None,
                    help="seed of the hidden cases (default: a new secret one per run; give one only to reproduce a run)")
     g.add_argument("--no-sandbox", action="store_true",
@@ -502,11 +521,9 @@ def main(argv: list[str] | None = None) -> int:
     for student in args.student or []:
         if not (args.submissions / student).is_dir():
             parser.error(f"--student must name a folder of SUBMISSIONS; got {student!r} (no {args.submissions / student})")
-    for name in ("timeout", "submission_timeout", "memory"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}")
-    limits = Limits(memory=int(args.memory * 2**30), cell_seconds=args.timeout,
-                    submission_seconds=args.submission_timeout)
+    for problem in not_positive(args, LIMIT_OPTIONS):
+        parser.error(problem)
+    limits = limits_from(args)
     start = time.perf_counter()
     try:
         run = grade(args.submissions, args.out, args.workers, args.db_url, args.source, args.config, limits,

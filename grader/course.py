@@ -280,14 +280,19 @@ def due_dates(db_url: str) -> dict:
         return {a.name: a.duedate for a in gb.assignments}
 
 
+def own_gradebook(config_file: Path | None) -> Path:
+    """The instructor's own gradebook: the one next to nbgrader_config.py, where `nbgrader db assignment add ID
+    --duedate=...` run in the repository (README step 3's folder) writes."""
+    return (config_file.parent if config_file else REPO_ROOT) / "gradebook.db"
+
+
 def adopt_due_dates(db_url: str, assignments: list[str], known: dict, config_file: Path | None) -> dict:
     """Due dates of `assignments` that the main gradebook (`db_url`) lacks but the instructor's own gradebook
-    has: the one next to nbgrader_config.py, where `nbgrader db assignment add ID --duedate=...` run in the
-    repository (README step 3's folder) puts them. They are written into the main gradebook and returned; each
+    (own_gradebook) has. They are written into the main gradebook and returned; each
     adopted date, and each assignment left without one (nobody is late), is said on stderr."""
     from nbgrader.api import Gradebook
 
-    own = (config_file.parent if config_file else REPO_ROOT) / "gradebook.db"
+    own = own_gradebook(config_file)
     found = {}
     if own.is_file() and sqlite_url(own) != db_url:
         try:

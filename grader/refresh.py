@@ -46,9 +46,10 @@ def make_pages(root: Path, db_url: str, config_file: Path | None, student: str, 
     return pages
 
 
-def refresh(gb, out: Path, db_url: str, config_file: Path | None, keys: list[tuple[str, str]], late) -> list[str]:
+def refresh(gb, out: Path, db_url: str, config_file: Path | None, keys: list[tuple[str, str]],
+            late) -> list[tuple[str, str]]:
     """Steps 1 and 2 of the module docstring for the graded submissions among `keys` ((student, assignment));
-    the submissions whose page was made again, as "student/assignment". `gb`: the main gradebook, open."""
+    the submissions whose page was made again. `gb`: the main gradebook, open."""
     from nbgrader.api import MissingEntry
     from sqlalchemy import and_, delete, select
 
@@ -81,5 +82,5 @@ def refresh(gb, out: Path, db_url: str, config_file: Path | None, keys: list[tup
         gb.db.execute(delete(PAGES).where(where))
         gb.db.execute(PAGES.insert().values(student_id=student, assignment=assignment, shown=page_signature(submission)))
         gb.db.commit()
-        remade.append(f"{student}/{assignment}")
+        remade.append((student, assignment))
     return remade

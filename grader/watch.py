@@ -10,7 +10,10 @@ Every --interval seconds, for each assignment of the course (--assignment: some 
      recorded submission never is, so a watch started again resumes from the gradebook;
   3. hand back: as each submission is recorded, its pages go where nbgrader fetch_feedback finds them
      (grader.release.hand_back), and one line says student, assignment, score, the seconds its grading took
-     and the seconds since it was submitted.
+     and the seconds since it was submitted;
+  4. bring up to date: when the instructor changed a final score without grading (a manual grade in
+     formgrader, a due date set or moved: gradebook_edits), a grading run with nothing new to grade re-applies
+     the penalties and makes the pages concerned again (grader.refresh), and those replace the ones handed back.
 A submission that cannot be graded (broken, hostile, too slow) is recorded as failed with its reason, its page
 says so, and the loop goes on. An error of the grader itself (an exchange not released yet, a database that is
 down) is printed, once per distinct message, and tried again at the next poll; only a sandbox that cannot start
@@ -33,9 +36,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from grader.cli import course_assignments, grade, submission_time
+from grader.cli import (LIMIT_OPTIONS, add_grading_options, course_assignments, grade, limits_from,
+                        not_positive, submission_time)
 from grader.collect import CollectError, collect, default_course_and_exchange
-from grader.course import DEFAULT_CONFIG, DEFAULT_SOURCE, sqlite_url
+from grader.course import DEFAULT_CONFIG, DEFAULT_SOURCE, own_gradebook, sqlite_url
 from grader.inert import terminal_text
 from grader.release import hand_back
 from grader.sandbox import HOW_TO_FIX, Limits, SandboxUnavailable
@@ -65,6 +69,7 @@ class Watch:
         self.seen: dict[tuple[str, str], str] = {}   # (student, assignment) -> the inbound folder collected last
         self.said: set[str] = set()                  # the notices printed already (each is printed once)
         self.to_grade = True                         # the first poll grades whatever SUBMISSIONS holds unrecorded
+        self.edits: int | None = None                # gradebook_edits when the last grading run began
         self.ready = False                           # the first grading is done
 
     # -- output ----------------------------------------------------------------------------------------
@@ -151,7 +156,8 @@ class Watch:
             self.to_grade |= bool(done.collected)
             if self.stopping:
                 raise Stopped
-        if not self.to_grade:
+        edits = gradebook_edits(self.db_url or sqlite_url(self.out / "gradebook.db"), own_gradebook(self.config_file))
+        if not self.to_grade and edits == self.edits:
             return
         chatter = io.StringIO()
         self.grading = True
@@ -159,7 +165,8 @@ class Watch:
             with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
                 run = grade(self.submissions, self.out, self.workers, self.db_url, self.source, self.config_file,
                             self.limits, progress=False, on_result=self._recorded)
-            self.to_grade = False
+            self.to_grade, self.edits = False, edits   # an edit made while it ran is seen at the next poll
+            self.hand_back_remade(run)
             if not self.ready:
                 self.ready = True
                 self.say(f"up to date: {run.already} submission(s) were in the gradebook already, {len(run.graded)} "
@@ -212,6 +219,22 @@ class Watch:
         if self.stopping:
             raise Stopped
 
+    def hand_back_remade(self, run) -> None:
+        """The pages grade() made again without grading (grader.refresh: a manual grade in formgrader, a due date
+        set or moved) replace the ones the exchange holds, one line each."""
+        stamps = {(r.student_id, r.assignment_id): r.timestamp for r in run.rows}
+        try:
+            back = hand_back(self.out, self.submissions, self.exchange, self.course,
+                             {key: stamps.get(key) for key in run.remade})
+        except Exception as err:   # as in _recorded: said, the loop goes on
+            self.notice(f"cannot hand back the remade pages: {type(err).__name__}: {terminal_text(str(err), 300)}")
+            return
+        for student, assignment in back.released:
+            self.say(f"feedback page made again: {terminal_text(student)}/{terminal_text(assignment)} (a manual "
+                     f"grade or a due date changed its score); the new one is fetchable")
+        for line in back.listed:
+            self.notice(f"  not handed back: {line}")
+
     def hand_back_recorded(self) -> None:
         """At the start: hand back what the gradebook holds for the watched assignments and the exchange lacks
         (a watch stopped between recording and handing back, or a batch run)."""
@@ -236,6 +259,26 @@ class Watch:
                 self.notice(f"  not handed back: {line}")
 
 
+def gradebook_edits(db_url: str, own: Path) -> int | None:
+    """A fingerprint of what changes final scores without grading: the due dates and manual grades (and extra
+    credit) in the gradebook at `db_url`, and the instructor's own gradebook `own` (a due date the grading
+    gradebook lacks is taken from there) by its time and size. None while `db_url` is a SQLite file not made yet."""
+    from sqlalchemy import create_engine, text
+
+    if db_url.startswith("sqlite:///") and not Path(db_url.removeprefix("sqlite:///")).is_file():
+        return None
+    engine = create_engine(db_url)
+    try:
+        with engine.connect() as db:
+            dues = sorted(map(tuple, db.execute(text("SELECT name, duedate FROM assignment"))))
+            manual = sorted(map(tuple, db.execute(text("SELECT id, manual_score, extra_credit FROM grade WHERE "
+                                                       "manual_score IS NOT NULL OR extra_credit IS NOT NULL"))))
+    finally:
+        engine.dispose()
+    stat = own.stat() if own.is_file() else None
+    return hash((tuple(dues), tuple(manual), stat and (stat.st_mtime_ns, stat.st_size)))
+
+
 def add_command(commands: argparse._SubParsersAction) -> None:
     """Register `watch` on the `python -m grader` command line."""
     course, exchange = default_course_and_exchange()
@@ -251,15 +294,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--assignment", action="append", help="watch only this assignment (repeatable; default: all)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between looks at the exchange (default 5)")
     p.add_argument("--workers", type=int, default=1, help="submissions graded at once (default 1)")
-    p.add_argument("--db-url", default=None, help="SQLAlchemy URL of the gradebook (default: OUT/gradebook.db)")
-    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="instructor notebooks (default: solutions/)")
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="nbgrader_config.py with the course settings")
-    p.add_argument("--timeout", type=float, default=Limits.cell_seconds,
-                   help=f"wall-clock seconds per cell and per graded item (default {Limits.cell_seconds:g})")
-    p.add_argument("--submission-timeout", type=float, default=Limits.submission_seconds,
-                   help=f"wall-clock seconds per notebook (default {Limits.submission_seconds:g})")
-    p.add_argument("--memory", type=float, default=Limits.memory / 2**30,
-                   help=f"GiB of memory per notebook (default {Limits.memory / 2**30:g})")
+    add_grading_options(p)
     p.set_defaults(run=run)
 
 
@@ -267,14 +302,11 @@ def run(args: argparse.Namespace) -> int:
     known = course_assignments(args.source)
     unknown = sorted(set(args.assignment or []) - known)
     problems = ([f"--assignment must name an assignment in {args.source}; got {', '.join(unknown)}"] * bool(unknown)
-                + [f"--{name.replace('_', '-')} must be positive; got {getattr(args, name)}" for name in
-                   ("interval", "workers", "timeout", "submission_timeout", "memory") if getattr(args, name) <= 0])
+                + not_positive(args, ("interval", "workers", *LIMIT_OPTIONS)))
     if not known:
         problems.append(f"no assignment in {args.source}")
     if problems:
         print("\n".join(f"python -m grader watch: {p}" for p in problems), file=sys.stderr)
         return 2
-    limits = Limits(memory=int(args.memory * 2**30), cell_seconds=args.timeout,
-                    submission_seconds=args.submission_timeout)
     return Watch(args.out, args.submissions, args.exchange, args.course, sorted(args.assignment or known),
-                 args.workers, args.db_url, args.source, args.config, limits, args.interval).run()
+                 args.workers, args.db_url, args.source, args.config, limits_from(args), args.interval).run()

@@ -14,7 +14,8 @@ One run (the module fixture) goes through: both submit (nobody right, daemon wit
 axis) and fetch their scores; daemon forges a submission in nobody's name and resubmits right (regraded, the
 new feedback fetched, the forgery graded for no one); nobody submits a broken notebook (recorded as failed,
 the watch goes on); nobody resubmits and the watch gets SIGTERM while grading it (it finishes that one, then stops); it
-is started again (nothing regraded) and stopped with a terminal's Ctrl-C. Changing owners
+is started again (nothing regraded), a manual grade is set (nobody's page is made again and handed back, nothing
+is graded) and it is stopped with a terminal's Ctrl-C. Changing owners
 needs root, so it is skipped for other users. The round trip (submit returns -> fetch_feedback finds the page)
 is printed (`pytest -s`).
 """
@@ -240,6 +241,18 @@ def test_watch_end_to_end(course):
     time.sleep(3)   # a few more polls
     assert not re.findall(rf"^\w+/{ASSIGNMENT}: ", watch.text(), re.M), watch.text()
     assert db.stat().st_mtime_ns == before
+
+    # 6. The instructor sets a manual grade (formgrader's) while the watch waits: with nothing new to grade, the
+    # page is made again and replaces the one handed back; nobody fetches the lower score.
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{db}") as gb:
+        cell = next(g for g in gb.find_submission(ASSIGNMENT, "nobody").notebooks[0].grades if g.max_score > 0)
+        cell.manual_score, cut = 0.0, cell.max_score
+        gb.db.commit()
+    watch.wait_for(rf"^feedback page made again: nobody/{ASSIGNMENT} .*fetchable")
+    assert _score(_newest(nobody.fetch_feedback())) == (total - cut, total)
+    assert not re.findall(rf"^\w+/{ASSIGNMENT}: ", watch.text(), re.M), "nothing was graded"
     os.killpg(watch.proc.pid, signal.SIGINT)   # Ctrl-C in its terminal, while it waits
     assert watch.proc.wait(timeout=60) == 0 and watch.text().rstrip().endswith("stopped")
 
